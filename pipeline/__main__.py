@@ -1,0 +1,24 @@
+"""`python -m pipeline <entry point> [--param value ...]`, the commands the MLproject runs."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+ENTRY_POINTS = ("download", "preprocess", "train", "evaluate", "main")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ENTRY_POINTS:
+        print(
+            f"usage: python -m pipeline {{{','.join(ENTRY_POINTS)}}} [--param value ...]",
+            file=sys.stderr,
+        )
+        return 2
+    module = importlib.import_module(f"pipeline.entrypoints.{argv[0]}")
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

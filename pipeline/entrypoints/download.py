@@ -1,0 +1,56 @@
+"""Entry point `download`: land the dataset and record where it came from."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from pipeline.data.download import land_dataset
+from pipeline.params import DownloadParams
+from pipeline.tracking.artifacts import cache_root
+from pipeline.tracking.runs import OUTPUT_DIGEST_TAG, OUTPUT_PATH_TAG, log, run_entry_point
+
+
+def run(params: DownloadParams) -> None:
+    landed = land_dataset(params.source, Path(params.output_dir), cache_root() / "downloads")
+    log.info(
+        "dataset at %s: %d rows, %d usable%s",
+        landed.path,
+        landed.rows,
+        landed.usable_rows,
+        " (already there)" if landed.reused else "",
+    )
+    mlflow.set_tags(
+        {
+            "unet_person.source_kind": landed.kind,
+            OUTPUT_DIGEST_TAG: landed.digest,
+            OUTPUT_PATH_TAG: str(landed.path),
+        }
+    )
+    mlflow.log_metrics(
+        {
+            "rows": landed.rows,
+            "usable_rows": landed.usable_rows,
+            "rows_with_problems": len(landed.problems),
+        }
+    )
+    if landed.problems:
+        log.warning("%d rows have problems, listed in problems.csv", len(landed.problems))
+        with tempfile.TemporaryDirectory() as scratch:
+            listing = Path(scratch) / "problems.csv"
+            pd.DataFrame(landed.problems, columns=["row", "reason"]).to_csv(listing, index=False)
+            mlflow.log_artifact(str(listing))
+    if params.log_data:
+        mlflow.log_artifacts(str(landed.path), artifact_path="dataset")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entry_point("download", DownloadParams, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Entry point `evaluate`: score any MLflow model on the test split and log the evidence."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import mlflow
+
+from pipeline.data.cache import read_cache_record
+from pipeline.evaluation.evaluate import evaluate
+from pipeline.evaluation.figures import dice_histogram
+from pipeline.params import EvaluateParams
+from pipeline.tracking.artifacts import local_input
+from pipeline.tracking.datasets import log_split_inputs
+from pipeline.tracking.models import load_predictor
+from pipeline.tracking.runs import INPUT_DIGEST_TAG, log, run_entry_point
+
+
+def run(params: EvaluateParams) -> None:
+    cache = local_input(params.data_dir, "data_dir")
+    record = read_cache_record(cache)
+    predictor = load_predictor(params.model_uri)
+    mlflow.set_tags(
+        {
+            INPUT_DIGEST_TAG: record["digest"],
+            "unet_person.evaluated_model": params.model_uri,
+        }
+    )
+    log_split_inputs(cache, record, ("test",))
+    result = evaluate(predictor, cache, params.batch_size)
+    # Linking the metrics to the logged model shows them on its page in the MLflow UI.
+    mlflow.log_metrics(result.metrics, model_id=predictor.metadata.model_id)
+    log.info(
+        "test Dice %.4f, IoU %.4f, loss %.4f on %d images",
+        result.metrics["test_dice"],
+        result.metrics["test_iou"],
+        result.metrics["test_loss"],
+        len(result.per_image),
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        table = Path(scratch) / "per_image.csv"
+        result.per_image.to_csv(table, index=False)
+        mlflow.log_artifact(str(table))
+    mlflow.log_image(result.best_and_worst, "best_and_worst.png")
+    histogram = dice_histogram(result.per_image["dice"].to_numpy(), result.metrics["test_dice"])
+    mlflow.log_figure(histogram, "dice_histogram.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entry_point("evaluate", EvaluateParams, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

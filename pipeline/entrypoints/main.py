@@ -1,0 +1,22 @@
+"""Entry point `main`: the whole pipeline under one parent run."""
+
+from __future__ import annotations
+
+import sys
+
+from pipeline.orchestration.workflow import run_pipeline
+from pipeline.params import MainParams
+from pipeline.tracking.runs import log, run_entry_point
+
+
+def run(params: MainParams) -> None:
+    metrics = run_pipeline(params)
+    log.info("pipeline done: test Dice %.4f", metrics["test_dice"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entry_point("main", MainParams, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

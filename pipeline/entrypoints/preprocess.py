@@ -1,0 +1,75 @@
+"""Entry point `preprocess`: build the split cache that training memory-maps."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from pipeline.data.cache import MANIFEST_FILE, SPLITS, read_cache_record
+from pipeline.data.preprocess import preprocess
+from pipeline.params import PreprocessParams
+from pipeline.tracking.artifacts import local_input
+from pipeline.tracking.datasets import log_split_inputs
+from pipeline.tracking.runs import (
+    INPUT_DIGEST_TAG,
+    OUTPUT_DIGEST_TAG,
+    OUTPUT_PATH_TAG,
+    log,
+    run_entry_point,
+)
+
+
+def run(params: PreprocessParams) -> None:
+    report = preprocess(
+        raw_dir=local_input(params.raw_dir, "raw_dir"),
+        output_dir=Path(params.output_dir),
+        image_size=params.image_size,
+        val_fraction=params.val_fraction,
+        test_fraction=params.test_fraction,
+        seed=params.seed,
+        strict=params.strict,
+        num_workers=params.num_workers,
+    )
+    for name, split in report.splits.items():
+        log.info("%s: %d images, foreground %.3f", name, split.rows, split.foreground_fraction)
+    mlflow.set_tags(
+        {
+            OUTPUT_DIGEST_TAG: report.digest,
+            INPUT_DIGEST_TAG: report.raw_digest,
+            OUTPUT_PATH_TAG: str(report.output_dir),
+        }
+    )
+    mlflow.log_metrics(
+        {
+            **{f"{name}_images": split.rows for name, split in report.splits.items()},
+            **{
+                f"{name}_foreground_fraction": split.foreground_fraction
+                for name, split in report.splits.items()
+            },
+            "bad_rows": len(report.bad_rows),
+            "rescaled_masks": report.resized_masks,
+        }
+    )
+    mlflow.log_artifact(str(report.output_dir / MANIFEST_FILE))
+    if report.bad_rows:
+        log.warning("%d bad rows skipped, listed in bad_rows.csv", len(report.bad_rows))
+        with tempfile.TemporaryDirectory() as scratch:
+            listing = Path(scratch) / "bad_rows.csv"
+            frame = pd.DataFrame(report.bad_rows, columns=["row", "image", "mask", "reason"])
+            frame.to_csv(listing, index=False)
+            mlflow.log_artifact(str(listing))
+    log_split_inputs(report.output_dir, read_cache_record(report.output_dir), SPLITS)
+    if params.log_data:
+        mlflow.log_artifacts(str(report.output_dir), artifact_path="processed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entry_point("preprocess", PreprocessParams, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Entry point `train`: fit the U-Net and log the best model into the run."""
+
+from __future__ import annotations
+
+import sys
+
+import mlflow
+
+from pipeline.data.cache import read_cache_record
+from pipeline.params import TrainParams
+from pipeline.tracking.artifacts import local_input
+from pipeline.tracking.datasets import log_split_inputs
+from pipeline.tracking.models import log_segmentation_model
+from pipeline.tracking.runs import INPUT_DIGEST_TAG, log, run_entry_point
+from pipeline.training.fit import fit
+
+
+def run(params: TrainParams) -> None:
+    cache = local_input(params.data_dir, "data_dir")
+    record = read_cache_record(cache)
+    mlflow.set_tag(INPUT_DIGEST_TAG, record["digest"])
+    log_split_inputs(cache, record, ("train", "val"))
+    best, summary = fit(params, cache, mlflow.active_run().info.run_id)
+    mlflow.log_metrics(summary)
+    info = log_segmentation_model(best.net, record["image_size"])
+    log.info("best val Dice %.4f; model at %s", summary["best_val_dice"], info.model_uri)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entry_point("train", TrainParams, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

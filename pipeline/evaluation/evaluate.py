@@ -1,0 +1,81 @@
+"""Score a model on the test split: pooled metrics, per-image Dice spread, best and worst cases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipeline.data.cache import MANIFEST_FILE, open_split
+from pipeline.errors import PipelineError
+from pipeline.evaluation.figures import prediction_grid
+from pipeline.evaluation.metrics import hard_predictions, per_image_dice, segmentation_metrics
+
+QUANTILES = {"min": 0.0, "p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "max": 1.0}
+EXTREMES = 8
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    per_image: pd.DataFrame
+    best_and_worst: Image.Image
+
+
+def predict_logits(predictor, images: np.ndarray) -> torch.Tensor:
+    """Logits for uint8 N x H x W x 3 images, through the logged model's own input contract."""
+    batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    logits = torch.as_tensor(np.asarray(predictor.predict(batch)), dtype=torch.float32)
+    if logits.shape != (len(images), 1, *images.shape[1:3]):
+        raise PipelineError(
+            f"the model returned shape {tuple(logits.shape)} for {len(images)} images of "
+            f"{images.shape[1]}x{images.shape[2]}; expected N x 1 x H x W logits of a "
+            "segmentation model from this pipeline"
+        )
+    return logits
+
+
+def evaluate(predictor, cache: Path, batch_size: int) -> Evaluation:
+    if batch_size < 1:
+        raise PipelineError(f"batch_size must be at least 1, got {batch_size}")
+    images, masks = open_split(cache, "test")
+    if len(images) == 0:
+        raise PipelineError(f"the test split in {cache} is empty: rerun preprocess")
+    pooled = segmentation_metrics("test_", full=True)
+    loss_sum = 0.0
+    dice = []
+    for start in range(0, len(images), batch_size):
+        logits = predict_logits(predictor, images[start : start + batch_size])
+        target = torch.from_numpy(np.array(masks[start : start + batch_size])).unsqueeze(1)
+        pooled.update(hard_predictions(logits), target)
+        loss_sum += float(
+            F.binary_cross_entropy_with_logits(logits, target.float(), reduction="sum")
+        )
+        dice.append(per_image_dice(logits, target))
+    per_image_dice_values = torch.cat(dice).numpy()
+    metrics = {name: float(value) for name, value in pooled.compute().items()}
+    metrics["test_loss"] = loss_sum / masks.size
+    for name, quantile in QUANTILES.items():
+        metrics[f"test_image_dice_{name}"] = float(np.quantile(per_image_dice_values, quantile))
+    metrics["test_image_dice_mean"] = float(per_image_dice_values.mean())
+
+    manifest = pd.read_csv(cache / MANIFEST_FILE)
+    per_image = manifest[manifest["split"] == "test"].sort_values("index").reset_index(drop=True)
+    per_image["dice"] = per_image_dice_values
+    per_image["foreground_fraction"] = [float(mask.mean()) for mask in masks]
+    return Evaluation(metrics, per_image, _best_and_worst(predictor, images, masks, per_image))
+
+
+def _best_and_worst(predictor, images, masks, per_image: pd.DataFrame) -> Image.Image:
+    """The best images on the top rows, the worst below, each beside its error overlay."""
+    order = per_image.sort_values("dice", ascending=False)["index"].to_numpy()
+    count = min(EXTREMES, len(order) // 2) or 1
+    chosen = np.concatenate([order[:count], order[-count:]]) if len(order) > 1 else order
+    chosen_images = np.array(images[chosen])
+    predictions = hard_predictions(predict_logits(predictor, chosen_images)).squeeze(1).numpy()
+    return prediction_grid(chosen_images, np.array(masks[chosen]), predictions, columns=count)

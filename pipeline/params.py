@@ -1,0 +1,166 @@
+"""Typed parameters of every entry point: one dataclass per step, parsed from the command line.
+
+The MLproject declares the same names and defaults (a test keeps the two in step); these
+classes add the types, so values compare as numbers, not as the strings MLflow stores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+KAGGLE_SOURCE = "tapakah68/supervisely-filtered-segmentation-person-dataset"
+TRUE_WORDS = {"true", "1", "yes", "on"}
+FALSE_WORDS = {"false", "0", "no", "off"}
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    source: str = field(
+        default=KAGGLE_SOURCE,
+        metadata=_help("Kaggle handle, local folder, local .zip, http(s) zip URL or synthetic[:N]"),
+    )
+    output_dir: str = field(default="data/raw", metadata=_help("where the dataset lands"))
+    log_data: bool = field(
+        default=True, metadata=_help("log the dataset as run artifacts, so others can use its URI")
+    )
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    raw_dir: str = field(default="data/raw", metadata=_help("folder or artifact URI of download"))
+    output_dir: str = field(default="data/processed", metadata=_help("where the cache is written"))
+    image_size: int = field(default=256, metadata=_help("side of the square images"))
+    val_fraction: float = field(default=0.15, metadata=_help("share of rows for validation"))
+    test_fraction: float = field(default=0.15, metadata=_help("share of rows for the test split"))
+    seed: int = field(default=42, metadata=_help("seed of the split"))
+    strict: bool = field(default=False, metadata=_help("fail on any bad row instead of skipping"))
+    num_workers: int = field(default=0, metadata=_help("decoding processes; 0 = one per core"))
+    log_data: bool = field(default=True, metadata=_help("log the cache as run artifacts"))
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    data_dir: str = field(
+        default="data/processed", metadata=_help("preprocess output folder or its artifact URI")
+    )
+    max_epochs: int = field(default=100, metadata=_help("upper bound on epochs"))
+    batch_size: int = field(default=4, metadata=_help("images per step"))
+    lr: float = field(default=1e-5, metadata=_help("Adam learning rate"))
+    base_channels: int = field(default=64, metadata=_help("width of the first U-Net level"))
+    depth: int = field(default=4, metadata=_help("number of down-sampling levels"))
+    patience: int = field(default=15, metadata=_help("epochs without val Dice gain before stop"))
+    seed: int = field(default=42, metadata=_help("seed of weights and data order"))
+    precision: str = field(
+        default="auto", metadata=_help("32-true, 16-mixed, bf16-mixed or auto (best the card has)")
+    )
+    accelerator: str = field(default="auto", metadata=_help("auto, cpu, gpu, ..."))
+    devices: str = field(default="auto", metadata=_help("auto, a count, or a list like 0,1"))
+    num_workers: int = field(default=-1, metadata=_help("data loader workers; -1 = automatic"))
+    max_time: str = field(
+        default="", metadata=_help("wall-clock budget DD:HH:MM:SS; empty = no limit")
+    )
+    grid_every: int = field(
+        default=5, metadata=_help("epochs between prediction grids of fixed val images")
+    )
+    checkpoint_dir: str = field(
+        default="checkpoints", metadata=_help("local folder for resumable checkpoints")
+    )
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    model_uri: str = field(metadata=_help("any MLflow model URI: runs:/..., models:/..."))
+    data_dir: str = field(default="data/processed", metadata=_help("cache folder or artifact URI"))
+    batch_size: int = field(default=8, metadata=_help("images per forward pass"))
+
+
+@dataclass(frozen=True)
+class MainParams:
+    source: str = DownloadParams.source
+    raw_dir: str = DownloadParams.output_dir
+    processed_dir: str = PreprocessParams.output_dir
+    image_size: int = PreprocessParams.image_size
+    val_fraction: float = PreprocessParams.val_fraction
+    test_fraction: float = PreprocessParams.test_fraction
+    split_seed: int = PreprocessParams.seed
+    strict: bool = PreprocessParams.strict
+    max_epochs: int = TrainParams.max_epochs
+    batch_size: int = TrainParams.batch_size
+    lr: float = TrainParams.lr
+    base_channels: int = TrainParams.base_channels
+    depth: int = TrainParams.depth
+    patience: int = TrainParams.patience
+    seed: int = TrainParams.seed
+    precision: str = TrainParams.precision
+    accelerator: str = TrainParams.accelerator
+    devices: str = TrainParams.devices
+    num_workers: int = TrainParams.num_workers
+    max_time: str = TrainParams.max_time
+    log_data: bool = DownloadParams.log_data
+    reuse: bool = field(default=True, metadata=_help("reuse finished steps with equal inputs"))
+
+
+def parse_bool(name: str, text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise PipelineError(f"parameter {name}={text!r} is not a boolean: use true or false")
+
+
+def convert(params_class: type, name: str, text: Any) -> Any:
+    """The typed value of parameter `name` given as text, or a PipelineError naming it."""
+    kind = typing.get_type_hints(params_class)[name]
+    if kind is bool:
+        return parse_bool(name, text)
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise PipelineError(f"parameter {name}={text!r} is not a valid {kind.__name__}") from None
+
+
+def parse(params_class: type, argv: list[str] | None = None):
+    """Build `params_class` from `--name value` arguments, converting and checking each value."""
+    parser = argparse.ArgumentParser(description=params_class.__doc__)
+    for spec in dataclasses.fields(params_class):
+        required = spec.default is dataclasses.MISSING
+        parser.add_argument(
+            f"--{spec.name}",
+            required=required,
+            default=None if required else str(spec.default),
+            help=spec.metadata.get("help", ""),
+        )
+    raw = vars(parser.parse_args(argv))
+    return params_class(**{name: convert(params_class, name, text) for name, text in raw.items()})
+
+
+def as_text(params) -> dict[str, str]:
+    """Parameters as the strings MLflow logs, with booleans in the MLproject's spelling."""
+    return {
+        name: str(value).lower() if isinstance(value, bool) else str(value)
+        for name, value in dataclasses.asdict(params).items()
+    }
+
+
+def same_values(params_class: type, logged: dict[str, str], wanted: dict[str, Any]) -> bool:
+    """Whether logged params equal the wanted ones by value: 1e-5 and 0.00001 are the same lr."""
+    for name, value in wanted.items():
+        if name not in logged:
+            return False
+        try:
+            if convert(params_class, name, logged[name]) != value:
+                return False
+        except PipelineError:
+            return False
+    return True

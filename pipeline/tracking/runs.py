@@ -1,0 +1,116 @@
+"""Where runs go and how each step opens the one run it logs into.
+
+Under `mlflow run` (or `main`) the run already exists and MLFLOW_RUN_ID names it; a step must
+log there and never open a second run. Run by hand, a step opens its own run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import requests
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import PipelineError
+from pipeline.params import as_text, convert, parse
+from pipeline.tracking.code_version import code_digest
+
+DEFAULT_EXPERIMENT = "unet-person"
+DEFAULT_STORE = "mlflow.db"
+ENTRY_POINT_TAG = "mlflow.project.entryPoint"
+CODE_TAG = "unet_person.code_digest"
+ERROR_TAG = "unet_person.error"
+OUTPUT_DIGEST_TAG = "unet_person.output_digest"
+OUTPUT_PATH_TAG = "unet_person.output_path"
+INPUT_DIGEST_TAG = "unet_person.input_digest"
+
+log = logging.getLogger("unet_person")
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or a SQLite store in the working folder that `mlflow ui` there shows."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
+
+
+def configure_tracking() -> str:
+    """Point MLflow at the tracking store and fail fast, with advice, when it cannot be reached."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
+        except requests.RequestException as error:
+            raise PipelineError(
+                f"cannot reach the MLflow tracking server at {uri} ({error}). Start it "
+                "(docker compose up -d), fix MLFLOW_TRACKING_URI, or unset it to track into "
+                f"./{DEFAULT_STORE}"
+            ) from error
+    has_target = any(
+        os.environ.get(name)
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    )
+    if not has_target:
+        mlflow.set_experiment(DEFAULT_EXPERIMENT)
+    return uri
+
+
+def log_params_once(params) -> None:
+    """Log params not yet on the run; ones already there (from `mlflow run`) must agree by value.
+
+    MLflow refuses a second value for a key, and `1e-5` from the MLproject would clash with
+    the `1e-05` Python prints, so equal values are left as they were logged.
+    """
+    run_id = mlflow.active_run().info.run_id
+    logged = MlflowClient().get_run(run_id).data.params
+    params_class = type(params)
+    clashes = [
+        f"{name}: run has {logged[name]!r}, step got {getattr(params, name)!r}"
+        for name in logged.keys() & {spec.name for spec in dataclasses.fields(params)}
+        if convert(params_class, name, logged[name]) != getattr(params, name)
+    ]
+    if clashes:
+        raise PipelineError(f"run {run_id} was started with other parameters: {'; '.join(clashes)}")
+    mlflow.log_params({key: value for key, value in as_text(params).items() if key not in logged})
+
+
+@contextmanager
+def step_run(entry_point: str, params) -> Iterator[mlflow.ActiveRun]:
+    """The run this step logs into, tagged with its entry point and code version."""
+    configure_tracking()
+    resuming = bool(os.environ.get("MLFLOW_RUN_ID"))
+    with mlflow.start_run(run_name=None if resuming else entry_point) as run:
+        tags = run.data.tags
+        mlflow.set_tags(
+            {
+                CODE_TAG: code_digest(),
+                **({} if ENTRY_POINT_TAG in tags else {ENTRY_POINT_TAG: entry_point}),
+            }
+        )
+        log_params_once(params)
+        try:
+            yield run
+        except PipelineError as error:
+            mlflow.set_tag(ERROR_TAG, str(error)[:5000])
+            raise
+
+
+def run_entry_point(
+    entry_point: str, params_class: type, body: Callable, argv: list[str] | None = None
+) -> int:
+    """Parse, open the run, do the step; a PipelineError becomes one clear line and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        params = parse(params_class, argv)
+        with step_run(entry_point, params):
+            body(params)
+    except PipelineError as error:
+        print(f"{entry_point}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

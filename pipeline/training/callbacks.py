@@ -1,0 +1,62 @@
+"""Callbacks that make a training run readable in MLflow and on a plain log."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+import numpy as np
+import torch
+
+from pipeline.evaluation.figures import prediction_grid
+from pipeline.evaluation.metrics import hard_predictions
+from pipeline.training.module import to_model_input
+
+log = logging.getLogger("unet_person")
+
+
+class EpochTimer(L.Callback):
+    """Logs `epoch_time_s`, the wall time of each training epoch."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        module.log("epoch_time_s", time.perf_counter() - self._started, on_epoch=True)
+
+
+class EpochSummary(L.Callback):
+    """One line per epoch where there is no terminal for a progress bar (CI, `mlflow run` logs)."""
+
+    KEYS = ("train_loss_epoch", "val_loss", "val_dice", "lr", "epoch_time_s")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        shown = " ".join(f"{key}={float(metrics[key]):.4g}" for key in self.KEYS if key in metrics)
+        log.info("epoch %d/%d %s", trainer.current_epoch + 1, trainer.max_epochs, shown)
+
+
+class PredictionGrid(L.Callback):
+    """Every `every` epochs, log predictions on the same validation images as a stepped image.
+
+    Fixed images make the grids comparable from one epoch to the next in the MLflow UI.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, every: int) -> None:
+        self.images = images
+        self.masks = masks
+        self.every = max(1, every)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        last = epoch + 1 >= trainer.max_epochs
+        if trainer.sanity_checking or not (epoch % self.every == 0 or last):
+            return
+        batch = torch.from_numpy(self.images).permute(0, 3, 1, 2).to(module.device)
+        with torch.no_grad():
+            predictions = hard_predictions(module(to_model_input(batch))).squeeze(1).cpu().numpy()
+        grid = prediction_grid(self.images, self.masks, predictions)
+        trainer.logger.experiment.log_image(
+            trainer.logger.run_id, grid, key="val_predictions", step=epoch
+        )
