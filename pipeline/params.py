@@ -106,6 +106,7 @@ class MainParams:
     devices: str = TrainParams.devices
     num_workers: int = TrainParams.num_workers
     max_time: str = TrainParams.max_time
+    checkpoint_dir: str = TrainParams.checkpoint_dir
     log_data: bool = DownloadParams.log_data
     reuse: bool = field(default=True, metadata=_help("reuse finished steps with equal inputs"))
 

@@ -8,6 +8,8 @@ its own container.
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,8 +39,22 @@ def step_command(entry_point: str, params: dict[str, str]) -> str:
 
 
 def run_step(entry_point: str, params: dict[str, str], environment: dict[str, str]) -> int:
-    """Run one step's command in the project folder with this interpreter first on PATH."""
-    command = step_command(entry_point, params)
+    """Run one step's command in the project folder with this interpreter first on PATH.
+
+    SIGTERM and Ctrl-C are passed on to the step and waited for, so it can mark its run as
+    failed and keep its checkpoints instead of dying mid-write.
+    """
     env = {**os.environ, **environment}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(command, shell=True, cwd=project_dir(), env=env).returncode
+    process = subprocess.Popen(
+        shlex.split(step_command(entry_point, params)), cwd=project_dir(), env=env
+    )
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
+    try:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:
+                process.send_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -101,7 +101,7 @@ def _absolute(location: str) -> str:
 
 def run_pipeline(params: MainParams) -> dict[str, float]:
     """download → preprocess → train → evaluate; returns the test metrics."""
-    checkpoint_dir = Path(TrainParams.checkpoint_dir).resolve()
+    checkpoint_dir = Path(_absolute(params.checkpoint_dir))
     workflow = Workflow(params.reuse, checkpoint_dir)
     source = params.source
     if source_kind(source) in ("folder", "zip"):

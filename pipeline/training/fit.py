@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pipeline.data.cache import open_split
 from pipeline.data.datamodule import PersonDataModule
@@ -113,12 +114,13 @@ def fit(params: TrainParams, cache: Path, run_id: str) -> tuple[SegmentationModu
         default_root_dir=checkpoint_dir,
     )
     last = checkpoint_dir / "last.ckpt"
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.is_file() else None)
-    if trainer.interrupted:
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.is_file() else None)
+    except SIGTERMException as stop:
         raise PipelineError(
-            f"training was interrupted in epoch {trainer.current_epoch}; checkpoints are kept in "
-            f"{checkpoint_dir}, and running this run again resumes from there"
-        )
+            f"training was stopped (SIGTERM) in epoch {trainer.current_epoch}; checkpoints are "
+            f"kept in {checkpoint_dir}, and `main` resumes this run from there"
+        ) from stop
     if not checkpoints.best_model_path:
         raise PipelineError(
             "training ended before its first validation, so there is no model: raise max_epochs "

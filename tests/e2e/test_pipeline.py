@@ -1,0 +1,291 @@
+"""`main` end to end on a small synthetic set, then everything it left in MLflow.
+
+The steps run from the MLproject's own commands (MLflow's project loader), as `mlflow run` would
+run them, in this environment.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from pipeline.data.cache import open_split
+from pipeline.evaluation.metrics import hard_predictions
+from pipeline.orchestration.project import project_dir, step_command
+from pipeline.tracking.models import MODEL_URI_TAG
+from pipeline.training.module import SegmentationModule
+from tests.conftest import isolated_environment
+
+pytestmark = pytest.mark.e2e
+
+SETTINGS = {
+    "source": "synthetic:48",
+    "image_size": "32",
+    "base_channels": "4",
+    "depth": "2",
+    "max_epochs": "4",
+    "batch_size": "8",
+    "lr": "1e-3",
+    "num_workers": "0",
+}
+STEPS = ("download", "preprocess", "train", "evaluate")
+
+
+@dataclass
+class Workspace:
+    folder: Path
+    env: dict[str, str]
+
+    def params(self, **overrides: str) -> dict[str, str]:
+        return {
+            **SETTINGS,
+            "raw_dir": str(self.folder / "raw"),
+            "processed_dir": str(self.folder / "processed"),
+            "checkpoint_dir": str(self.folder / "checkpoints"),
+            **overrides,
+        }
+
+    def run(self, entry_point: str, params: dict[str, str], **env: str):
+        """An entry point's MLproject command, as `mlflow run` computes it, run here."""
+        command = shlex.split(step_command(entry_point, params))
+        assert command[0] == "python"
+        return subprocess.run(
+            [sys.executable, *command[1:]],
+            cwd=project_dir(),
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.env["MLFLOW_TRACKING_URI"])
+
+    def runs(self) -> list[Run]:
+        experiment = self.client().get_experiment_by_name("unet-person")
+        return self.client().search_runs([experiment.experiment_id], max_results=1000)
+
+
+def children(workspace: Workspace, parent: Run) -> dict[str, Run]:
+    found = [
+        run
+        for run in workspace.runs()
+        if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
+    return {run.data.tags["mlflow.project.entryPoint"]: run for run in found}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    folder = tmp_path_factory.mktemp("pipeline")
+    return Workspace(folder, isolated_environment(folder))
+
+
+@pytest.fixture(scope="module")
+def first_main(workspace: Workspace) -> tuple[Run, dict[str, Run]]:
+    result = workspace.run("main", workspace.params())
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,) = [run for run in workspace.runs() if "mlflow.parentRunId" not in run.data.tags]
+    return parent, children(workspace, parent)
+
+
+@pytest.fixture(autouse=True)
+def track_into_workspace(workspace: Workspace) -> None:
+    mlflow.set_tracking_uri(workspace.env["MLFLOW_TRACKING_URI"])
+
+
+def test_main_is_a_parent_of_four_finished_steps(first_main) -> None:
+    parent, steps = first_main
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mlflow.project.entryPoint"] == "main"
+    assert sorted(steps) == sorted(STEPS)
+    assert all(run.info.status == "FINISHED" for run in steps.values())
+    assert float(parent.data.params["lr"]) == 1e-3
+    assert parent.data.metrics["test_dice"] == steps["evaluate"].data.metrics["test_dice"]
+
+
+def test_steps_log_their_parameters(first_main, workspace: Workspace) -> None:
+    _, steps = first_main
+    train = steps["train"].data.params
+    assert float(train["lr"]) == 1e-3
+    assert train["max_epochs"] == "4" and train["base_channels"] == "4"
+    assert train["data_dir"] == str(workspace.folder / "processed")
+    assert steps["download"].data.params["source"] == "synthetic:48"
+    assert steps["preprocess"].data.params["image_size"] == "32"
+
+
+def test_data_steps_log_counts_digests_and_datasets(first_main) -> None:
+    _, steps = first_main
+    download, preprocess = steps["download"], steps["preprocess"]
+    assert download.data.metrics["rows"] == 48
+    assert download.data.metrics["usable_rows"] == 48
+    assert (
+        preprocess.data.tags["unet_person.input_digest"]
+        == (download.data.tags["unet_person.output_digest"])
+    )
+    metrics = preprocess.data.metrics
+    assert metrics["train_images"] + metrics["val_images"] + metrics["test_images"] == 48
+    assert 0.05 < metrics["train_foreground_fraction"] < 0.6
+    contexts = {
+        step: {
+            tag.value
+            for dataset in steps[step].inputs.dataset_inputs
+            for tag in dataset.tags
+            if tag.key == "mlflow.data.context"
+        }
+        for step in ("preprocess", "train", "evaluate")
+    }
+    assert contexts == {
+        "preprocess": {"train", "val", "test"},
+        "train": {"train", "val"},
+        "evaluate": {"test"},
+    }
+
+
+def test_train_logs_curves_images_and_the_model(first_main, workspace: Workspace) -> None:
+    _, steps = first_main
+    train = steps["train"]
+    client = workspace.client()
+    history = {
+        key: client.get_metric_history(train.info.run_id, key)
+        for key in (
+            "train_loss_step",
+            "train_loss_epoch",
+            "train_dice",
+            "val_loss",
+            "val_dice",
+            "lr",
+            "epoch_time_s",
+        )
+    }
+    epochs = int(train.data.metrics["epochs_trained"])
+    assert epochs == 4
+    assert len(history["train_loss_step"]) > epochs
+    for key in ("train_loss_epoch", "val_dice", "lr", "epoch_time_s"):
+        assert len(history[key]) == epochs, key
+    assert all(point.value > 0 for point in history["epoch_time_s"])
+    assert max(point.value for point in history["val_dice"]) == pytest.approx(
+        train.data.metrics["best_val_dice"]
+    )
+    images = [item.path for item in client.list_artifacts(train.info.run_id, "images")]
+    assert any("val_predictions" in path for path in images)
+    info = mlflow.models.get_model_info(train.data.tags[MODEL_URI_TAG])
+    assert info.run_id == train.info.run_id
+    assert info.signature is not None and info.signature.inputs is not None
+
+
+def test_logged_model_predicts_like_the_best_checkpoint(first_main, workspace: Workspace) -> None:
+    _, steps = first_main
+    train = steps["train"]
+    checkpoint = workspace.folder / "checkpoints" / train.info.run_id / "best.ckpt"
+    in_memory = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    images, _ = open_split(workspace.folder / "processed", "test")
+    batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
+    logged = mlflow.pyfunc.load_model(train.data.tags[MODEL_URI_TAG])
+    with torch.no_grad():
+        expected = in_memory(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(np.asarray(logged.predict(batch)), expected, atol=1e-4)
+
+
+def test_evaluate_reports_pooled_and_per_image_results(first_main, workspace: Workspace) -> None:
+    _, steps = first_main
+    evaluate = steps["evaluate"]
+    metrics = evaluate.data.metrics
+    images, masks = open_split(workspace.folder / "processed", "test")
+    batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
+    model = mlflow.pyfunc.load_model(evaluate.data.tags["unet_person.evaluated_model"])
+    predicted = hard_predictions(torch.from_numpy(np.asarray(model.predict(batch)))).squeeze(1)
+    truth = torch.from_numpy(np.array(masks)).bool()
+    tp = (predicted.bool() & truth).sum().item()
+    fp = (predicted.bool() & ~truth).sum().item()
+    fn = (~predicted.bool() & truth).sum().item()
+    assert metrics["test_dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-6)
+    assert metrics["test_iou"] == pytest.approx(tp / (tp + fp + fn), abs=1e-6)
+    assert 0 < metrics["test_loss"] < 5
+    quantiles = [metrics[f"test_image_dice_{name}"] for name in ("min", "p25", "median", "max")]
+    assert quantiles == sorted(quantiles)
+    client = workspace.client()
+    artifacts = {item.path for item in client.list_artifacts(evaluate.info.run_id)}
+    assert {"per_image.csv", "best_and_worst.png", "dice_histogram.png"} <= artifacts
+    table = pd.read_csv(client.download_artifacts(evaluate.info.run_id, "per_image.csv"))
+    assert len(table) == len(images)
+    assert table["dice"].between(0, 1).all()
+
+
+def test_second_main_reuses_every_step(first_main, workspace: Workspace) -> None:
+    parent, steps = first_main
+    before = len(workspace.runs())
+    result = workspace.run("main", workspace.params())
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = workspace.runs()
+    assert len(runs) == before + 1, result.stderr[-5000:]  # only the new parent
+    (second,) = [
+        run
+        for run in runs
+        if run.info.run_id
+        not in {parent.info.run_id, *(step.info.run_id for step in steps.values())}
+    ]
+    for step in STEPS:
+        assert second.data.tags[f"unet_person.reused.{step}"] == steps[step].info.run_id
+    assert second.data.metrics["test_dice"] == parent.data.metrics["test_dice"]
+
+
+def test_changed_training_parameter_reruns_only_what_depends_on_it(
+    first_main, workspace: Workspace
+) -> None:
+    _, steps = first_main
+    result = workspace.run("main", workspace.params(max_epochs="3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    newest = max(
+        (run for run in workspace.runs() if "mlflow.parentRunId" not in run.data.tags),
+        key=lambda run: run.info.start_time,
+    )
+    assert newest.data.tags["unet_person.reused.download"] == steps["download"].info.run_id
+    assert newest.data.tags["unet_person.reused.preprocess"] == steps["preprocess"].info.run_id
+    rerun = children(workspace, newest)
+    assert set(rerun) == {"train", "evaluate"}
+    assert rerun["train"].data.metrics["epochs_trained"] == 3
+
+
+def test_steps_take_their_input_as_an_artifact_uri(first_main, workspace: Workspace) -> None:
+    _, steps = first_main
+    download, preprocess = steps["download"], steps["preprocess"]
+    elsewhere = workspace.folder / "elsewhere"
+    result = workspace.run(
+        "preprocess",
+        {
+            "raw_dir": f"runs:/{download.info.run_id}/dataset",
+            "output_dir": str(elsewhere),
+            "image_size": "32",
+            "log_data": "false",
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(workspace.runs(), key=lambda run: run.info.start_time)
+    assert (
+        runs[-1].data.tags["unet_person.output_digest"]
+        == (preprocess.data.tags["unet_person.output_digest"])
+    )
+    result = workspace.run(
+        "evaluate",
+        {
+            "model_uri": steps["train"].data.tags[MODEL_URI_TAG],
+            "data_dir": f"runs:/{preprocess.info.run_id}/processed",
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(workspace.runs(), key=lambda run: run.info.start_time)
+    assert runs[-1].data.metrics["test_dice"] == pytest.approx(
+        steps["evaluate"].data.metrics["test_dice"]
+    )

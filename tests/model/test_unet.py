@@ -1,0 +1,158 @@
+"""The U-Net's shape contract, its paper-shaped blocks, gradients and torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.model.unet import DoubleConv, Down, UNet, Up
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "depth"),
+    [(37, 50, 4), (65, 33, 4), (37, 50, 5), (33, 65, 5), (17, 19, 3), (3, 5, 1)],
+)
+def test_odd_sizes_give_a_full_size_single_channel_output(
+    height: int, width: int, depth: int
+) -> None:
+    model = UNet(base_channels=2, depth=depth)
+    output = model(torch.rand(2, 3, height, width))
+    assert output.shape == (2, 1, height, width)
+    assert torch.isfinite(output).all()
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("base_channels", [2, 4, 8])
+def test_depth_and_width_grid_on_tiny_inputs(depth: int, base_channels: int) -> None:
+    side = 2**depth + 1  # the smallest odd side every level can pool
+    model = UNet(base_channels=base_channels, depth=depth)
+    output = model(torch.rand(1, 3, side, side + 2))
+    assert output.shape == (1, 1, side, side + 2)
+    assert len(model.downs) == depth
+    assert len(model.ups) == depth
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+def test_smallest_side_that_works_is_two_to_the_depth(depth: int) -> None:
+    """Every level halves (floor) the size; a side below 2**depth pools a 1-pixel map to 0."""
+    model = UNet(base_channels=2, depth=depth)
+    side = 2**depth
+    assert model(torch.rand(1, 3, side, side)).shape == (1, 1, side, side)
+    with pytest.raises(RuntimeError, match="Output size is too small"):
+        model(torch.rand(1, 3, side - 1, side))
+    with pytest.raises(RuntimeError, match="Output size is too small"):
+        model(torch.rand(1, 3, side, side - 1))
+
+
+@pytest.mark.parametrize(("base_channels", "depth"), [(2, 1), (4, 3), (8, 5), (3, 4)])
+def test_channel_widths_double_per_level(base_channels: int, depth: int) -> None:
+    model = UNet(in_channels=3, base_channels=base_channels, depth=depth)
+    assert model.inc.block[0].in_channels == 3
+    assert model.inc.block[-2].out_channels == base_channels
+    for level, down in enumerate(model.downs, start=1):
+        assert down.conv.block[0].in_channels == base_channels * 2 ** (level - 1)
+        assert down.conv.block[-2].out_channels == base_channels * 2**level
+    bottleneck = model.downs[-1].conv.block[-2]
+    assert bottleneck.out_channels == base_channels * 2**depth
+    # The decoder mirrors the encoder: the first Up takes the bottleneck, the last one base.
+    for index, up in enumerate(model.ups):
+        level = depth - index
+        assert up.up.in_channels == base_channels * 2**level
+        assert up.up.out_channels == base_channels * 2 ** (level - 1)
+        assert up.conv.block[-2].out_channels == base_channels * 2 ** (level - 1)
+    assert model.outc.in_channels == base_channels
+    assert model.outc.out_channels == 1
+
+
+def test_in_channels_is_honoured() -> None:
+    model = UNet(in_channels=1, base_channels=2, depth=2)
+    assert model(torch.rand(1, 1, 8, 8)).shape == (1, 1, 8, 8)
+    with pytest.raises(RuntimeError):
+        model(torch.rand(1, 3, 8, 8))
+
+
+def _assert_double_conv(block: nn.Module, in_channels: int, out_channels: int) -> None:
+    assert isinstance(block, DoubleConv)
+    layers = list(block.block)
+    assert [type(layer) for layer in layers] == [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.ReLU]
+    first, second = layers[0], layers[2]
+    for conv in (first, second):
+        assert conv.kernel_size == (3, 3)
+        assert conv.padding == (1, 1)
+        assert conv.stride == (1, 1)
+    assert (first.in_channels, first.out_channels) == (in_channels, out_channels)
+    assert (second.in_channels, second.out_channels) == (out_channels, out_channels)
+
+
+def test_blocks_are_the_papers() -> None:
+    base, depth = 4, 3
+    model = UNet(base_channels=base, depth=depth)
+    _assert_double_conv(model.inc, 3, base)
+    for level, down in enumerate(model.downs, start=1):
+        assert isinstance(down, Down)
+        assert isinstance(down.pool, nn.MaxPool2d)
+        assert down.pool.kernel_size == 2
+        assert down.pool.stride == 2
+        _assert_double_conv(down.conv, base * 2 ** (level - 1), base * 2**level)
+    for index, up in enumerate(model.ups):
+        level = depth - index
+        assert isinstance(up, Up)
+        assert isinstance(up.up, nn.ConvTranspose2d)
+        assert up.up.kernel_size == (2, 2)
+        assert up.up.stride == (2, 2)
+        # Concatenating the skip doubles the channels the DoubleConv then halves.
+        _assert_double_conv(up.conv, base * 2**level, base * 2 ** (level - 1))
+    assert isinstance(model.outc, nn.Conv2d)
+    assert model.outc.kernel_size == (1, 1)
+    assert model.outc.out_channels == 1
+
+
+def test_up_pads_the_upsampled_map_to_the_skip() -> None:
+    up = Up(8, 4)
+    skip = torch.rand(1, 4, 7, 9)
+    assert up(torch.rand(1, 8, 3, 4), skip).shape == (1, 4, 7, 9)
+
+
+def test_forward_backward_gives_finite_gradients_everywhere() -> None:
+    model = UNet(base_channels=4, depth=3)
+    images = torch.rand(2, 3, 19, 23)
+    target = (torch.rand(2, 1, 19, 23) > 0.5).float()
+    loss = nn.functional.binary_cross_entropy_with_logits(model(images), target)
+    loss.backward()
+    total = 0.0
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        total += float(parameter.grad.abs().sum())
+    assert total > 0
+
+
+def test_compiled_graph_matches_eager() -> None:
+    # Inductor needs ~20 s of C++ compilation on a 2-core CPU; aot_eager still traces the
+    # whole graph through dynamo and AOTAutograd, which is what can break.
+    model = UNet(base_channels=4, depth=2).eval()
+    images = torch.rand(2, 3, 21, 26)  # odd height: exercises the padding branch
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        eager = model(images)
+        traced = compiled(images)
+    assert traced.shape == (2, 1, 21, 26)
+    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [0, -1])
+def test_invalid_depth_raises(depth: int) -> None:
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        UNet(depth=depth)
+
+
+@pytest.mark.parametrize("base_channels", [0, -4])
+def test_invalid_base_channels_raises(base_channels: int) -> None:
+    with pytest.raises(ValueError, match="base_channels must be >= 1"):
+        UNet(base_channels=base_channels)

@@ -1,0 +1,80 @@
+"""The MLproject holds every command; the params classes add types. The two must agree."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+import typing
+
+import pytest
+from mlflow.projects import _project_spec
+
+from pipeline.__main__ import ENTRY_POINTS
+from pipeline.orchestration.project import project_dir, step_command
+from pipeline.params import (
+    DownloadParams,
+    EvaluateParams,
+    MainParams,
+    PreprocessParams,
+    TrainParams,
+    convert,
+)
+
+PARAMS = {
+    "download": DownloadParams,
+    "preprocess": PreprocessParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "main": MainParams,
+}
+MLPROJECT_TYPES = {str: "string", int: "int", float: "float", bool: "string"}
+
+
+@pytest.fixture(scope="module")
+def project():
+    return _project_spec.load_project(str(project_dir()))
+
+
+def test_every_entry_point_has_a_params_class(project) -> None:
+    assert set(project._entry_points) == set(PARAMS) == set(ENTRY_POINTS)
+
+
+@pytest.mark.parametrize("entry_point", sorted(PARAMS))
+def test_parameters_agree_in_name_type_and_default(project, entry_point: str) -> None:
+    declared = project.get_entry_point(entry_point).parameters
+    params_class = PARAMS[entry_point]
+    hints = typing.get_type_hints(params_class)
+    fields = {spec.name: spec for spec in dataclasses.fields(params_class)}
+    assert set(declared) == set(fields)
+    for name, parameter in declared.items():
+        assert parameter.type == MLPROJECT_TYPES[hints[name]], name
+        default = fields[name].default
+        if default is dataclasses.MISSING:
+            assert parameter.default is None, f"{name} is required in the class only"
+        else:
+            assert convert(params_class, name, parameter.default) == default, name
+
+
+@pytest.mark.parametrize("entry_point", sorted(PARAMS))
+def test_command_passes_every_parameter_once_to_its_module(project, entry_point: str) -> None:
+    command = project.get_entry_point(entry_point).command
+    assert command.startswith(f"python -m pipeline {entry_point} ")
+    for name in project.get_entry_point(entry_point).parameters:
+        assert len(re.findall(rf"--{name} \{{{name}\}}", command)) == 1, name
+
+
+def test_computed_command_quotes_values() -> None:
+    command = step_command("download", {"source": "my data/folder with spaces"})
+    assert shlex.split(command)[4:6] == ["--source", "my data/folder with spaces"]
+
+
+def test_computed_command_refuses_a_missing_required_parameter() -> None:
+    from mlflow.exceptions import ExecutionException
+
+    with pytest.raises(ExecutionException, match="model_uri"):
+        step_command("evaluate", {})
+
+
+def test_project_runs_in_the_trainer_image(project) -> None:
+    assert project.docker_env["image"].startswith("unet-person-trainer")

@@ -1,0 +1,124 @@
+"""Where runs go, how a step joins the run `mlflow run` made, failing fast without tracking."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import PipelineError
+from pipeline.params import DownloadParams, TrainParams, parse
+from pipeline.tracking.runs import (
+    CODE_TAG,
+    DEFAULT_EXPERIMENT,
+    ENTRY_POINT_TAG,
+    ERROR_TAG,
+    configure_tracking,
+    run_entry_point,
+    step_run,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_default_store_is_sqlite_in_the_working_folder(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert configure_tracking() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with step_run("download", DownloadParams()) as run:
+        pass
+    assert (tmp_path / "mlflow.db").is_file()
+    experiment = MlflowClient().get_experiment(run.info.experiment_id)
+    assert experiment.name == DEFAULT_EXPERIMENT
+
+
+def test_experiment_name_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "people-study")
+    mlflow.set_experiment("people-study")
+    with step_run("download", DownloadParams()) as run:
+        pass
+    assert MlflowClient().get_experiment(run.info.experiment_id).name == "people-study"
+
+
+def test_step_logs_into_the_run_named_by_mlflow_run_id(monkeypatch) -> None:
+    configure_tracking()
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    created = client.create_run(experiment.experiment_id, tags={ENTRY_POINT_TAG: "train"})
+    # `mlflow run` logs the MLproject's spelling of every parameter before the step starts.
+    client.log_param(created.info.run_id, "lr", "1e-5")
+    client.log_param(created.info.run_id, "max_epochs", "100")
+    monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
+    with step_run("train", parse(TrainParams, [])) as run:
+        assert run.info.run_id == created.info.run_id
+    runs = client.search_runs([experiment.experiment_id])
+    assert [run.info.run_id for run in runs] == [created.info.run_id]
+    finished = client.get_run(created.info.run_id)
+    assert finished.info.status == "FINISHED"
+    assert finished.data.params["lr"] == "1e-5"  # equal value, left in its own spelling
+    assert finished.data.params["batch_size"] == "4"
+    assert finished.data.tags[CODE_TAG]
+
+
+def test_a_different_value_for_a_logged_parameter_is_refused(monkeypatch) -> None:
+    configure_tracking()
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    created = client.create_run(experiment.experiment_id)
+    client.log_param(created.info.run_id, "lr", "2e-5")
+    monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
+    expected = r"lr: run has '2e-5', step got 1e-05"
+    with pytest.raises(PipelineError, match=expected), step_run("train", parse(TrainParams, [])):
+        pass
+
+
+def test_a_pipeline_error_is_one_line_exit_2_and_a_failed_tagged_run(capsys) -> None:
+    def broken(params) -> None:
+        raise PipelineError("image images/x.png is unreadable")
+
+    assert run_entry_point("download", DownloadParams, broken, []) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line == "download: error: image images/x.png is unreadable"
+    (run,) = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id]
+    )
+    assert run.info.status == "FAILED"
+    assert run.data.tags[ERROR_TAG] == "image images/x.png is unreadable"
+
+
+def test_a_bad_parameter_value_names_the_parameter(capsys) -> None:
+    assert run_entry_point("train", TrainParams, lambda params: None, ["--lr", "fast"]) == 2
+    assert "parameter lr='fast' is not a valid float" in capsys.readouterr().err
+
+
+def test_unreachable_tracking_server_fails_fast_before_any_work(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "download",
+            "--source",
+            "synthetic:3",
+            "--output_dir",
+            str(tmp_path / "raw"),
+        ],
+        env={**os.environ, "MLFLOW_TRACKING_URI": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"cannot reach the MLflow tracking server at {url}" in result.stderr
+    assert "MLFLOW_TRACKING_URI" in result.stderr
+    assert not (tmp_path / "raw").exists()

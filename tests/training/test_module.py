@@ -1,0 +1,207 @@
+"""SegmentationModule trained by a real Lightning Trainer on a tiny cache, and the dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import RandomSampler, SequentialSampler
+
+from pipeline.data.cache import SPLITS, array_writer, split_paths
+from pipeline.data.datamodule import PersonDataModule, SplitDataset
+from pipeline.training.module import SegmentationModule, to_model_input
+
+SIDE = 16
+COUNTS = {"train": 8, "val": 4, "test": 4}
+STEPS = 30
+
+
+def _easy_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A bright rectangle (the person) on a dark noisy background: brightness alone tells."""
+    mask = np.zeros((SIDE, SIDE), dtype=np.uint8)
+    top, left = rng.integers(0, SIDE // 2, size=2)
+    height, width = rng.integers(4, SIDE // 2 + 1, size=2)
+    mask[top : top + height, left : left + width] = 1
+    noise = rng.integers(0, 40, size=(SIDE, SIDE, 3))
+    image = np.where(mask[..., None] == 1, 200, 30) + noise
+    return image.astype(np.uint8), mask
+
+
+def write_cache(root: Path, seed: int = 0) -> Path:
+    """A cache folder in preprocess's format: {split}_images.npy (N,H,W,3), _masks.npy (N,H,W)."""
+    rng = np.random.default_rng(seed)
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        images_path, masks_path = split_paths(root, split)
+        with (
+            array_writer(images_path, (SIDE, SIDE, 3), digest) as images,
+            array_writer(masks_path, (SIDE, SIDE), digest) as masks,
+        ):
+            for _ in range(COUNTS[split]):
+                image, mask = _easy_pair(rng)
+                images.append(image)
+                masks.append(mask)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_cache(tmp_path_factory.mktemp("cache"))
+
+
+class LossRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss))
+
+
+def _trainer(**overrides) -> L.Trainer:
+    options = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**(options | overrides))
+
+
+@pytest.fixture(scope="module")
+def fitted(cache: Path) -> tuple[L.Trainer, SegmentationModule, LossRecorder]:
+    """One shared 30-step fit: Trainer start-up dominates, so the checks share it."""
+    L.seed_everything(0, verbose=False)
+    module = SegmentationModule(base_channels=4, depth=1, lr=1e-2)
+    datamodule = PersonDataModule(cache, batch_size=4, num_workers=0, pin_memory=False)
+    recorder = LossRecorder()
+    trainer = _trainer(max_steps=STEPS, callbacks=[recorder])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, datamodule=datamodule)
+    return trainer, module, recorder
+
+
+def test_loss_decreases_on_an_easy_pattern(fitted) -> None:
+    trainer, _, recorder = fitted
+    assert trainer.global_step == STEPS
+    assert len(recorder.losses) == STEPS
+    assert all(np.isfinite(recorder.losses))
+    first, last = np.mean(recorder.losses[:5]), np.mean(recorder.losses[-5:])
+    assert last < 0.5 * first
+
+
+def test_logged_metric_names(fitted) -> None:
+    trainer, _, _ = fitted
+    names = set(trainer.callback_metrics)
+    assert {"train_loss_step", "train_loss_epoch", "train_dice", "val_loss", "val_dice"} <= names
+    assert "train_loss_step" in trainer.logged_metrics
+    for name in ("train_loss_epoch", "train_dice", "val_loss", "val_dice"):
+        assert torch.isfinite(trainer.callback_metrics[name]), name
+    # The easy pattern is learnt: validation Dice well above an all-background 0.
+    assert 0.5 < float(trainer.callback_metrics["val_dice"]) <= 1.0
+
+
+def test_trainer_uses_the_plateau_scheduler_on_val_loss(fitted) -> None:
+    trainer, _, _ = fitted
+    assert len(trainer.optimizers) == 1
+    assert isinstance(trainer.optimizers[0], torch.optim.Adam)
+    (config,) = trainer.lr_scheduler_configs
+    assert isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert config.monitor == "val_loss"
+    assert config.name == "lr"
+    assert config.interval == "epoch"
+
+
+def test_configure_optimizers() -> None:
+    module = SegmentationModule(
+        base_channels=2, depth=1, lr=3e-3, plateau_factor=0.25, plateau_patience=7
+    )
+    configured = module.configure_optimizers()
+    optimizer = configured["optimizer"]
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["lr"] == 3e-3
+    parameters = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert parameters == {id(p) for p in module.parameters()}
+    scheduler_config = configured["lr_scheduler"]
+    assert scheduler_config["monitor"] == "val_loss"
+    assert scheduler_config["name"] == "lr"
+    scheduler = scheduler_config["scheduler"]
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert scheduler.optimizer is optimizer
+    assert scheduler.mode == "min"
+    assert scheduler.factor == 0.25
+    assert scheduler.patience == 7
+
+
+def test_module_builds_the_requested_unet_and_keeps_hparams() -> None:
+    module = SegmentationModule(base_channels=2, depth=3, lr=1e-3)
+    assert module.net.base_channels == 2
+    assert module.net.depth == 3
+    assert module.hparams.lr == 1e-3
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    assert module(to_model_input(images)).shape == (2, 1, 8, 8)
+
+
+def test_to_model_input_scales_uint8_to_unit_floats() -> None:
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).reshape(1, 3, 1, 1)
+    scaled = to_model_input(images)
+    assert scaled.dtype == torch.float32
+    assert scaled.flatten().tolist() == pytest.approx([0.0, 0.2, 1.0])
+    assert images.flatten().tolist() == [0, 51, 255]  # the uint8 batch is left alone
+
+
+def test_split_dataset_items(cache: Path) -> None:
+    images = np.load(split_paths(cache, "val")[0])
+    masks = np.load(split_paths(cache, "val")[1])
+    dataset = SplitDataset(cache, "val")
+    assert len(dataset) == COUNTS["val"]
+    image, mask = dataset[2]
+    assert image.dtype == torch.uint8
+    assert mask.dtype == torch.uint8
+    assert image.shape == (3, SIDE, SIDE)
+    assert mask.shape == (1, SIDE, SIDE)
+    np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), images[2])
+    np.testing.assert_array_equal(mask[0].numpy(), masks[2])
+    assert set(np.unique(mask.numpy())) == {0, 1}
+
+
+def test_split_dataset_pickles_without_its_memory_map(cache: Path) -> None:
+    dataset = SplitDataset(cache, "train")
+    assert dataset._arrays is None  # opened lazily
+    expected = dataset[1]
+    assert dataset._arrays is not None
+    assert isinstance(dataset._arrays[0], np.memmap)
+    payload = pickle.dumps(dataset)
+    restored = pickle.loads(payload)
+    assert restored._arrays is None
+    assert dataset._arrays is not None  # pickling leaves the original open
+    assert len(payload) < COUNTS["train"] * SIDE * SIDE  # no pixel data travelled
+    assert len(restored) == len(dataset)
+    image, mask = restored[1]
+    assert torch.equal(image, expected[0])
+    assert torch.equal(mask, expected[1])
+
+
+def test_datamodule_loaders(cache: Path) -> None:
+    datamodule = PersonDataModule(cache, batch_size=3, num_workers=0, pin_memory=False)
+    datamodule.setup("fit")
+    assert {split: len(data) for split, data in datamodule.splits.items()} == COUNTS
+    train = datamodule.train_dataloader()
+    assert isinstance(train.sampler, RandomSampler)
+    for loader in (datamodule.val_dataloader(), datamodule.test_dataloader()):
+        assert isinstance(loader.sampler, SequentialSampler)
+    images, masks = next(iter(train))
+    assert images.dtype == torch.uint8
+    assert masks.dtype == torch.uint8
+    assert images.shape == (3, 3, SIDE, SIDE)
+    assert masks.shape == (3, 1, SIDE, SIDE)
+    assert [len(batch[0]) for batch in datamodule.test_dataloader()] == [3, 1]
