@@ -44,14 +44,7 @@ def configure_tracking() -> str:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
-        except requests.RequestException as error:
-            raise PipelineError(
-                f"cannot reach the MLflow tracking server at {uri} ({error}). Start it "
-                "(docker compose up -d), fix MLFLOW_TRACKING_URI, or unset it to track into "
-                f"./{DEFAULT_STORE}"
-            ) from error
+        _check_server(uri)
     has_target = any(
         os.environ.get(name)
         for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
@@ -59,6 +52,31 @@ def configure_tracking() -> str:
     if not has_target:
         mlflow.set_experiment(DEFAULT_EXPERIMENT)
     return uri
+
+
+def _check_server(uri: str) -> None:
+    """Reach the server and pass its auth before any work, rather than fail after an hour."""
+    base = uri.rstrip("/")
+    try:
+        requests.get(f"{base}/health", timeout=10).raise_for_status()
+    except requests.RequestException as error:
+        raise PipelineError(
+            f"cannot reach the MLflow tracking server at {uri} ({error}). Start it "
+            "(docker compose up -d), fix MLFLOW_TRACKING_URI, or unset it to track into "
+            f"./{DEFAULT_STORE}"
+        ) from error
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    response = requests.get(
+        f"{base}/api/2.0/mlflow/experiments/search",
+        params={"max_results": 1},
+        auth=(user, os.environ.get("MLFLOW_TRACKING_PASSWORD", "")) if user else None,
+        timeout=30,
+    )
+    if response.status_code in (401, 403):
+        raise PipelineError(
+            f"the MLflow tracking server at {uri} refused access (HTTP {response.status_code}): "
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server"
+        )
 
 
 def log_params_once(params) -> None:

@@ -1,0 +1,82 @@
+"""A training step stopped half-way (SIGTERM, as `docker stop` sends) loses nothing: the next
+`main` resumes the same run from its last checkpoint instead of starting over."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.orchestration.project import project_dir, step_command
+from tests.conftest import isolated_environment
+
+pytestmark = pytest.mark.e2e
+
+
+def main_process(folder: Path) -> subprocess.Popen:
+    params = {
+        "source": "synthetic:24",
+        "image_size": "32",
+        "base_channels": "4",
+        "depth": "1",
+        "max_epochs": "60",
+        "patience": "100",
+        "batch_size": "8",
+        "num_workers": "0",
+        "raw_dir": str(folder / "raw"),
+        "processed_dir": str(folder / "processed"),
+        "checkpoint_dir": str(folder / "checkpoints"),
+    }
+    command = shlex.split(step_command("main", params))
+    return subprocess.Popen(
+        [sys.executable, *command[1:]],
+        cwd=project_dir(),
+        env=isolated_environment(folder),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_checkpoint(folder: Path, process: subprocess.Popen, timeout: float) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list((folder / "checkpoints").glob("*/last.ckpt"))
+        if found:
+            return found[0]
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.1)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_stopped_training_is_resumed_by_the_next_main(tmp_path: Path) -> None:
+    first = main_process(tmp_path)
+    checkpoint = wait_for_checkpoint(tmp_path, first, timeout=240)
+    first.send_signal(signal.SIGTERM)
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode == 2, output
+    assert "stopped (SIGTERM)" in output
+    run_id = checkpoint.parent.name
+    client = MlflowClient(tracking_uri=isolated_environment(tmp_path)["MLFLOW_TRACKING_URI"])
+    stopped = client.get_run(run_id)
+    assert stopped.info.status == "FAILED"
+    epochs_before = len(client.get_metric_history(run_id, "epoch_time_s"))
+    assert 0 < epochs_before < 60
+
+    second = main_process(tmp_path)
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output
+    assert f"train: resuming interrupted run {run_id}" in output
+    assert "Restoring states from the checkpoint path" in output
+    resumed = client.get_run(run_id)
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.metrics["epochs_trained"] == 60
+    epochs_after = len(client.get_metric_history(run_id, "epoch_time_s"))
+    # Resumed, not restarted: the epochs done before the stop are not trained again.
+    assert epochs_after <= 60 + 1
