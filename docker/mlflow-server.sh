@@ -2,7 +2,7 @@
 # The one definition of how the tracking server starts: compose runs it in the mlflow image and
 # the integration tests run it on this machine, so both get the same flags.
 #
-#   mlflow-server.sh upgrade   create or migrate the schema once, before any server starts
+#   mlflow-server.sh upgrade   create or migrate the schemas once, before any server starts
 #   mlflow-server.sh serve     run the tracking server (proxied artifacts, Host header check)
 #
 # Environment:
@@ -19,7 +19,12 @@ set -eu
 
 case "${1:-serve}" in
 upgrade)
-    exec mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI"
+    mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI"
+    if [ "${MLFLOW_AUTH:-false}" = "true" ]; then
+        # The user store too: several workers racing on an empty database can fail.
+        : "${MLFLOW_AUTH_DATABASE_URI:?set MLFLOW_AUTH_DATABASE_URI (a database for users) when MLFLOW_AUTH=true}"
+        python -m mlflow.server.auth db upgrade --url "$MLFLOW_AUTH_DATABASE_URI"
+    fi
     ;;
 serve)
     : "${MLFLOW_ARTIFACTS_DESTINATION:?set MLFLOW_ARTIFACTS_DESTINATION, e.g. s3://mlflow}"

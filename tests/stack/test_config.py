@@ -1,0 +1,1009 @@
+"""The container stack, checked by reading it: compose.yaml, the two Dockerfiles, .env.example,
+the MLproject's docker_env and docker/mlflow-server.sh, each against the others.
+
+No Docker engine runs here, so no image is built and no container started. The pieces that run
+without one do run: the server script (with a stand-in `mlflow` that records its arguments), the
+PostgreSQL init script (against this machine's server), and the `docker run` line that MLflow
+builds from the MLproject (through bash, as `mlflow run` does, with a stand-in `docker`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shlex
+import subprocess
+import types
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import pytest
+import tomllib
+import yaml
+from mlflow.projects import _project_spec
+from mlflow.projects.utils import MLFLOW_DOCKER_WORKDIR_PATH
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose.yaml"
+TRAINER_DOCKERFILE = ROOT / "docker" / "Dockerfile"
+MLFLOW_DOCKERFILE = ROOT / "docker" / "mlflow.Dockerfile"
+SERVER_SCRIPT = ROOT / "docker" / "mlflow-server.sh"
+POSTGRES_INIT = ROOT / "docker" / "postgres-init.sh"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+WORKDIR = MLFLOW_DOCKER_WORKDIR_PATH.rstrip("/")  # where `mlflow run --build-image` copies code
+HEALTHY = "service_healthy"
+COMPLETED = "service_completed_successfully"
+# Needed by every `docker compose` command: compose must stop when one is missing.
+REQUIRED_CREDENTIALS = {
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_DB",
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+}
+# Read only with MLFLOW_AUTH=true (the server script then requires the first two) or by clients
+# of a server with auth: optional, so empty by default, never a default value.
+OPTIONAL_SECRETS = {
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "MLFLOW_TRACKING_PASSWORD",
+}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY\b|TOKEN")
+RELEASE_TAG = re.compile(r"^RELEASE\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z$")
+# MinIO's community edition went source-only with RELEASE.2025-10-15T17-29-55Z: no minio/minio
+# image exists from that release on.
+MINIO_SOURCE_ONLY_SINCE = "RELEASE.2025-10-15T17-29-55Z"
+
+
+# --- Compose variables, interpolated the way compose does ---------------------------------
+
+VARIABLE = re.compile(
+    r"\$(?:(?P<escaped>\$)"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def variable_uses(text: str) -> list[tuple[str, str | None, str]]:
+    """(name, operator, argument) of every ${...} or $NAME in text; $$ is no variable."""
+    uses = []
+    for match in VARIABLE.finditer(text):
+        if match["escaped"]:
+            continue
+        name = match["braced"] or match["bare"]
+        uses.append((name, match["op"], match["arg"] or ""))
+    return uses
+
+
+class MissingVariable(Exception):
+    pass
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    def substitute(match: re.Match) -> str:
+        if match["escaped"]:
+            return "$"
+        name = match["braced"] or match["bare"]
+        op, arg, value = match["op"], match["arg"] or "", env.get(name)
+        unset_or_empty = value is None or (value == "" and op and op.startswith(":"))
+        if op in (":-", "-"):
+            return arg if unset_or_empty else value
+        if op in (":?", "?"):
+            if unset_or_empty:
+                raise MissingVariable(f"{name}: {arg}")
+            return value
+        if op in (":+", "+"):
+            return "" if unset_or_empty else arg
+        return value or ""
+
+    return VARIABLE.sub(substitute, text)
+
+
+def resolve(node, env: dict[str, str]):
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, list):
+        return [resolve(item, env) for item in node]
+    if isinstance(node, dict):
+        return {key: resolve(value, env) for key, value in node.items()}
+    return node
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, separator, value = line.partition("=")
+            assert separator, f"{path.name}: not NAME=value: {line!r}"
+            values[name.strip()] = value.strip()
+    return values
+
+
+def sample_env() -> dict[str, str]:
+    """.env.example as a user fills it in: each required credential gets a value."""
+    env = parse_env_file(ENV_EXAMPLE)
+    for name, value in env.items():
+        if not value and name in REQUIRED_CREDENTIALS:
+            env[name] = "sample" + name.lower().replace("_", "")
+    return env
+
+
+@functools.cache
+def compose_raw() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@functools.cache
+def compose() -> dict:
+    return resolve(compose_raw(), sample_env())
+
+
+def service(name: str) -> dict:
+    return compose()["services"][name]
+
+
+def environment(svc: dict) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def published_ports(svc: dict) -> list[tuple[str | None, str, str]]:
+    """(host ip, host port, container port) of each short-syntax port."""
+    ports = []
+    for entry in svc.get("ports", []):
+        parts = str(entry).split(":")
+        ip = parts[0] if len(parts) == 3 else None
+        ports.append((ip, parts[-2] if len(parts) > 1 else "", parts[-1].split("/")[0]))
+    return ports
+
+
+# --- Dockerfiles, read line by line -----------------------------------------------------------
+
+
+@functools.cache
+def instructions(path: Path) -> tuple[tuple[str, str], ...]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    result, pending = [], ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        pending += " " + stripped[:-1] if stripped.endswith("\\") else " " + stripped
+        if not stripped.endswith("\\"):
+            keyword, _, arguments = pending.strip().partition(" ")
+            result.append((keyword.upper(), arguments.strip()))
+            pending = ""
+    return tuple(result)
+
+
+def build_args(path: Path) -> dict[str, str]:
+    args = {}
+    for keyword, arguments in instructions(path):
+        if keyword == "ARG":
+            name, _, default = arguments.partition("=")
+            args[name] = default
+    return args
+
+
+def expand(text: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m[1] or m[2]], text)
+
+
+def lines_of(path: Path, keyword: str) -> list[str]:
+    return [arguments for kw, arguments in instructions(path) if kw == keyword]
+
+
+def index_of(path: Path, keyword: str, contains: str) -> int:
+    for position, (kw, arguments) in enumerate(instructions(path)):
+        if kw == keyword and contains in arguments:
+            return position
+    raise AssertionError(f"{path.name}: no {keyword} with {contains!r}")
+
+
+def base_image(path: Path) -> str:
+    (line,) = lines_of(path, "FROM")
+    return expand(line.split()[0], build_args(path))
+
+
+def final_user(path: Path) -> str:
+    return expand(lines_of(path, "USER")[-1], build_args(path))
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def requirement(name: str) -> Requirement:
+    for entry in pyproject()["project"]["dependencies"]:
+        if Requirement(entry).name == name:
+            return Requirement(entry)
+    raise AssertionError(f"pyproject.toml has no {name} requirement")
+
+
+def project():
+    return _project_spec.load_project(str(ROOT))
+
+
+# --- compose.yaml: services, images, order -----------------------------------------------------
+
+
+def test_compose_is_the_spec_format_with_the_stack_services() -> None:
+    raw = compose_raw()
+    assert "version" not in raw, "the Compose spec has no version key"
+    assert {"postgres", "minio", "minio-init", "mlflow-db-upgrade", "mlflow", "trainer"} <= set(
+        raw["services"]
+    )
+
+
+@pytest.mark.parametrize("name", sorted(compose_raw()["services"]))
+def test_every_image_is_pinned(name: str) -> None:
+    svc = service(name)
+    image = svc.get("image")
+    assert image, f"{name}: no image"
+    repository, _, tag = image.rpartition(":")
+    assert repository and tag and tag != "latest", f"{name}: {image} is not pinned"
+    if "build" in svc:
+        assert repository.startswith("unet-person-"), f"{name}: a built image has a local name"
+    elif repository.startswith("minio/"):
+        assert RELEASE_TAG.match(tag), f"{name}: MinIO images are pinned to a RELEASE.* tag"
+    else:
+        assert re.match(r"^\d+\.\d+", tag), f"{name}: {image} floats over minor versions"
+
+
+def test_minio_is_a_release_that_was_published_as_an_image() -> None:
+    tag = service("minio")["image"].split(":")[1]
+    assert tag < MINIO_SOURCE_ONLY_SINCE, f"{tag}: no minio/minio image exists from then on"
+
+
+def test_built_images_have_their_dockerfile_and_context() -> None:
+    for name in ("mlflow", "mlflow-db-upgrade", "trainer", "trainer-cpu"):
+        build = service(name)["build"]
+        context = ROOT / build["context"]
+        assert (context / build["dockerfile"]).is_file(), name
+    mlflow_build, trainer_build = service("mlflow")["build"], service("trainer")["build"]
+    assert ROOT / mlflow_build["context"] / mlflow_build["dockerfile"] == MLFLOW_DOCKERFILE
+    assert ROOT / trainer_build["context"] / trainer_build["dockerfile"] == TRAINER_DOCKERFILE
+
+
+EXPECTED_DEPENDENCIES = {
+    "minio-init": {"minio": HEALTHY},
+    "mlflow-db-upgrade": {"postgres": HEALTHY},
+    "mlflow": {
+        "postgres": HEALTHY,
+        "minio": HEALTHY,
+        "minio-init": COMPLETED,
+        "mlflow-db-upgrade": COMPLETED,
+    },
+    "trainer": {"mlflow": HEALTHY},
+    "trainer-cpu": {"mlflow": HEALTHY},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_DEPENDENCIES))
+def test_services_wait_for_what_they_need(name: str) -> None:
+    depends_on = service(name)["depends_on"]
+    assert isinstance(depends_on, dict), f"{name}: depends_on needs conditions"
+    conditions = {dependency: spec["condition"] for dependency, spec in depends_on.items()}
+    assert conditions == EXPECTED_DEPENDENCIES[name]
+    for dependency, condition in conditions.items():
+        assert dependency in compose()["services"]
+        if condition == HEALTHY:
+            assert service(dependency).get("healthcheck"), f"{dependency} has no healthcheck"
+
+
+def healthcheck_command(name: str) -> str:
+    test = service(name)["healthcheck"]["test"]
+    assert test[0] in ("CMD", "CMD-SHELL"), name
+    return " ".join(test[1:])
+
+
+def test_postgres_healthcheck_uses_pg_isready_over_tcp() -> None:
+    command = healthcheck_command("postgres")
+    assert "pg_isready" in command
+    assert "-h 127.0.0.1" in command, "a socket check passes during initialisation"
+
+
+def test_minio_healthcheck_uses_a_tool_the_image_has() -> None:
+    # minio/minio images ship mc but no curl since late 2023.
+    assert healthcheck_command("minio").split()[:3] == ["mc", "ready", "local"]
+
+
+def test_mlflow_healthcheck_asks_health_on_the_server_port() -> None:
+    test = service("mlflow")["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"], "the image has python, not curl"
+    assert "http://localhost:5000/health" in " ".join(test)
+
+
+# --- The tracking server: script, database, bucket --------------------------------------------
+
+
+def test_mlflow_services_run_the_server_script() -> None:
+    for name, subcommand in (("mlflow", "serve"), ("mlflow-db-upgrade", "upgrade")):
+        svc = service(name)
+        assert "entrypoint" not in svc, f"{name}: the image's entrypoint is the server script"
+        assert svc["command"] == [subcommand], name
+    assert service("mlflow")["image"] == service("mlflow-db-upgrade")["image"]
+    text = COMPOSE.read_text()
+    assert "mlflow server" not in text
+    assert "--backend-store-uri" not in text, "the server's flags live in mlflow-server.sh"
+
+
+def postgres_uri(uri: str) -> types.SimpleNamespace:
+    parsed = urlparse(uri)
+    return types.SimpleNamespace(
+        scheme=parsed.scheme,
+        host=parsed.hostname,
+        port=parsed.port,
+        user=parsed.username,
+        password=parsed.password,
+        database=parsed.path.lstrip("/"),
+    )
+
+
+@pytest.mark.parametrize("name", ["mlflow", "mlflow-db-upgrade"])
+def test_backend_store_is_the_postgres_service_database(name: str) -> None:
+    uri = postgres_uri(environment(service(name))["MLFLOW_BACKEND_STORE_URI"])
+    postgres = environment(service("postgres"))
+    assert uri.scheme == "postgresql+psycopg2", "SQLAlchemy 2.1 maps postgresql:// to psycopg 3"
+    assert (uri.host, uri.port) == ("postgres", 5432)
+    assert uri.database == postgres["POSTGRES_DB"]
+    assert (uri.user, uri.password) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"])
+
+
+def test_auth_database_is_the_one_the_init_script_creates() -> None:
+    uri = postgres_uri(environment(service("mlflow"))["MLFLOW_AUTH_DATABASE_URI"])
+    postgres = service("postgres")
+    assert (uri.scheme, uri.host, uri.port) == ("postgresql+psycopg2", "postgres", 5432)
+    assert uri.database == environment(postgres)["MLFLOW_AUTH_DB"]
+    assert uri.database != environment(postgres)["POSTGRES_DB"]
+    mounts = [volume.split(":") for volume in postgres["volumes"]]
+    init = [m for m in mounts if m[1].startswith("/docker-entrypoint-initdb.d/")]
+    assert init, "postgres-init.sh is not mounted into /docker-entrypoint-initdb.d"
+    source, target = init[0][:2]
+    assert (ROOT / source).resolve() == POSTGRES_INIT and target.endswith(".sh")
+    assert os.access(POSTGRES_INIT, os.X_OK), "executable, or the image sources it"
+
+
+def bucket_created_by_init() -> tuple[str, str]:
+    """(endpoint, bucket) of the `mc alias set` and `mc mb` in the minio-init service."""
+    command = " ".join(service("minio-init")["command"])
+    alias = re.search(r"mc alias set (\S+) (\S+)", command)
+    bucket = re.search(r"mc mb --ignore-existing (\S+)/(\S+)", command)
+    assert alias and bucket, command
+    assert bucket[1] == alias[1], "mc mb uses another alias than the one set"
+    return alias[2], bucket[2]
+
+
+def test_artifacts_go_to_the_bucket_the_init_service_creates() -> None:
+    env = environment(service("mlflow"))
+    endpoint, bucket = bucket_created_by_init()
+    destination = urlparse(env["MLFLOW_ARTIFACTS_DESTINATION"])
+    assert destination.scheme == "s3"
+    assert destination.netloc == bucket
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == endpoint
+
+
+def minio_api_port() -> int:
+    command = service("minio")["command"]
+    address = command[command.index("--address") + 1] if "--address" in command else ":9000"
+    console = command[command.index("--console-address") + 1]
+    assert address != console
+    return int(address.rsplit(":", 1)[1])
+
+
+def test_s3_endpoint_is_the_minio_api_port() -> None:
+    endpoint = urlparse(environment(service("mlflow"))["MLFLOW_S3_ENDPOINT_URL"])
+    assert (endpoint.scheme, endpoint.hostname) == ("http", "minio")
+    assert endpoint.port == minio_api_port()
+
+
+def test_server_and_bucket_init_use_the_minio_credentials() -> None:
+    minio, mlflow = environment(service("minio")), environment(service("mlflow"))
+    assert mlflow["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
+    assert mlflow["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+    init = environment(service("minio-init"))
+    assert (init["MINIO_ROOT_USER"], init["MINIO_ROOT_PASSWORD"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+
+
+def test_every_url_names_a_service_and_a_port_it_serves() -> None:
+    serves = {"postgres": {5432}, "minio": {minio_api_port()}, "mlflow": {5000}}
+    found = 0
+    for name, svc in compose()["services"].items():
+        for key, value in environment(svc).items():
+            for url in re.findall(r"[a-z0-9+]+://[^\s\"']+", value):
+                parsed = urlparse(url)
+                if parsed.scheme == "s3":
+                    continue
+                found += 1
+                assert parsed.hostname in serves, f"{name} {key}: {url}"
+                assert parsed.port in serves[parsed.hostname], f"{name} {key}: {url}"
+    assert found >= 5
+
+
+def test_default_artifact_root_appears_nowhere() -> None:
+    # With it, every client would need S3 access; the server proxies artifacts instead.
+    for path in (COMPOSE, TRAINER_DOCKERFILE, MLFLOW_DOCKERFILE, SERVER_SCRIPT, ENV_EXAMPLE):
+        assert "default-artifact-root" not in path.read_text(), path.name
+    assert "default-artifact-root" not in (ROOT / "MLproject").read_text()
+
+
+# --- Ports ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["postgres", "minio"])
+def test_backing_services_publish_on_loopback_only(name: str) -> None:
+    for ip, _, _ in published_ports(service(name)):
+        assert ip == "127.0.0.1", f"{name} publishes on {ip or 'every address'}"
+
+
+def test_minio_publishes_api_and_console_on_loopback() -> None:
+    assert {port for _, _, port in published_ports(service("minio"))} == {"9000", "9001"}
+
+
+def test_mlflow_ui_is_published_on_the_server_port() -> None:
+    ports = published_ports(service("mlflow"))
+    assert [container for _, _, container in ports] == ["5000"]
+    ip, host_port, _ = ports[0]
+    assert host_port == sample_env()["MLFLOW_UI_PORT"]
+    assert ip == "127.0.0.1", "by default the UI (without auth) stays on this machine"
+
+
+# --- Variables and credentials -------------------------------------------------------------
+
+
+def test_every_compose_variable_is_documented_in_env_example() -> None:
+    used = {name for name, _, _ in variable_uses(COMPOSE.read_text())}
+    documented = set(parse_env_file(ENV_EXAMPLE))
+    assert used - documented == set(), "used in compose.yaml, missing from .env.example"
+    assert documented - used == set(), "in .env.example, used nowhere in compose.yaml"
+
+
+def test_credentials_are_required_and_secrets_never_defaulted() -> None:
+    uses = variable_uses(COMPOSE.read_text())
+    assert {name for name, _, _ in uses} >= REQUIRED_CREDENTIALS
+    for name, op, arg in uses:
+        if name in REQUIRED_CREDENTIALS or (
+            SECRET_NAME.search(name) and name not in OPTIONAL_SECRETS
+        ):
+            assert op == ":?" and arg.strip(), f"${{{name}}} must be ${{{name}:?message}}"
+        elif name in OPTIONAL_SECRETS:
+            assert (op, arg) == (":-", ""), f"{name} is optional: ${{{name}:-}}, no default"
+
+
+def test_compose_without_env_stops_naming_each_missing_credential() -> None:
+    missing = set()
+    for name, op, arg in variable_uses(COMPOSE.read_text()):
+        try:
+            interpolate(f"${{{name}{op or ''}{arg}}}", {})
+        except MissingVariable as error:
+            missing.add(name)
+            assert ".env" in str(error), f"the message for {name} should point at .env"
+    assert missing == REQUIRED_CREDENTIALS
+
+
+def test_env_example_holds_placeholders_only() -> None:
+    for name, value in parse_env_file(ENV_EXAMPLE).items():
+        if SECRET_NAME.search(name):
+            assert value == "", f".env.example: {name} must be left empty for the user"
+
+
+def test_env_file_is_git_ignored_and_untracked() -> None:
+    assert git("check-ignore", "-q", ".env").returncode == 0, ".env is not git-ignored"
+    assert ".env" not in tracked_or_new_files()
+
+
+# --- The trainer ---------------------------------------------------------------------------
+
+
+def test_trainer_service_trains_on_the_gpu_against_the_stack() -> None:
+    svc = service("trainer")
+    assert svc.get("profiles"), "the trainer is no part of `docker compose up`"
+    devices = svc["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    trainer_runs_the_pipeline(svc)
+
+
+def test_trainer_cpu_service_is_the_trainer_without_gpu() -> None:
+    svc, gpu = service("trainer-cpu"), service("trainer")
+    assert svc.get("profiles") and "deploy" not in svc
+    assert svc["image"] == gpu["image"] and svc["build"] == gpu["build"]
+    trainer_runs_the_pipeline(svc)
+
+
+def trainer_runs_the_pipeline(svc: dict) -> None:
+    assert svc.get("ipc") == "host" or svc.get("shm_size"), "DataLoader workers need shm"
+    env = environment(svc)
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(env)
+    mounts = dict(reversed(volume.split(":")[:2]) for volume in svc["volumes"])
+    assert mounts == {f"{WORKDIR}/data": "./data", f"{WORKDIR}/checkpoints": "./checkpoints"}
+    assert svc["build"]["dockerfile"] == "docker/Dockerfile"
+
+
+def test_trainer_image_is_the_mlproject_image_of_this_version() -> None:
+    image = project().docker_env["image"]
+    assert service("trainer")["image"] == image
+    assert image == f"unet-person-trainer:{pyproject()['project']['version']}"
+
+
+def test_compose_network_has_the_name_the_readme_gives_mlflow_run() -> None:
+    network = compose()["networks"]["default"]["name"]
+    assert network == "unet-person"
+    readme = (ROOT / "README.md").read_text()
+    for named in re.findall(r"network=([\w.-]+)", readme):
+        assert named in (network, "host"), f"README: -A network={named}"
+
+
+# --- The MLproject's docker_env --------------------------------------------------------------
+
+
+def test_docker_env_environment_passes_the_client_credentials_optionally() -> None:
+    entries = project().docker_env["environment"]
+    for entry in entries:
+        # A bare name makes `mlflow run` stop when the host lacks that variable.
+        assert isinstance(entry, list) and len(entry) == 2, f"{entry}: use [NAME, value]"
+    names = {name for name, _ in entries}
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= names
+    # MLflow passes these itself; MLFLOW_EXPERIMENT_NAME would contradict MLFLOW_EXPERIMENT_ID.
+    assert not names & {
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_RUN_ID",
+        "MLFLOW_EXPERIMENT_ID",
+        "MLFLOW_EXPERIMENT_NAME",
+    }
+
+
+def docker_run_arguments(env: dict[str, str], cwd: Path) -> list[str]:
+    """The `docker run` arguments of `mlflow run . -e train -A gpus=all`, as bash expands them."""
+    from mlflow.projects.backend.local import _get_docker_command
+
+    spec = project()
+    info = types.SimpleNamespace(
+        run_id="0123abcd", experiment_id="7", artifact_uri="mlflow-artifacts:/7/0123abcd/artifacts"
+    )
+    command = _get_docker_command(
+        image=types.SimpleNamespace(tags=[spec.docker_env["image"]]),
+        active_run=types.SimpleNamespace(info=info),
+        docker_args={"gpus": "all"},
+        volumes=spec.docker_env.get("volumes"),
+        user_env_vars=spec.docker_env.get("environment"),
+    )
+    # MLflow runs " ".join(command + [entry point command]) with `bash -c` in the project folder.
+    line = " ".join([*command, "python -m pipeline train"])
+    stand_in = 'docker() { printf "%s\\0" "$@"; }; '
+    result = subprocess.run(
+        ["bash", "-c", stand_in + line], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("\0")[:-1]
+
+
+def options(arguments: list[str], flag: str) -> list[str]:
+    return [arguments[i + 1] for i, value in enumerate(arguments[:-1]) if value == flag]
+
+
+def test_mlflow_run_passes_unset_credentials_as_empty(tmp_path: Path) -> None:
+    mlflow.set_tracking_uri("http://mlflow:5000")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    arguments = docker_run_arguments(env, ROOT)
+    passed = dict(item.partition("=")[::2] for item in options(arguments, "-e"))
+    assert passed["MLFLOW_TRACKING_USERNAME"] == "" and passed["MLFLOW_TRACKING_PASSWORD"] == ""
+    assert passed["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert options(arguments, "-v") == [
+        f"{ROOT}/data:{WORKDIR}/data",
+        f"{ROOT}/checkpoints:{WORKDIR}/checkpoints",
+    ]
+    image = project().docker_env["image"]
+    assert arguments[arguments.index(image) + 1 :] == ["python", "-m", "pipeline", "train"]
+
+
+def test_mlflow_run_passes_set_credentials_verbatim(tmp_path: Path) -> None:
+    mlflow.set_tracking_uri("http://localhost:5000")
+    folder = tmp_path / "a project folder"
+    folder.mkdir()
+    password = 'pa ss$word "quoted" `x`'
+    env = {
+        "PATH": os.environ["PATH"],
+        "MLFLOW_TRACKING_USERNAME": "alice",
+        "MLFLOW_TRACKING_PASSWORD": password,
+    }
+    arguments = docker_run_arguments(env, folder)
+    passed = dict(item.partition("=")[::2] for item in options(arguments, "-e"))
+    assert (passed["MLFLOW_TRACKING_USERNAME"], passed["MLFLOW_TRACKING_PASSWORD"]) == (
+        "alice",
+        password,
+    )
+    assert options(arguments, "-v")[0] == f"{folder}/data:{WORKDIR}/data"
+
+
+# --- docker/Dockerfile (trainer) ------------------------------------------------------------
+
+
+def test_trainer_base_is_a_pinned_cuda_image_matching_torch() -> None:
+    image = base_image(TRAINER_DOCKERFILE)
+    match = re.match(
+        r"^nvidia/cuda:(\d+)\.(\d+)\.\d+-(base|runtime|cudnn-runtime)-ubuntu\d{2}\.\d{2}$", image
+    )
+    assert match, f"{image}: not a pinned nvidia/cuda runtime image"
+    index = build_args(TRAINER_DOCKERFILE)["TORCH_INDEX_URL"]
+    assert index == f"https://download.pytorch.org/whl/cu{match[1]}{match[2]}", (
+        "torch's CUDA build and the base image's CUDA differ"
+    )
+
+
+def test_trainer_installs_pinned_cuda_torch_within_the_project_range() -> None:
+    (install,) = [run for run in lines_of(TRAINER_DOCKERFILE, "RUN") if "torch==" in run]
+    words = shlex.split(expand(install, build_args(TRAINER_DOCKERFILE)).split("&&")[0])
+    assert words[:2] == ["pip", "install"]
+    (pin,) = [word for word in words if word.startswith("torch==")]
+    assert Version(pin.removeprefix("torch==")) in requirement("torch").specifier
+    assert words[words.index("--index-url") + 1].startswith("https://download.pytorch.org/whl/cu")
+
+
+def index_torch() -> int:
+    return index_of(TRAINER_DOCKERFILE, "RUN", "torch==")
+
+
+def test_trainer_installs_the_project_from_pyproject_only() -> None:
+    runs = lines_of(TRAINER_DOCKERFILE, "RUN")
+    from_list = [run for run in runs if "pip install -r" in run]
+    assert all("pyproject.toml" in run and "tomllib" in run for run in from_list), (
+        "the dependency list must be read from pyproject.toml, not kept a second time"
+    )
+    assert any(re.search(r"pip install (--no-deps )?(-e )?\.(\s|$)", run) for run in runs)
+    copied = " ".join(lines_of(TRAINER_DOCKERFILE, "COPY"))
+    assert "requirements" not in copied
+    assert not [f for f in tracked_or_new_files() if Path(f).name.startswith("requirements")]
+
+
+def test_trainer_layers_go_from_rarely_to_often_changed() -> None:
+    order = [
+        index_torch(),
+        index_of(TRAINER_DOCKERFILE, "COPY", "pyproject.toml"),
+        index_of(TRAINER_DOCKERFILE, "RUN", "pip install -r"),
+        index_of(TRAINER_DOCKERFILE, "COPY", "pipeline"),
+        index_of(TRAINER_DOCKERFILE, "RUN", "pip install --no-deps -e ."),
+    ]
+    assert order == sorted(order)
+
+
+def test_trainer_workdir_is_where_mlflow_copies_the_project() -> None:
+    assert lines_of(TRAINER_DOCKERFILE, "WORKDIR") == [WORKDIR]
+
+
+def test_trainer_has_python_on_path_from_its_venv() -> None:
+    env = " ".join(lines_of(TRAINER_DOCKERFILE, "ENV"))
+    venv = re.search(r"VIRTUAL_ENV=(\S+)", env)[1]
+    assert re.search(r"PATH=(\$\{VIRTUAL_ENV\}|" + re.escape(venv) + r")/bin:", env)
+    assert any(
+        'python3 -m venv "${VIRTUAL_ENV}"' in run for run in lines_of(TRAINER_DOCKERFILE, "RUN")
+    )
+
+
+@pytest.mark.parametrize(
+    "dockerfile", [TRAINER_DOCKERFILE, MLFLOW_DOCKERFILE], ids=lambda p: p.name
+)
+def test_images_run_as_a_non_root_user(dockerfile: Path) -> None:
+    user = final_user(dockerfile).split(":")[0]
+    assert user not in ("root", "0", ""), f"{dockerfile.name} runs as {user!r}"
+
+
+def dockerignore_includes(path: str) -> bool:
+    included = True
+    for pattern in DOCKERIGNORE.read_text().splitlines():
+        pattern = pattern.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        body = pattern.lstrip("!").strip("/")
+        regex = (
+            re.escape(body)
+            .replace(r"\*\*/", "(.*/)?")
+            .replace(r"\*\*", ".*")
+            .replace(r"\*", "[^/]*")
+            .replace(r"\?", "[^/]")
+        )
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(re.fullmatch(regex, prefix) for prefix in prefixes):
+            included = negated
+    return included
+
+
+def test_dockerignore_sends_what_the_trainer_copies_and_nothing_private() -> None:
+    for arguments in lines_of(TRAINER_DOCKERFILE, "COPY"):
+        for source in arguments.split()[:-1]:
+            assert dockerignore_includes(
+                source.rstrip("/") + ("/x.py" if (ROOT / source).is_dir() else "")
+            )
+    for private in (
+        ".env",
+        ".venv/bin/python",
+        ".git/config",
+        "data/raw/df.csv",
+        "checkpoints/a/last.ckpt",
+        "mlruns/0/meta.yaml",
+        "mlflow.db",
+        "pipeline/__pycache__/x.pyc",
+    ):
+        assert not dockerignore_includes(private), private
+
+
+# --- docker/mlflow.Dockerfile ------------------------------------------------------------
+
+
+def pip_pins(dockerfile: Path) -> dict[str, str]:
+    pins = {}
+    for run in lines_of(dockerfile, "RUN"):
+        for word in shlex.split(run):
+            if "==" in word:
+                name, _, version = word.partition("==")
+                pins[name.lower().split("[")[0]] = version  # mlflow[auth] pins mlflow
+    return pins
+
+
+def test_mlflow_image_pins_python_mlflow_and_drivers() -> None:
+    assert re.match(r"^python:\d+\.\d+\.\d+-slim", base_image(MLFLOW_DOCKERFILE))
+    pins = pip_pins(MLFLOW_DOCKERFILE)
+    assert {"mlflow", "psycopg2-binary", "boto3"} <= set(pins)
+    assert '"mlflow[auth]==' in MLFLOW_DOCKERFILE.read_text()  # basic auth needs Flask-WTF
+    assert Version(pins["mlflow"]) in requirement("mlflow").specifier
+    assert service("mlflow")["image"].endswith(":" + pins["mlflow"])
+
+
+def test_mlflow_image_starts_the_server_script() -> None:
+    copies = lines_of(MLFLOW_DOCKERFILE, "COPY")
+    assert any(line.split()[0] == SERVER_SCRIPT.name for line in copies)
+    target = next(line.split()[-1] for line in copies if line.split()[0] == SERVER_SCRIPT.name)
+    (entrypoint,) = lines_of(MLFLOW_DOCKERFILE, "ENTRYPOINT")
+    assert yaml.safe_load(entrypoint) == [target]
+    assert yaml.safe_load(lines_of(MLFLOW_DOCKERFILE, "CMD")[-1]) == ["serve"]
+    assert lines_of(MLFLOW_DOCKERFILE, "EXPOSE") == ["5000"]
+
+
+# --- docker/mlflow-server.sh --------------------------------------------------------------
+
+
+def test_server_script_has_the_flags_the_notes_require() -> None:
+    text = SERVER_SCRIPT.read_text()
+    assert "--artifacts-destination" in text
+    assert "--allowed-hosts" in text
+    assert "--default-artifact-root" not in text
+    auth_blocks = re.findall(
+        r'if \[ "\$\{MLFLOW_AUTH:-false\}" = "true" \]; then(.*?)\n    fi', text, re.S
+    )
+    assert any("--app-name basic-auth" in block for block in auth_blocks)
+    assert text.count("--app-name basic-auth") == 1
+
+
+def run_server_script(tmp_path: Path, subcommand: str, env: dict[str, str]):
+    """Run the script with a stand-in `mlflow` that records its arguments and auth config."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    record = tmp_path / "mlflow-args"
+    stand_in = bin_dir / "mlflow"
+    stand_in.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\0" "$@" > "{record}"\n'
+        'if [ -n "${MLFLOW_AUTH_CONFIG_PATH:-}" ]; then\n'
+        f'    cp "$MLFLOW_AUTH_CONFIG_PATH" "{record}.ini"\n'
+        "fi\n"
+    )
+    stand_in.chmod(0o755)
+    full_env = {**env, "PATH": f"{bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmp_path)}
+    result = subprocess.run(
+        ["sh", str(SERVER_SCRIPT), subcommand], env=full_env, capture_output=True, text=True
+    )
+    arguments = record.read_text().split("\0")[:-1] if record.exists() else None
+    config = Path(f"{record}.ini").read_text() if Path(f"{record}.ini").exists() else None
+    return result, arguments, config
+
+
+def flag(arguments: list[str], name: str) -> str:
+    return arguments[arguments.index(name) + 1]
+
+
+def test_server_script_with_the_compose_environment_serves_the_stack(tmp_path: Path) -> None:
+    env = environment(service("mlflow"))
+    result, arguments, _ = run_server_script(tmp_path, "serve", env)
+    assert result.returncode == 0, result.stderr
+    assert arguments[0] == "server"
+    assert flag(arguments, "--backend-store-uri") == env["MLFLOW_BACKEND_STORE_URI"]
+    assert flag(arguments, "--artifacts-destination") == env["MLFLOW_ARTIFACTS_DESTINATION"]
+    assert "--serve-artifacts" in arguments and "--default-artifact-root" not in arguments
+    assert "--app-name" not in arguments, "auth is off by default"
+    port = flag(arguments, "--port")
+    assert [container for _, _, container in published_ports(service("mlflow"))] == [port]
+    assert f"localhost:{port}/health" in " ".join(service("mlflow")["healthcheck"]["test"])
+    allowed = flag(arguments, "--allowed-hosts").split(",")
+    trainer_host = urlparse(environment(service("trainer"))["MLFLOW_TRACKING_URI"]).netloc
+    assert {"mlflow", trainer_host, "localhost", "localhost:*", "127.0.0.1"} <= set(allowed)
+
+
+def test_server_script_switches_basic_auth_on_with_its_database(tmp_path: Path) -> None:
+    env = {
+        **environment(service("mlflow")),
+        "MLFLOW_AUTH": "true",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "sampleadminpassword",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "samplesecretkey",
+    }
+    result, arguments, config = run_server_script(tmp_path, "serve", env)
+    assert result.returncode == 0, result.stderr
+    assert flag(arguments, "--app-name") == "basic-auth"
+    assert f"database_uri = {env['MLFLOW_AUTH_DATABASE_URI']}" in config
+
+
+def test_server_script_refuses_auth_without_an_admin_password(tmp_path: Path) -> None:
+    env = {
+        **environment(service("mlflow")),
+        "MLFLOW_AUTH": "true",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "samplesecretkey",
+    }
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == ""
+    result, arguments, _ = run_server_script(tmp_path, "serve", env)
+    assert result.returncode != 0 and arguments is None
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in result.stderr
+
+
+def test_upgrade_service_migrates_the_backend_store(tmp_path: Path) -> None:
+    env = environment(service("mlflow-db-upgrade"))
+    result, arguments, _ = run_server_script(tmp_path, "upgrade", env)
+    assert result.returncode == 0, result.stderr
+    assert arguments == ["db", "upgrade", env["MLFLOW_BACKEND_STORE_URI"]]
+
+
+# --- docker/postgres-init.sh, against this machine's PostgreSQL -------------------------------
+
+
+def psql(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["psql", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+PG = {
+    "host": os.environ.get("PGHOST", "127.0.0.1"),
+    "port": os.environ.get("PGPORT", "5432"),
+    "user": os.environ.get("PGUSER", "postgres"),
+}
+
+
+def test_postgres_init_script_creates_the_auth_database_once() -> None:
+    # PostgreSQL on 127.0.0.1:5432 is a requirement of the suite (.ci/run starts it).
+    assert psql("-d", "postgres", "-Atc", "select 1").returncode == 0, "PostgreSQL is not running"
+    name = f"unet_person_auth_{uuid.uuid4().hex[:8]}"
+    env = {
+        "PGHOST": PG["host"],
+        "PGPORT": PG["port"],
+        "POSTGRES_USER": PG["user"],
+        "POSTGRES_DB": "postgres",
+        "MLFLOW_AUTH_DB": name,
+    }
+    try:
+        for _ in range(2):  # the second run finds it and changes nothing
+            result = subprocess.run(
+                ["sh", str(POSTGRES_INIT)],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+            )
+            assert result.returncode == 0, result.stderr
+        listed = psql(
+            "-d", "postgres", "-Atc", f"select count(*) from pg_database where datname = '{name}'"
+        )
+        assert listed.stdout.strip() == "1"
+    finally:
+        psql("-d", "postgres", "-c", f'drop database if exists "{name}"')
+
+
+# --- Secrets ---------------------------------------------------------------------------------
+
+
+def git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+
+
+@functools.cache
+def tracked_or_new_files() -> tuple[str, ...]:
+    """What a commit would hold: tracked files and new files git does not ignore."""
+    result = git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    assert result.returncode == 0, result.stderr
+    return tuple(name for name in result.stdout.split("\0") if name)
+
+
+PLACEHOLDER_VALUES = {"password", "pw", "pass", "secret", "changeme", "change-me", "xxx", "***"}
+ALWAYS_SECRET = [
+    re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),  # an AWS access key id
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"(?i)aws_secret_access_key\s*[=:]\s*[\"']?[A-Za-z0-9/+]{40}\b"),
+]
+CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@\"'{}]+:([^/\s@\"'{}]+)@")
+ASSIGNED_SECRET = re.compile(
+    r"(?i)\b[\w.-]*(password|passwd|secret|token|access_key)[\w.-]*[ \t]*[=:][ \t]*"
+    r"(\"[^\"]*\"|'[^']*'|\S*)"
+)
+
+
+# Python assigns variables, not literals, to such names; prose says "password: ..." freely.
+PROSE_OR_CODE = {".py", ".md", ".txt", ".rst"}
+
+
+def is_placeholder(value: str) -> bool:
+    value = value.strip("\"'").lower()
+    return (
+        value == ""
+        or value[0] in "$<{?(%*[-:"
+        or value in PLACEHOLDER_VALUES
+        or value.startswith(("sample", "example", "test", "dummy", "change", "your"))
+    )
+
+
+def secrets_in(text: str, suffix: str) -> list[str]:
+    found = [match[0] for pattern in ALWAYS_SECRET for match in pattern.finditer(text)]
+    found += [m[0] for m in CREDENTIALS_IN_URL.finditer(text) if not is_placeholder(m[1])]
+    if suffix not in PROSE_OR_CODE:  # settings files: NAME=value, key: value
+        for line in text.splitlines():
+            if not line.lstrip().startswith("#"):
+                found += [m[0] for m in ASSIGNED_SECRET.finditer(line) if not is_placeholder(m[2])]
+    return found
+
+
+@pytest.mark.parametrize(
+    "leak",
+    [
+        "AKIA" + "Z7Q3" * 4,
+        "-----BEGIN OPENSSH " + "PRIVATE KEY-----",
+        "AWS_SECRET_ACCESS_KEY=" + "k" * 20 + "Q/" * 10,
+        "postgresql+psycopg2://mlflow:" + "hunter2hunter2" + "@postgres:5432/mlflow",
+        "POSTGRES_PASSWORD=" + "hunter2hunter2",
+        "admin_password: " + "hunter2hunter2",
+    ],
+)
+def test_secret_scan_catches_a_leak(leak: str) -> None:
+    assert secrets_in(f"x\n{leak}\n", ".yaml")
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        "POSTGRES_PASSWORD=",
+        "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?set it in .env}",
+        'AWS_SECRET_ACCESS_KEY: "$$MINIO_ROOT_PASSWORD"',
+        "postgresql+psycopg2://mlflow:PASSWORD@postgres:5432/mlflow",
+        "postgresql+psycopg2://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres:5432/mlflow",
+        "export MLFLOW_TRACKING_PASSWORD=<your password>",
+    ],
+)
+def test_secret_scan_passes_placeholders(placeholder: str) -> None:
+    assert secrets_in(placeholder, ".yaml") == []
+
+
+def test_no_secrets_in_the_repository() -> None:
+    leaks = []
+    for name in tracked_or_new_files():
+        path = ROOT / name
+        if not path.is_file() or path.stat().st_size > 2_000_000:
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        leaks += [f"{name}: {found}" for found in secrets_in(text, path.suffix)]
+    assert leaks == []
