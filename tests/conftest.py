@@ -11,10 +11,19 @@ MLFLOW_RUN_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIM
 
 
 def isolated_environment(folder: Path) -> dict[str, str]:
-    """Environment for a process that tracks into `folder` and caches there too."""
+    """Environment for a process that tracks into `folder` and caches there too.
+
+    The experiment is made here with its artifacts in `folder`: made by a step, it would put
+    them in ./mlruns of the step's working folder, which is the project.
+    """
+    from mlflow.tracking import MlflowClient
+
     env = {key: value for key, value in os.environ.items() if key not in MLFLOW_RUN_VARIABLES}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     env["UNET_PERSON_CACHE"] = str(folder / "cache")
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    if client.get_experiment_by_name("unet-person") is None:
+        client.create_experiment("unet-person", artifact_location=(folder / "mlruns").as_uri())
     return env
 
 
