@@ -1,0 +1,74 @@
+"""Lightning data module over the preprocessed cache: memory-mapped uint8, no decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.data.cache import open_split
+
+
+class SplitDataset(Dataset):
+    """One split as (image 3xHxW uint8, mask 1xHxW uint8) tensors.
+
+    The arrays are opened lazily in each worker: a memory map pickled to a worker would be
+    copied whole.
+    """
+
+    def __init__(self, cache: Path, split: str) -> None:
+        self.cache = cache
+        self.split = split
+        images, _ = open_split(cache, split)
+        self.length = len(images)
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._arrays is None:
+            self._arrays = open_split(self.cache, self.split)
+        images, masks = self._arrays
+        image = torch.from_numpy(np.array(images[index])).permute(2, 0, 1)
+        mask = torch.from_numpy(np.array(masks[index])).unsqueeze(0)
+        return image, mask
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": None}
+
+
+class PersonDataModule(L.LightningDataModule):
+    """Train, val and test loaders; batches stay uint8 until they reach the device (4x less copy)."""
+
+    def __init__(self, cache: Path, batch_size: int, num_workers: int, pin_memory: bool) -> None:
+        super().__init__()
+        self.cache = cache
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+
+    def setup(self, stage: str | None = None) -> None:
+        self.splits = {split: SplitDataset(self.cache, split) for split in ("train", "val", "test")}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

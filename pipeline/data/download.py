@@ -1,0 +1,212 @@
+"""Land the person dataset at a folder, from whichever source the user has.
+
+Every source ends the same way: the folder that holds df.csv becomes `output_dir`, however deep
+the archive nested it, and a marker records the source and a content digest. The marker is
+written last, so a download killed half-way leaves no folder that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.data import folders, layout
+from pipeline.errors import PipelineError
+
+KAGGLE_HANDLE = re.compile(r"^[\w.-]+/[\w.-]+(/versions/\d+)?$")
+SYNTHETIC = re.compile(r"^synthetic(?::(\d+))?$")
+DEFAULT_SYNTHETIC_COUNT = 200
+SOURCE_HELP = (
+    "a Kaggle handle (owner/dataset[/versions/N]), a local folder, a local .zip, "
+    "an http(s) URL of a zip, or synthetic[:N]"
+)
+
+
+@dataclass(frozen=True)
+class Landed:
+    """What the download step reports about the dataset it landed."""
+
+    path: Path
+    source: str
+    kind: str
+    rows: int
+    usable_rows: int
+    problems: list[tuple[int, str]]
+    digest: str
+    reused: bool
+
+
+def source_kind(source: str) -> str:
+    """Classify `source`; local paths win over handles so a folder named a/b is a folder."""
+    if SYNTHETIC.match(source):
+        return "synthetic"
+    if source.startswith(("http://", "https://")):
+        return "url"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return "folder"
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise PipelineError(f"source {source} is a file but not a zip archive: pass {SOURCE_HELP}")
+        return "zip"
+    if KAGGLE_HANDLE.match(source):
+        return "kaggle"
+    raise PipelineError(f"source {source!r} is none of: {SOURCE_HELP}")
+
+
+def source_fingerprint(source: str) -> str:
+    """Identify a source's content cheaply: local files by name, size and mtime, others by name.
+
+    This is what decides that "the same source twice" needs no second download.
+    """
+    kind = source_kind(source)
+    digest = hashlib.sha256(f"{kind}:{source}".encode())
+    if kind in ("folder", "zip"):
+        root = Path(source).expanduser()
+        files = sorted(root.rglob("*")) if kind == "folder" else [root]
+        for path in files:
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
+def land_dataset(source: str, output_dir: Path, cache_dir: Path) -> Landed:
+    """Put the dataset named by `source` at `output_dir`, doing the work only when needed."""
+    kind = source_kind(source)
+    fingerprint = source_fingerprint(source)
+    output_dir = output_dir.expanduser().resolve()
+    folders.check_replaceable(output_dir, "output_dir")
+    previous = layout.read_marker(output_dir)
+    if previous and previous.get("source_fingerprint") == fingerprint:
+        landed = _inspect(output_dir, source, kind, reused=True)
+        if landed.digest == previous.get("digest"):
+            return landed
+
+    with folders.staging_beside(output_dir) as staging:
+        dataset_root = _fetch(source, kind, staging, cache_dir)
+        landed = _inspect(dataset_root, source, kind, reused=False)
+        if landed.usable_rows == 0:
+            raise PipelineError(
+                f"source {source}: none of the {landed.rows} rows of df.csv has both its image "
+                "and mask file; first problem: " + (landed.problems[0][1] if landed.problems else "")
+            )
+        layout.write_marker(
+            dataset_root,
+            {"source": source, "source_fingerprint": fingerprint, "digest": landed.digest},
+        )
+        folders.publish(dataset_root, output_dir)
+    return Landed(**{**landed.__dict__, "path": output_dir})
+
+
+def _inspect(root: Path, source: str, kind: str, reused: bool) -> Landed:
+    index = layout.find_index(root)
+    if index.parent != root:
+        raise PipelineError(f"{root} holds df.csv only at {index}: remove that folder and retry")
+    pairs, unusable = layout.read_pairs(index)
+    problems = sorted(unusable + layout.missing_files(pairs))
+    return Landed(
+        path=root,
+        source=source,
+        kind=kind,
+        rows=len(pairs) + len(unusable),
+        usable_rows=len(pairs) + len(unusable) - len(problems),
+        problems=problems,
+        digest=layout.content_digest(index, pairs),
+        reused=reused,
+    )
+
+
+def _fetch(source: str, kind: str, staging: Path, cache_dir: Path) -> Path:
+    """Bring the source into `staging` and return the folder that holds its df.csv."""
+    if kind == "synthetic":
+        from pipeline.data.synthetic import generate_dataset
+
+        match = SYNTHETIC.match(source)
+        count = int(match.group(1)) if match and match.group(1) else DEFAULT_SYNTHETIC_COUNT
+        if count < 1:
+            raise PipelineError(f"source {source}: the synthetic count must be at least 1")
+        return generate_dataset(staging / "dataset", count=count, seed=0).parent
+    if kind == "folder":
+        root = layout.find_index(Path(source).expanduser()).parent
+        shutil.copytree(root, staging / "dataset", copy_function=_link_or_copy)
+        return staging / "dataset"
+    if kind == "kaggle":
+        root = layout.find_index(_kaggle_download(source)).parent
+        shutil.copytree(root, staging / "dataset", copy_function=_link_or_copy)
+        return staging / "dataset"
+    archive = Path(source).expanduser() if kind == "zip" else _http_download(source, cache_dir)
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            bundle.extractall(staging / "extracted")
+    except (zipfile.BadZipFile, OSError) as error:
+        raise PipelineError(f"cannot extract {archive} ({error}): download it again") from error
+    try:
+        return layout.find_index(staging / "extracted").parent
+    except PipelineError as error:  # it would name the staging folder, which is gone by then
+        raise PipelineError(
+            f"the archive from {source} holds no {layout.INDEX_FILE}: pass the zip of the person "
+            "dataset (df.csv, images/ and masks/)"
+        ) from error
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    """Hard-link where the filesystem allows, since datasets are large and never edited in place."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _kaggle_download(handle: str) -> Path:
+    import kagglehub
+
+    try:
+        return Path(kagglehub.dataset_download(handle))
+    except Exception as error:  # kagglehub raises many types, all mean "could not get it"
+        raise PipelineError(
+            f"Kaggle download of {handle} failed ({type(error).__name__}: {error}). "
+            "Check the network and the handle, or download the archive yourself and pass its "
+            "path as source"
+        ) from error
+
+
+def _http_download(url: str, cache_dir: Path) -> Path:
+    """Fetch a zip once into the cache, with a progress bar; a killed fetch leaves only a .part."""
+    import requests
+    from tqdm import tqdm
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / (hashlib.sha256(url.encode()).hexdigest()[:24] + ".zip")
+    if target.is_file():
+        return target
+    partial = target.with_suffix(".part")
+    try:
+        with requests.get(url, stream=True, timeout=30) as response:
+            response.raise_for_status()
+            total = int(response.headers.get("content-length", 0)) or None
+            with partial.open("wb") as sink, tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"download {url}"
+            ) as progress:
+                for block in response.iter_content(chunk_size=1 << 20):
+                    sink.write(block)
+                    progress.update(len(block))
+    except requests.RequestException as error:
+        partial.unlink(missing_ok=True)
+        raise PipelineError(
+            f"could not download {url} ({error}); check the address, or fetch the zip yourself "
+            "and pass its path as source"
+        ) from error
+    if not zipfile.is_zipfile(partial):  # e.g. a login page: caching it would fail every retry
+        partial.unlink()
+        raise PipelineError(
+            f"{url} did not return a zip archive; check the address, or fetch the zip yourself "
+            "and pass its path as source"
+        )
+    partial.replace(target)
+    return target

@@ -1,0 +1,268 @@
+"""Decode, clean, resize and split the raw dataset into a cache that training reads without decoding.
+
+Each split becomes two uint8 `.npy` arrays (images N x S x S x 3, masks N x S x S in {0, 1}) that
+training memory-maps. Rows stream through a process pool straight to disk, so peak memory does
+not grow with the dataset. Rows that cannot be used are skipped and listed with their reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from pipeline.data import folders, layout
+from pipeline.data.cache import MANIFEST_FILE, SPLITS, array_writer, split_paths
+from pipeline.errors import PipelineError
+from pipeline.serving.images import square_pixels
+
+ASPECT_TOLERANCE = 0.02
+
+
+class BadRow(Exception):
+    """A row that cannot be used; its message is the reason written to bad_rows.csv."""
+
+
+@dataclass
+class SplitReport:
+    """What was written for one split."""
+
+    rows: int = 0
+    foreground_pixels: int = 0
+    total_pixels: int = 0
+
+    @property
+    def foreground_fraction(self) -> float:
+        return self.foreground_pixels / self.total_pixels if self.total_pixels else 0.0
+
+
+@dataclass
+class PreprocessReport:
+    """The whole step's outcome, logged to MLflow by the entry point."""
+
+    output_dir: Path
+    raw_digest: str
+    digest: str
+    splits: dict[str, SplitReport]
+    bad_rows: list[tuple[int, str, str, str]] = field(default_factory=list)
+    resized_masks: int = 0
+
+
+def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Decode one pair into (RGB image, {0,1} mask) at size x size; the flag says the mask was rescaled.
+
+    EXIF orientation is applied to both files, because phones store pixels rotated and the
+    masks were drawn on the upright picture.
+    """
+    image = _open(image_path, "image")
+    mask = _open(mask_path, "mask")
+    rescaled = image.size != mask.size
+    if rescaled:
+        image_aspect = image.width / image.height
+        mask_aspect = mask.width / mask.height
+        if abs(image_aspect - mask_aspect) > ASPECT_TOLERANCE * image_aspect:
+            raise BadRow(
+                f"mask {mask.width}x{mask.height} does not match image {image.width}x{image.height}"
+                " (different aspect ratio)"
+            )
+    rgb = square_pixels(image, size)
+    mask_values = np.asarray(_mask_channel(mask).resize((size, size), Image.Resampling.NEAREST))
+    # Masks are 0/255; a 0/1 mask would vanish under the >127 rule, so honour it as it is.
+    cut = 0 if mask_values.max() <= 1 else 127
+    return rgb, (mask_values > cut).astype(np.uint8), rescaled
+
+
+def _open(path: Path, role: str) -> Image.Image:
+    if not path.is_file():
+        raise BadRow(f"missing {role} file")
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            return ImageOps.exif_transpose(handle)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise BadRow(f"unreadable {role} ({type(error).__name__}: {error})") from error
+
+
+def _mask_channel(mask: Image.Image) -> Image.Image:
+    """One channel of a mask in any mode: palette masks keep their indices, colour masks go grey."""
+    if mask.mode == "P":
+        return Image.fromarray(np.asarray(mask, dtype=np.uint8))
+    if mask.mode in ("RGBA", "LA"):
+        mask = mask.convert(mask.mode[:-1])
+    return mask.convert("L")
+
+
+def split_rows(rows: list[int], val_fraction: float, test_fraction: float, seed: int) -> dict:
+    """Deterministic split of row numbers; a bad row leaves every other row where it was."""
+    order = np.random.default_rng(seed).permutation(len(rows))
+    n_test = round(len(rows) * test_fraction)
+    n_val = round(len(rows) * val_fraction)
+    shuffled = [rows[i] for i in order]
+    return {
+        "test": sorted(shuffled[:n_test]),
+        "val": sorted(shuffled[n_test : n_test + n_val]),
+        "train": sorted(shuffled[n_test + n_val :]),
+    }
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < value < 1:
+            raise PipelineError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+    if val_fraction + test_fraction >= 1:
+        raise PipelineError(
+            f"val_fraction + test_fraction = {val_fraction + test_fraction} leaves nothing to "
+            "train on: make their sum less than 1"
+        )
+
+
+def _decode(
+    task: tuple[int, str, str, int],
+) -> tuple[int, np.ndarray | None, np.ndarray | None, bool, str]:
+    row, image, mask, size = task
+    try:
+        rgb, binary, rescaled = load_pair(Path(image), Path(mask), size)
+    except BadRow as problem:
+        return row, None, None, False, str(problem)
+    return row, rgb, binary, rescaled, ""
+
+
+def preprocess(
+    raw_dir: Path,
+    output_dir: Path,
+    image_size: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    strict: bool = False,
+    num_workers: int = 0,
+) -> PreprocessReport:
+    """Write the split cache for the dataset under `raw_dir` to `output_dir` atomically."""
+    if image_size < 8:
+        raise PipelineError(f"image_size must be at least 8, got {image_size}")
+    check_fractions(val_fraction, test_fraction)
+    output_dir = output_dir.expanduser().resolve()
+    folders.check_replaceable(output_dir, "output_dir")
+    index = layout.find_index(raw_dir)
+    pairs, unusable = layout.read_pairs(index)
+    rows = len(pairs) + len(unusable)
+    if rows == 0:
+        raise PipelineError(f"{index} lists no rows: the dataset is empty")
+    assignment = split_rows(list(range(rows)), val_fraction, test_fraction, seed)
+    for split, members in assignment.items():
+        if not members:
+            raise PipelineError(
+                f"the {split} split is empty: {rows} rows with val_fraction={val_fraction}"
+                f" and test_fraction={test_fraction}; add data or raise the {split} fraction"
+            )
+    report = PreprocessReport(output_dir, layout.content_digest(index, pairs), "", {})
+    report.bad_rows = [(row, "", "", reason) for row, reason in unusable]
+    with folders.staging_beside(output_dir) as staging:
+        manifest = _write_splits(staging, index, pairs, assignment, image_size, num_workers, report)
+        report.bad_rows.sort()
+        _check_usable(report, index, strict)
+        manifest.to_csv(staging / MANIFEST_FILE, index=False)
+        report.digest = _finish_digest(report.digest, staging / MANIFEST_FILE)
+        layout.write_marker(staging, {
+            "digest": report.digest,
+            "raw_digest": report.raw_digest,
+            "image_size": image_size,
+            "splits": {name: split.rows for name, split in report.splits.items()},
+            "foreground_fraction": {
+                name: split.foreground_fraction for name, split in report.splits.items()
+            },
+        })
+        folders.publish(staging, output_dir)
+    return report
+
+
+def _write_splits(
+    staging: Path,
+    index: Path,
+    pairs: list[layout.Pair],
+    assignment: dict[str, list[int]],
+    image_size: int,
+    num_workers: int,
+    report: PreprocessReport,
+) -> pd.DataFrame:
+    """Stream every split's decoded rows to its arrays; returns the manifest of written rows."""
+    by_row = {pair.row: pair for pair in pairs}
+    digest = hashlib.sha256()
+    manifest = []
+    workers = num_workers if num_workers > 0 else (os.cpu_count() or 1)
+    with _parallel_map(workers) as imap:
+        for split in SPLITS:
+            tasks = [
+                (row, str(by_row[row].image), str(by_row[row].mask), image_size)
+                for row in assignment[split]
+                if row in by_row
+            ]
+            written = SplitReport()
+            images_path, masks_path = split_paths(staging, split)
+            with array_writer(images_path, (image_size, image_size, 3), digest) as images, \
+                    array_writer(masks_path, (image_size, image_size), digest) as masks:
+                decoded = tqdm(
+                    imap(_decode, tasks),
+                    total=len(tasks),
+                    desc=f"preprocess {split}",
+                    unit="img",
+                    disable=not sys.stderr.isatty(),
+                )
+                for row, rgb, binary, rescaled, reason in decoded:
+                    image = str(by_row[row].image.relative_to(index.parent))
+                    mask = str(by_row[row].mask.relative_to(index.parent))
+                    if rgb is None:
+                        report.bad_rows.append((row, image, mask, reason))
+                        continue
+                    manifest.append((split, written.rows, row, image, mask))
+                    images.append(rgb)
+                    masks.append(binary)
+                    written.rows += 1
+                    written.foreground_pixels += int(binary.sum())
+                    written.total_pixels += binary.size
+                    report.resized_masks += rescaled
+            report.splits[split] = written
+    report.digest = digest.hexdigest()
+    return pd.DataFrame(manifest, columns=["split", "index", "row", "image", "mask"])
+
+
+def _finish_digest(array_digest: str, manifest: Path) -> str:
+    return hashlib.sha256(array_digest.encode() + manifest.read_bytes()).hexdigest()[:32]
+
+
+@contextmanager
+def _parallel_map(workers: int) -> Iterator:
+    """An ordered, lazy map over a process pool; plain map for one worker (no fork cost)."""
+    if workers == 1:
+        yield map
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield lambda function, tasks: pool.imap(function, tasks, chunksize=4)
+
+
+def _check_usable(report: PreprocessReport, index: Path, strict: bool) -> None:
+    described = "; ".join(
+        f"row {row} ({image or 'no image'}): {reason}"
+        for row, image, _, reason in report.bad_rows[:3]
+    )
+    if strict and report.bad_rows:
+        raise PipelineError(
+            f"{len(report.bad_rows)} bad row(s) in {index} and strict is on: {described}. "
+            "Fix or remove those rows, or run with strict=false to skip them"
+        )
+    empty = [name for name, split in report.splits.items() if split.rows == 0]
+    if empty:
+        raise PipelineError(
+            f"no usable rows left in the {', '.join(empty)} split(s) of {index} "
+            f"({len(report.bad_rows)} bad rows, e.g. {described})"
+        )
