@@ -61,7 +61,9 @@ class ArrayWriter:
 
     def append(self, row: np.ndarray) -> None:
         if row.shape != self.row_shape or row.dtype != np.uint8:
-            raise ValueError(f"row of shape {row.shape} {row.dtype}, expected {self.row_shape} uint8")
+            raise ValueError(
+                f"row of shape {row.shape} {row.dtype}, expected {self.row_shape} uint8"
+            )
         data = np.ascontiguousarray(row).tobytes()
         self._sink.write(data)
         self.digest.update(data)

@@ -42,7 +42,8 @@ class SplitDataset(Dataset):
 
 
 class PersonDataModule(L.LightningDataModule):
-    """Train, val and test loaders; batches stay uint8 until they reach the device (4x less copy)."""
+    """Train, val and test loaders; batches stay uint8 until they reach the device (4x less
+    to copy)."""
 
     def __init__(self, cache: Path, batch_size: int, num_workers: int, pin_memory: bool) -> None:
         super().__init__()

@@ -52,7 +52,9 @@ def source_kind(source: str) -> str:
         return "folder"
     if path.is_file():
         if not zipfile.is_zipfile(path):
-            raise PipelineError(f"source {source} is a file but not a zip archive: pass {SOURCE_HELP}")
+            raise PipelineError(
+                f"source {source} is a file but not a zip archive: pass {SOURCE_HELP}"
+            )
         return "zip"
     if KAGGLE_HANDLE.match(source):
         return "kaggle"
@@ -72,7 +74,9 @@ def source_fingerprint(source: str) -> str:
         for path in files:
             if path.is_file():
                 stat = path.stat()
-                digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+                digest.update(
+                    f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+                )
     return digest.hexdigest()[:32]
 
 
@@ -94,7 +98,8 @@ def land_dataset(source: str, output_dir: Path, cache_dir: Path) -> Landed:
         if landed.usable_rows == 0:
             raise PipelineError(
                 f"source {source}: none of the {landed.rows} rows of df.csv has both its image "
-                "and mask file; first problem: " + (landed.problems[0][1] if landed.problems else "")
+                "and mask file; first problem: "
+                + (landed.problems[0][1] if landed.problems else "")
             )
         layout.write_marker(
             dataset_root,
@@ -190,9 +195,10 @@ def _http_download(url: str, cache_dir: Path) -> Path:
         with requests.get(url, stream=True, timeout=30) as response:
             response.raise_for_status()
             total = int(response.headers.get("content-length", 0)) or None
-            with partial.open("wb") as sink, tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"download {url}"
-            ) as progress:
+            with (
+                partial.open("wb") as sink,
+                tqdm(total=total, unit="B", unit_scale=True, desc=f"download {url}") as progress,
+            ):
                 for block in response.iter_content(chunk_size=1 << 20):
                     sink.write(block)
                     progress.update(len(block))

@@ -40,7 +40,8 @@ def staging_beside(destination: Path) -> Iterator[Path]:
 def publish(folder: Path, destination: Path) -> None:
     """Move a finished folder to `destination`; an older output is removed only after the swap."""
     retired = destination.with_name(f".{destination.name}.retired-{os.getpid()}")
-    folder.chmod(0o755)  # mkdtemp makes it private; outputs are for everyone who may read the parent
+    # mkdtemp makes it private; outputs are for everyone who may read the parent.
+    folder.chmod(0o755)
     if destination.exists():
         destination.rename(retired)
     folder.rename(destination)

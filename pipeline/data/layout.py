@@ -44,7 +44,9 @@ def read_pairs(index: Path) -> tuple[list[Pair], list[tuple[int, str]]]:
     try:
         frame = pd.read_csv(index, index_col=0)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise PipelineError(f"{index} is not a readable CSV ({error}): re-download the dataset")
+        raise PipelineError(
+            f"{index} is not a readable CSV ({error}): re-download the dataset"
+        ) from error
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
         raise PipelineError(

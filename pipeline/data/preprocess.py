@@ -1,4 +1,4 @@
-"""Decode, clean, resize and split the raw dataset into a cache that training reads without decoding.
+"""Decode, clean, resize and split the raw dataset into a cache training reads without decoding.
 
 Each split becomes two uint8 `.npy` arrays (images N x S x S x 3, masks N x S x S in {0, 1}) that
 training memory-maps. Rows stream through a process pool straight to disk, so peak memory does
@@ -59,7 +59,7 @@ class PreprocessReport:
 
 
 def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Decode one pair into (RGB image, {0,1} mask) at size x size; the flag says the mask was rescaled.
+    """Decode one pair into (RGB image, {0,1} mask) at size x size; the flag: mask was rescaled.
 
     EXIF orientation is applied to both files, because phones store pixels rotated and the
     masks were drawn on the upright picture.
@@ -173,15 +173,18 @@ def preprocess(
         _check_usable(report, index, strict)
         manifest.to_csv(staging / MANIFEST_FILE, index=False)
         report.digest = _finish_digest(report.digest, staging / MANIFEST_FILE)
-        layout.write_marker(staging, {
-            "digest": report.digest,
-            "raw_digest": report.raw_digest,
-            "image_size": image_size,
-            "splits": {name: split.rows for name, split in report.splits.items()},
-            "foreground_fraction": {
-                name: split.foreground_fraction for name, split in report.splits.items()
+        layout.write_marker(
+            staging,
+            {
+                "digest": report.digest,
+                "raw_digest": report.raw_digest,
+                "image_size": image_size,
+                "splits": {name: split.rows for name, split in report.splits.items()},
+                "foreground_fraction": {
+                    name: split.foreground_fraction for name, split in report.splits.items()
+                },
             },
-        })
+        )
         folders.publish(staging, output_dir)
     return report
 
@@ -209,8 +212,10 @@ def _write_splits(
             ]
             written = SplitReport()
             images_path, masks_path = split_paths(staging, split)
-            with array_writer(images_path, (image_size, image_size, 3), digest) as images, \
-                    array_writer(masks_path, (image_size, image_size), digest) as masks:
+            with (
+                array_writer(images_path, (image_size, image_size, 3), digest) as images,
+                array_writer(masks_path, (image_size, image_size), digest) as masks,
+            ):
                 decoded = tqdm(
                     imap(_decode, tasks),
                     total=len(tasks),
