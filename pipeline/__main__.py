@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ENTRY_POINTS = ("download", "preprocess", "train", "evaluate", "main")
+ENTRY_POINTS = ("download", "preprocess", "train", "evaluate", "promote", "predict", "main")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,6 +85,35 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class PromoteParams:
+    model_uri: str = field(metadata=_help("the candidate: runs:/<run>/model or models:/<id>"))
+    model_name: str = field(default="unet-person", metadata=_help("registered model name"))
+    alias: str = field(default="champion", metadata=_help("the alias the better model holds"))
+    min_improvement: float = field(
+        default=0.0, metadata=_help("test Dice gain over the alias holder needed to take it")
+    )
+    min_dice: float = field(
+        default=0.5, metadata=_help("test Dice the first model needs to take a free alias")
+    )
+    data_dir: str = field(
+        default="data/processed", metadata=_help("the split both models are scored on")
+    )
+    batch_size: int = field(default=8, metadata=_help("images per forward pass when scoring"))
+
+
+@dataclass(frozen=True)
+class PredictParams:
+    input_dir: str = field(metadata=_help("folder of photos (any size and mode), searched deeply"))
+    model_uri: str = field(
+        default="models:/unet-person@champion", metadata=_help("any MLflow model URI")
+    )
+    output_dir: str = field(
+        default="predictions", metadata=_help("where masks/, overlays/ and predictions.csv go")
+    )
+    threshold: float = field(default=0.5, metadata=_help("P(person) above which a pixel is one"))
+
+
+@dataclass(frozen=True)
 class MainParams:
     source: str = DownloadParams.source
     raw_dir: str = DownloadParams.output_dir
@@ -109,6 +138,11 @@ class MainParams:
     checkpoint_dir: str = TrainParams.checkpoint_dir
     log_data: bool = DownloadParams.log_data
     reuse: bool = field(default=True, metadata=_help("reuse finished steps with equal inputs"))
+    promote: bool = field(default=True, metadata=_help("end with promote; false stops at evaluate"))
+    model_name: str = PromoteParams.model_name
+    alias: str = PromoteParams.alias
+    min_improvement: float = PromoteParams.min_improvement
+    min_dice: float = PromoteParams.min_dice
 
 
 def parse_bool(name: str, text: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,17 +11,30 @@ import pytest
 MLFLOW_RUN_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
 
 
+def tracking_environment(folder: Path) -> dict[str, str]:
+    """Environment that tracks into `folder` and caches there too."""
+    env = {key: value for key, value in os.environ.items() if key not in MLFLOW_RUN_VARIABLES}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    env["UNET_PERSON_CACHE"] = str(folder / "cache")
+    return env
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, for servers the tests start."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def isolated_environment(folder: Path) -> dict[str, str]:
-    """Environment for a process that tracks into `folder` and caches there too.
+    """Environment for steps run as processes in the project folder, tracking into `folder`.
 
     The experiment is made here with its artifacts in `folder`: made by a step, it would put
     them in ./mlruns of the step's working folder, which is the project.
     """
     from mlflow.tracking import MlflowClient
 
-    env = {key: value for key, value in os.environ.items() if key not in MLFLOW_RUN_VARIABLES}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
-    env["UNET_PERSON_CACHE"] = str(folder / "cache")
+    env = tracking_environment(folder)
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     if client.get_experiment_by_name("unet-person") is None:
         client.create_experiment("unet-person", artifact_location=(folder / "mlruns").as_uri())
@@ -31,9 +45,11 @@ def isolated_environment(folder: Path) -> dict[str, str]:
 def isolated_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in MLFLOW_RUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    for name, value in isolated_environment(tmp_path).items():
-        monkeypatch.setenv(name, value)
+    # In the test's own folder, experiments made in-process keep their artifacts there too
+    # (./mlruns); the store itself is made only by tests that track, as making it takes a second.
     monkeypatch.chdir(tmp_path)
+    for name, value in tracking_environment(tmp_path).items():
+        monkeypatch.setenv(name, value)
     import mlflow
     from mlflow.tracking import fluent
 

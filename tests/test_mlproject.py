@@ -16,7 +16,9 @@ from pipeline.params import (
     DownloadParams,
     EvaluateParams,
     MainParams,
+    PredictParams,
     PreprocessParams,
+    PromoteParams,
     TrainParams,
     convert,
 )
@@ -26,6 +28,8 @@ PARAMS = {
     "preprocess": PreprocessParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "promote": PromoteParams,
+    "predict": PredictParams,
     "main": MainParams,
 }
 MLPROJECT_TYPES = {str: "string", int: "int", float: "float", bool: "string"}

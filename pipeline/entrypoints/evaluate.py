@@ -17,22 +17,31 @@ from pipeline.evaluation.figures import dice_histogram
 from pipeline.params import EvaluateParams
 from pipeline.tracking.artifacts import local_input
 from pipeline.tracking.datasets import log_split_inputs
-from pipeline.tracking.models import load_predictor
-from pipeline.tracking.runs import INPUT_DIGEST_TAG, log, run_entry_point
+from pipeline.tracking.models import load_predictor, segmenter_of
+from pipeline.tracking.runs import (
+    EVALUATED_MODEL_ID_TAG,
+    EVALUATED_MODEL_TAG,
+    INPUT_DIGEST_TAG,
+    log,
+    run_entry_point,
+)
 
 
 def run(params: EvaluateParams) -> None:
     cache = local_input(params.data_dir, "data_dir")
     record = read_cache_record(cache)
     predictor = load_predictor(params.model_uri)
+    segmenter = segmenter_of(predictor, params.model_uri)
+    # The model id names the model whatever URI it was given by, so promote can reuse this score.
     mlflow.set_tags(
         {
             INPUT_DIGEST_TAG: record["digest"],
-            "unet_person.evaluated_model": params.model_uri,
+            EVALUATED_MODEL_TAG: params.model_uri,
+            EVALUATED_MODEL_ID_TAG: predictor.metadata.model_id,
         }
     )
     log_split_inputs(cache, record, ("test",))
-    result = evaluate(predictor, cache, params.batch_size)
+    result = evaluate(segmenter, cache, params.batch_size)
     # Linking the metrics to the logged model shows them on its page in the MLflow UI.
     mlflow.log_metrics(result.metrics, model_id=predictor.metadata.model_id)
     log.info(

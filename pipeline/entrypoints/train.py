@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 import mlflow
+import numpy as np
 
-from pipeline.data.cache import read_cache_record
+from pipeline.data.cache import open_split, read_cache_record
 from pipeline.params import TrainParams
 from pipeline.tracking.artifacts import local_input
 from pipeline.tracking.datasets import log_split_inputs
@@ -22,7 +23,8 @@ def run(params: TrainParams) -> None:
     log_split_inputs(cache, record, ("train", "val"))
     best, summary = fit(params, cache, mlflow.active_run().info.run_id)
     mlflow.log_metrics(summary)
-    info = log_segmentation_model(best.net, record["image_size"])
+    example = np.array(open_split(cache, "val")[0][0])
+    info = log_segmentation_model(best.net, record["image_size"], example)
     log.info("best val Dice %.4f; model at %s", summary["best_val_dice"], info.model_uri)
 
 

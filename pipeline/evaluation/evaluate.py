@@ -15,6 +15,7 @@ from pipeline.data.cache import MANIFEST_FILE, open_split
 from pipeline.errors import PipelineError
 from pipeline.evaluation.figures import prediction_grid
 from pipeline.evaluation.metrics import hard_predictions, per_image_dice, segmentation_metrics
+from pipeline.serving.segmenter import Segmenter
 
 QUANTILES = {"min": 0.0, "p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "max": 1.0}
 EXTREMES = 8
@@ -27,20 +28,13 @@ class Evaluation:
     best_and_worst: Image.Image
 
 
-def predict_logits(predictor, images: np.ndarray) -> torch.Tensor:
-    """Logits for uint8 N x H x W x 3 images, through the logged model's own input contract."""
-    batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-    logits = torch.as_tensor(np.asarray(predictor.predict(batch)), dtype=torch.float32)
-    if logits.shape != (len(images), 1, *images.shape[1:3]):
-        raise PipelineError(
-            f"the model returned shape {tuple(logits.shape)} for {len(images)} images of "
-            f"{images.shape[1]}x{images.shape[2]}; expected N x 1 x H x W logits of a "
-            "segmentation model from this pipeline"
-        )
-    return logits
+def evaluate(segmenter: Segmenter, cache: Path, batch_size: int) -> Evaluation:
+    """Score the model on the test arrays through the logged model's own photo-to-logits path.
 
-
-def evaluate(predictor, cache: Path, batch_size: int) -> Evaluation:
+    Each array is a photo that path resizes to the model's image_size and back (nothing to do
+    when the cache has that size), so the masks counted here are those `predict` and serving
+    give for the same pictures.
+    """
     if batch_size < 1:
         raise PipelineError(f"batch_size must be at least 1, got {batch_size}")
     images, masks = open_split(cache, "test")
@@ -50,7 +44,7 @@ def evaluate(predictor, cache: Path, batch_size: int) -> Evaluation:
     loss_sum = 0.0
     dice = []
     for start in range(0, len(images), batch_size):
-        logits = predict_logits(predictor, images[start : start + batch_size])
+        logits = segmenter.logits(np.array(images[start : start + batch_size]))
         target = torch.from_numpy(np.array(masks[start : start + batch_size])).unsqueeze(1)
         pooled.update(hard_predictions(logits), target)
         loss_sum += float(
@@ -68,14 +62,14 @@ def evaluate(predictor, cache: Path, batch_size: int) -> Evaluation:
     per_image = manifest[manifest["split"] == "test"].sort_values("index").reset_index(drop=True)
     per_image["dice"] = per_image_dice_values
     per_image["foreground_fraction"] = [float(mask.mean()) for mask in masks]
-    return Evaluation(metrics, per_image, _best_and_worst(predictor, images, masks, per_image))
+    return Evaluation(metrics, per_image, _best_and_worst(segmenter, images, masks, per_image))
 
 
-def _best_and_worst(predictor, images, masks, per_image: pd.DataFrame) -> Image.Image:
+def _best_and_worst(segmenter: Segmenter, images, masks, per_image: pd.DataFrame) -> Image.Image:
     """The best images on the top rows, the worst below, each beside its error overlay."""
     order = per_image.sort_values("dice", ascending=False)["index"].to_numpy()
     count = min(EXTREMES, len(order) // 2) or 1
     chosen = np.concatenate([order[:count], order[-count:]]) if len(order) > 1 else order
     chosen_images = np.array(images[chosen])
-    predictions = hard_predictions(predict_logits(predictor, chosen_images)).squeeze(1).numpy()
+    predictions = hard_predictions(segmenter.logits(chosen_images)).squeeze(1).numpy()
     return prediction_grid(chosen_images, np.array(masks[chosen]), predictions, columns=count)

@@ -35,11 +35,16 @@ INTERRUPTED = (RunStatus.to_string(RunStatus.FAILED), RunStatus.to_string(RunSta
 
 @dataclass(frozen=True)
 class StepRequest:
-    """A step to run: its entry point, typed params and a fingerprint of what it reads."""
+    """A step to run: its entry point, typed params and a fingerprint of what it reads.
+
+    `reusable` is false for a step whose outcome depends on state outside its inputs (promote
+    reads who holds the alias now), so an earlier run of it can never stand in for it.
+    """
 
     entry_point: str
     params: Any
     input_fingerprint: str
+    reusable: bool = True
 
     def identity_tags(self) -> dict[str, str]:
         return {

@@ -1,4 +1,4 @@
-"""`main`: the four steps as child runs of one parent, reusing what is already done."""
+"""`main`: the steps as child runs of one parent, reusing what is already done."""
 
 from __future__ import annotations
 
@@ -24,11 +24,13 @@ from pipeline.params import (
     EvaluateParams,
     MainParams,
     PreprocessParams,
+    PromoteParams,
     TrainParams,
     as_text,
 )
+from pipeline.registry.promote import DECISION_TAG, REASON_TAG
 from pipeline.tracking.models import MODEL_URI_TAG
-from pipeline.tracking.runs import OUTPUT_DIGEST_TAG
+from pipeline.tracking.runs import MODEL_VERSION_TAG, OUTPUT_DIGEST_TAG
 
 log = logging.getLogger("unet_person")
 
@@ -45,7 +47,7 @@ class Workflow:
 
     def run(self, request: StepRequest) -> Run:
         candidates = matching_runs(self.client, self.experiment_id, request)
-        if self.reuse and (done := finished_run(candidates)):
+        if self.reuse and request.reusable and (done := finished_run(candidates)):
             log.info("%s: reusing finished run %s", request.entry_point, done.info.run_id)
             mlflow.set_tag(f"unet_person.reused.{request.entry_point}", done.info.run_id)
             return done
@@ -100,7 +102,7 @@ def _absolute(location: str) -> str:
 
 
 def run_pipeline(params: MainParams) -> dict[str, float]:
-    """download → preprocess → train → evaluate; returns the test metrics."""
+    """download → preprocess → train → evaluate → promote; returns the test metrics."""
     checkpoint_dir = Path(_absolute(params.checkpoint_dir))
     workflow = Workflow(params.reuse, checkpoint_dir)
     source = params.source
@@ -167,4 +169,36 @@ def run_pipeline(params: MainParams) -> dict[str, float]:
         raise PipelineError(f"evaluate run {evaluate.info.run_id} logged no test_dice")
     mlflow.set_tag(MODEL_URI_TAG, model_uri)
     mlflow.log_metrics(metrics)
+    if params.promote:
+        _promote(workflow, params, model_uri, processed_dir, data_digest)
     return metrics
+
+
+def _promote(
+    workflow: Workflow, params: MainParams, model_uri: str, processed_dir: str, data_digest: str
+) -> None:
+    """Never reused: who holds the alias may have changed since any earlier promote run."""
+    promote = workflow.run(
+        StepRequest(
+            "promote",
+            PromoteParams(
+                model_uri=model_uri,
+                model_name=params.model_name,
+                alias=params.alias,
+                min_improvement=params.min_improvement,
+                min_dice=params.min_dice,
+                data_dir=processed_dir,
+            ),
+            data_digest,
+            reusable=False,
+        )
+    )
+    tags = promote.data.tags
+    mlflow.set_tags({key: tags[key] for key in (DECISION_TAG, MODEL_VERSION_TAG)})
+    log.info(
+        "promote: %s version %s %s (%s)",
+        params.model_name,
+        tags[MODEL_VERSION_TAG],
+        tags[DECISION_TAG],
+        tags[REASON_TAG],
+    )

@@ -1,27 +1,75 @@
-"""The trained network as an MLflow model: logged with a signature, loaded from any model URI."""
+"""The trained network as an MLflow model: logged as the Segmenter pyfunc, loaded from any URI."""
 
 from __future__ import annotations
 
+import base64
+import json
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
 import mlflow
 import numpy as np
+import pandas as pd
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
-from torch import nn
+from PIL import Image
 
 from pipeline.errors import PipelineError
+from pipeline.model.unet import UNet
+from pipeline.serving.images import encode_png
+from pipeline.serving.segmenter import (
+    ARCHITECTURE,
+    DEFAULT_THRESHOLD,
+    INPUT_COLUMN,
+    MODEL_CODE,
+    SIGNATURE,
+    THRESHOLD,
+    WEIGHTS,
+    Segmenter,
+)
+from pipeline.tracking.code_version import PACKAGE_ROOT
 
 MODEL_NAME = "model"
 MODEL_URI_TAG = "unet_person.model_uri"
+EXAMPLE_SIDE = 64
 
 
-def log_segmentation_model(net: nn.Module, image_size: int) -> ModelInfo:
-    """Log `net` into the active run; it takes float32 N x 3 x H x W in [0, 1], returns logits.
+def _requirements() -> list[str]:
+    """What serving the model needs, pinned to this environment (torch without its +cpu/+cu tag)."""
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        *(f"{name}=={version(name)}" for name in ("numpy", "pandas", "pillow")),
+    ]
 
-    The example has two images so that the exported graph keeps the batch size free.
-    """
-    example = np.random.default_rng(0).random((2, 3, image_size, image_size), dtype=np.float32)
-    net = net.eval().cpu().float()
-    info = mlflow.pytorch.log_model(net, name=MODEL_NAME, input_example=example)
+
+def log_segmentation_model(net: UNet, image_size: int, example: np.ndarray) -> ModelInfo:
+    """Log `net` into the active run as the Segmenter pyfunc, with `example` (an H x W x 3 uint8
+    photo, shrunk to EXAMPLE_SIDE) as the input example the MLflow UI shows."""
+    shrunk = Image.fromarray(example).resize((EXAMPLE_SIDE,) * 2, Image.Resampling.BILINEAR)
+    example_input = pd.DataFrame(
+        {INPUT_COLUMN: [base64.b64encode(encode_png(np.asarray(shrunk))).decode("ascii")]}
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        weights = Path(scratch) / "unet.pt"
+        torch.save(net.cpu().state_dict(), weights)
+        architecture = Path(scratch) / "unet.json"
+        architecture.write_text(
+            json.dumps(
+                {"base_channels": net.base_channels, "depth": net.depth, "image_size": image_size}
+            )
+        )
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(MODEL_CODE),
+            artifacts={WEIGHTS: str(weights), ARCHITECTURE: str(architecture)},
+            code_paths=[str(PACKAGE_ROOT)],
+            signature=SIGNATURE,
+            input_example=(example_input, {THRESHOLD: DEFAULT_THRESHOLD}),
+            pip_requirements=_requirements(),
+        )
     mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     return info
 
@@ -35,3 +83,18 @@ def load_predictor(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
             f"cannot load model_uri={model_uri} ({error}); use runs:/<run_id>/model, "
             "models:/<model_id> or models:/<name>@<alias> as shown in the MLflow UI"
         ) from error
+
+
+def segmenter_of(predictor: mlflow.pyfunc.PyFuncModel, model_uri: str) -> Segmenter:
+    """The Segmenter inside a loaded model, for scoring whole arrays of photos at once."""
+    try:
+        model = predictor.unwrap_python_model()
+    except MlflowException:
+        model = None
+    if not isinstance(model, Segmenter):
+        raise PipelineError(
+            f"model_uri={model_uri} is not a segmentation model logged by this pipeline's train "
+            "step (a Segmenter pyfunc); models from before it take arrays, not photos: train "
+            "again with `python -m pipeline train`"
+        )
+    return model

@@ -30,6 +30,9 @@ ERROR_TAG = "unet_person.error"
 OUTPUT_DIGEST_TAG = "unet_person.output_digest"
 OUTPUT_PATH_TAG = "unet_person.output_path"
 INPUT_DIGEST_TAG = "unet_person.input_digest"
+EVALUATED_MODEL_TAG = "unet_person.evaluated_model"
+EVALUATED_MODEL_ID_TAG = "unet_person.evaluated_model_id"
+MODEL_VERSION_TAG = "unet_person.model_version"
 
 log = logging.getLogger("unet_person")
 

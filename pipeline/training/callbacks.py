@@ -11,7 +11,7 @@ import torch
 
 from pipeline.evaluation.figures import prediction_grid
 from pipeline.evaluation.metrics import hard_predictions
-from pipeline.training.module import to_model_input
+from pipeline.model.inputs import to_model_input
 
 log = logging.getLogger("unet_person")
 

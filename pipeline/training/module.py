@@ -7,12 +7,8 @@ import torch
 from torch import nn
 
 from pipeline.evaluation.metrics import hard_predictions, segmentation_metrics
+from pipeline.model.inputs import to_model_input
 from pipeline.model.unet import UNet
-
-
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N x 3 x H x W to the float [0, 1] tensor the network and the logged model take."""
-    return images.float().div_(255)
 
 
 class SegmentationModule(L.LightningModule):

@@ -6,6 +6,7 @@ run them, in this environment.
 
 from __future__ import annotations
 
+import base64
 import shlex
 import subprocess
 import sys
@@ -21,9 +22,10 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.cache import open_split
-from pipeline.evaluation.metrics import hard_predictions
+from pipeline.model.inputs import to_model_input
 from pipeline.orchestration.project import project_dir, step_command
-from pipeline.tracking.models import MODEL_URI_TAG
+from pipeline.serving.images import decode_mask, encode_png
+from pipeline.tracking.models import MODEL_URI_TAG, segmenter_of
 from pipeline.training.module import SegmentationModule
 from tests.conftest import isolated_environment
 
@@ -38,8 +40,10 @@ SETTINGS = {
     "batch_size": "8",
     "lr": "1e-3",
     "num_workers": "0",
+    "min_dice": "0",  # four epochs of a tiny net: let its first model take the free alias
 }
-STEPS = ("download", "preprocess", "train", "evaluate")
+STEPS = ("download", "preprocess", "train", "evaluate", "promote")
+REUSABLE = ("download", "preprocess", "train", "evaluate")
 
 
 @dataclass
@@ -105,7 +109,7 @@ def track_into_workspace(workspace: Workspace) -> None:
     mlflow.set_tracking_uri(workspace.env["MLFLOW_TRACKING_URI"])
 
 
-def test_main_is_a_parent_of_four_finished_steps(first_main) -> None:
+def test_main_is_a_parent_of_five_finished_steps(first_main) -> None:
     parent, steps = first_main
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["mlflow.project.entryPoint"] == "main"
@@ -185,17 +189,17 @@ def test_train_logs_curves_images_and_the_model(first_main, workspace: Workspace
     assert info.signature is not None and info.signature.inputs is not None
 
 
-def test_logged_model_predicts_like_the_best_checkpoint(first_main, workspace: Workspace) -> None:
+def test_logged_model_computes_like_the_best_checkpoint(first_main, workspace: Workspace) -> None:
     _, steps = first_main
     train = steps["train"]
     checkpoint = workspace.folder / "checkpoints" / train.info.run_id / "best.ckpt"
     in_memory = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    images, _ = open_split(workspace.folder / "processed", "test")
-    batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
+    images = np.array(open_split(workspace.folder / "processed", "test")[0])
     logged = mlflow.pyfunc.load_model(train.data.tags[MODEL_URI_TAG])
     with torch.no_grad():
-        expected = in_memory(torch.from_numpy(batch)).numpy()
-    np.testing.assert_allclose(np.asarray(logged.predict(batch)), expected, atol=1e-4)
+        expected = in_memory(to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2)))
+    logits = segmenter_of(logged, "train's model").logits(images)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_evaluate_reports_pooled_and_per_image_results(first_main, workspace: Workspace) -> None:
@@ -203,9 +207,13 @@ def test_evaluate_reports_pooled_and_per_image_results(first_main, workspace: Wo
     evaluate = steps["evaluate"]
     metrics = evaluate.data.metrics
     images, masks = open_split(workspace.folder / "processed", "test")
-    batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255
+    # The masks serving gives for the test photos (as PNG files) are the ones evaluate counted.
     model = mlflow.pyfunc.load_model(evaluate.data.tags["unet_person.evaluated_model"])
-    predicted = hard_predictions(torch.from_numpy(np.asarray(model.predict(batch)))).squeeze(1)
+    photos = [base64.b64encode(encode_png(image)).decode("ascii") for image in images]
+    answer = model.predict(pd.DataFrame({"image": photos}))
+    predicted = torch.from_numpy(
+        np.stack([decode_mask(base64.b64decode(mask)) for mask in answer["mask"]])
+    )
     truth = torch.from_numpy(np.array(masks)).bool()
     tp = (predicted.bool() & truth).sum().item()
     fp = (predicted.bool() & ~truth).sum().item()
@@ -223,22 +231,61 @@ def test_evaluate_reports_pooled_and_per_image_results(first_main, workspace: Wo
     assert table["dice"].between(0, 1).all()
 
 
+def test_main_promotes_its_model_with_evaluates_figure(first_main, workspace: Workspace) -> None:
+    parent, steps = first_main
+    promote, evaluate = steps["promote"], steps["evaluate"]
+    version = workspace.client().get_model_version_by_alias("unet-person", "champion")
+    assert str(version.version) == "1"
+    assert version.source == steps["train"].data.tags[MODEL_URI_TAG]
+    tags = version.tags
+    assert tags["unet_person.decision"] == "promoted"
+    assert tags["unet_person.promote_run_id"] == promote.info.run_id
+    assert tags["unet_person.candidate_dice_from"] == evaluate.info.run_id
+    assert float(tags["unet_person.candidate_dice"]) == pytest.approx(
+        evaluate.data.metrics["test_dice"], abs=1e-6
+    )
+    assert (
+        tags["unet_person.split_digest"]
+        == steps["preprocess"].data.tags["unet_person.output_digest"]
+    )
+    assert promote.data.params["model_uri"] == steps["train"].data.tags[MODEL_URI_TAG]
+    assert promote.data.params["data_dir"] == str(workspace.folder / "processed")
+    assert parent.data.tags["unet_person.decision"] == "promoted"
+    assert parent.data.tags["unet_person.model_version"] == "1"
+
+
 def test_second_main_reuses_every_step(first_main, workspace: Workspace) -> None:
     parent, steps = first_main
     before = len(workspace.runs())
     result = workspace.run("main", workspace.params())
     assert result.returncode == 0, result.stderr[-3000:]
     runs = workspace.runs()
-    assert len(runs) == before + 1, result.stderr[-5000:]  # only the new parent
+    # The new parent and a new promote: who holds the alias is not an input reuse can see.
+    assert len(runs) == before + 2, result.stderr[-5000:]
     (second,) = [
         run
         for run in runs
-        if run.info.run_id
-        not in {parent.info.run_id, *(step.info.run_id for step in steps.values())}
+        if run.info.run_id not in {parent.info.run_id, *(s.info.run_id for s in steps.values())}
+        and "mlflow.parentRunId" not in run.data.tags
     ]
-    for step in STEPS:
+    for step in REUSABLE:
         assert second.data.tags[f"unet_person.reused.{step}"] == steps[step].info.run_id
+    assert "unet_person.reused.promote" not in second.data.tags
     assert second.data.metrics["test_dice"] == parent.data.metrics["test_dice"]
+    assert second.data.tags["unet_person.decision"] == "unchanged"
+    versions = workspace.client().search_model_versions("name = 'unet-person'")
+    assert [str(version.version) for version in versions] == ["1"]
+
+
+def test_main_without_promote_stops_at_evaluate(first_main, workspace: Workspace) -> None:
+    result = workspace.run("main", workspace.params(promote="false"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    newest = max(
+        (run for run in workspace.runs() if "mlflow.parentRunId" not in run.data.tags),
+        key=lambda run: run.info.start_time,
+    )
+    assert children(workspace, newest) == {}
+    assert "unet_person.decision" not in newest.data.tags
 
 
 def test_changed_training_parameter_reruns_only_what_depends_on_it(
@@ -254,8 +301,14 @@ def test_changed_training_parameter_reruns_only_what_depends_on_it(
     assert newest.data.tags["unet_person.reused.download"] == steps["download"].info.run_id
     assert newest.data.tags["unet_person.reused.preprocess"] == steps["preprocess"].info.run_id
     rerun = children(workspace, newest)
-    assert set(rerun) == {"train", "evaluate"}
+    assert set(rerun) == {"train", "evaluate", "promote"}
     assert rerun["train"].data.metrics["epochs_trained"] == 3
+    decided = rerun["promote"].data
+    better = decided.metrics["candidate_dice"] > decided.metrics["champion_dice"]
+    assert decided.tags["unet_person.decision"] == ("promoted" if better else "rejected")
+    assert decided.tags["unet_person.champion_version"] == "1"
+    holder = workspace.client().get_model_version_by_alias("unet-person", "champion")
+    assert str(holder.version) == ("2" if better else "1")
 
 
 def test_steps_take_their_input_as_an_artifact_uri(first_main, workspace: Workspace) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.orchestration.project import project_dir, step_command
@@ -19,14 +20,17 @@ from tests.conftest import isolated_environment
 pytestmark = pytest.mark.e2e
 
 
+MAX_EPOCHS = 300  # epochs take tens of milliseconds: enough of them to stop one mid-run
+
+
 def main_process(folder: Path) -> subprocess.Popen:
     params = {
         "source": "synthetic:24",
         "image_size": "32",
         "base_channels": "4",
         "depth": "1",
-        "max_epochs": "60",
-        "patience": "100",
+        "max_epochs": str(MAX_EPOCHS),
+        "patience": str(10 * MAX_EPOCHS),
         "batch_size": "8",
         "num_workers": "0",
         "raw_dir": str(folder / "raw"),
@@ -44,15 +48,23 @@ def main_process(folder: Path) -> subprocess.Popen:
     )
 
 
+def checkpoint_epoch(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["epoch"]
+
+
 def wait_for_checkpoint(folder: Path, process: subprocess.Popen, timeout: float) -> Path:
+    """The last checkpoint, once it is past the first epoch (so resuming must skip epochs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = list((folder / "checkpoints").glob("*/last.ckpt"))
-        if found:
-            return found[0]
+        for found in (folder / "checkpoints").glob("*/last.ckpt"):
+            try:
+                if checkpoint_epoch(found) >= 1:
+                    return found
+            except (OSError, RuntimeError, EOFError):  # caught mid-write
+                pass
         assert process.poll() is None, process.stdout.read()
-        time.sleep(0.1)
-    raise AssertionError("no checkpoint appeared")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint past the first epoch appeared")
 
 
 def test_stopped_training_is_resumed_by_the_next_main(tmp_path: Path) -> None:
@@ -67,7 +79,9 @@ def test_stopped_training_is_resumed_by_the_next_main(tmp_path: Path) -> None:
     stopped = client.get_run(run_id)
     assert stopped.info.status == "FAILED"
     epochs_before = len(client.get_metric_history(run_id, "epoch_time_s"))
-    assert 0 < epochs_before < 60
+    assert 0 < epochs_before < MAX_EPOCHS
+    restored_epoch = checkpoint_epoch(checkpoint)
+    assert restored_epoch >= 1
 
     second = main_process(tmp_path)
     output, _ = second.communicate(timeout=600)
@@ -76,7 +90,8 @@ def test_stopped_training_is_resumed_by_the_next_main(tmp_path: Path) -> None:
     assert "Restoring states from the checkpoint path" in output
     resumed = client.get_run(run_id)
     assert resumed.info.status == "FINISHED"
-    assert resumed.data.metrics["epochs_trained"] == 60
+    assert resumed.data.metrics["epochs_trained"] == MAX_EPOCHS
     epochs_after = len(client.get_metric_history(run_id, "epoch_time_s"))
-    # Resumed, not restarted: the epochs done before the stop are not trained again.
-    assert epochs_after <= 60 + 1
+    # Resumed, not restarted: the epochs in the checkpoint are not trained again (a restart
+    # would log all MAX_EPOCHS after the ones before the stop).
+    assert epochs_after <= epochs_before + MAX_EPOCHS - restored_epoch

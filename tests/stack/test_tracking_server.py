@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import mlflow
 import psycopg2
 import pytest
 import requests
@@ -27,7 +27,8 @@ from mlflow.tracking import MlflowClient
 from moto.server import ThreadedMotoServer
 
 from pipeline.orchestration.project import project_dir, step_command
-from tests.conftest import isolated_environment
+from tests.conftest import free_port, isolated_environment
+from tests.segmenters import constant_net, log_model
 
 pytestmark = pytest.mark.e2e
 
@@ -43,12 +44,6 @@ S3_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "test-secret-key",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -204,6 +199,7 @@ def pipeline_run(tmp_path_factory, server: Server) -> dict[str, str]:
         "max_epochs": "2",
         "batch_size": "8",
         "num_workers": "0",
+        "min_dice": "0",
         "raw_dir": str(folder / "raw"),
         "processed_dir": str(folder / "processed"),
         "checkpoint_dir": str(folder / "checkpoints"),
@@ -237,7 +233,8 @@ def test_artifacts_and_the_model_are_objects_in_the_bucket(pipeline_run, s3) -> 
     assert any(key.endswith("/processed/train_images.npy") for key in keys)
     model_files = [key for key in keys if "/models/" in key or "/model/" in key]
     assert any(key.endswith("MLmodel") for key in model_files)
-    assert any(key.endswith(".pt2") for key in model_files)
+    assert any(key.endswith("/artifacts/unet.pt") for key in model_files)
+    assert any(key.endswith("/code/pipeline/serving/segmenter.py") for key in model_files)
 
 
 def test_runs_and_metrics_are_rows_in_postgres(pipeline_run, database: Database) -> None:
@@ -260,6 +257,48 @@ def test_runs_and_metrics_are_rows_in_postgres(pipeline_run, database: Database)
         pipeline_run["main"],
     )
     assert 0.0 <= test_dice[0] <= 1.0
+
+
+def test_promotion_through_the_server(
+    pipeline_run, server: Server, database: Database, tmp_path: Path
+) -> None:
+    """main promoted its model; promoting it again makes no second version; a worse model is
+    registered, refused and recorded, and the alias stays, as the registry tables show."""
+    client = MlflowClient(tracking_uri=server.url)
+    champion = client.get_model_version_by_alias("unet-person", "champion")
+    assert str(champion.version) == "1"
+    assert champion.tags["unet_person.decision"] == "promoted"
+    assert champion.tags["unet_person.promote_run_id"] == pipeline_run["promote"]
+    assert champion.tags["unet_person.candidate_dice_from"] == pipeline_run["evaluate"]
+
+    env = client_environment(tmp_path, server)
+    split = f"runs:/{pipeline_run['preprocess']}/processed"  # fetched through the server
+    again = run_entry_point(
+        "promote", {"model_uri": champion.source, "data_dir": split, "min_dice": "0"}, env
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert client.get_model_version("unet-person", "1").tags["unet_person.decision"] == (
+        "unchanged"
+    )
+
+    mlflow.set_tracking_uri(server.url)
+    worse = log_model(constant_net(-20.0))  # calls nobody a person: Dice 0
+    refused = run_entry_point("promote", {"model_uri": worse, "data_dir": split}, env)
+    assert refused.returncode == 0, refused.stderr[-3000:]
+    (aliases,) = database.query(
+        "SELECT alias, version FROM registered_model_aliases WHERE name = 'unet-person'"
+    )
+    assert aliases == ("champion", 1)
+    versions = database.query(
+        "SELECT v.version, t.value FROM model_versions v JOIN model_version_tags t "
+        "ON t.name = v.name AND t.version = v.version "
+        "WHERE v.name = 'unet-person' AND t.key = 'unet_person.decision' ORDER BY v.version"
+    )
+    assert versions == [(1, "unchanged"), (2, "rejected")]
+    lost = client.get_model_version("unet-person", "2").tags
+    assert float(lost["unet_person.candidate_dice"]) == 0.0
+    assert lost["unet_person.champion_version"] == "1"
+    assert lost["unet_person.candidate_dice_from"] == "this run"
 
 
 def test_parallel_writers_do_not_deadlock(server: Server) -> None:

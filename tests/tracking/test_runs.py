@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +22,7 @@ from pipeline.tracking.runs import (
     run_entry_point,
     step_run,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.conftest import free_port
 
 
 def test_default_store_is_sqlite_in_the_working_folder(monkeypatch, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from torch.utils.data import RandomSampler, SequentialSampler
 
 from pipeline.data.cache import SPLITS, array_writer, split_paths
 from pipeline.data.datamodule import PersonDataModule, SplitDataset
-from pipeline.training.module import SegmentationModule, to_model_input
+from pipeline.model.inputs import to_model_input
+from pipeline.training.module import SegmentationModule
 
 SIDE = 16
 COUNTS = {"train": 8, "val": 4, "test": 4}

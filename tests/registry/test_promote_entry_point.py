@@ -1,0 +1,206 @@
+"""`promote` against a real (SQLite) registry: the better model takes the alias, a worse one does
+not, each decision is written on the version and the run, and one model is one version.
+
+The models have known scores: one calls every pixel a person (Dice 2S/(S+N) for S person
+pixels of N), one calls none (Dice 0), since every synthetic test photo shows a person.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from pipeline.data.cache import open_split, read_cache_record
+from pipeline.entrypoints import evaluate, promote
+from pipeline.tracking.runs import ENTRY_POINT_TAG, ERROR_TAG
+from tests.segmenters import constant_net, log_model, split_cache
+
+NAME = "unet-person"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return split_cache(tmp_path_factory.mktemp("split"))
+
+
+@pytest.fixture
+def everyone() -> str:
+    return log_model(constant_net(20.0))
+
+
+@pytest.fixture
+def nobody() -> str:
+    return log_model(constant_net(-20.0))
+
+
+def all_person_dice(cache: Path) -> float:
+    masks = np.asarray(open_split(cache, "test")[1])
+    return 2 * masks.sum() / (masks.sum() + masks.size)
+
+
+def run_promote(model_uri: str, cache: Path, *extra: str) -> int:
+    return promote.main(["--model_uri", model_uri, "--data_dir", str(cache), *extra])
+
+
+def promote_runs() -> list[Run]:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("unet-person")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{ENTRY_POINT_TAG}` = 'promote'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return list(runs)
+
+
+def champion_version() -> str | None:
+    version = MlflowClient().get_registered_model(NAME).aliases.get("champion")
+    return None if version is None else str(version)  # SQLite answers with an int
+
+
+def version_tags(version: str) -> dict[str, str]:
+    return MlflowClient().get_model_version(NAME, version).tags
+
+
+def test_the_better_model_takes_the_alias_and_a_worse_one_does_not(
+    cache: Path, everyone: str, nobody: str
+) -> None:
+    client = MlflowClient()
+    digest = read_cache_record(cache)["digest"]
+
+    # A free alias needs min_dice: refused, but registered and recorded.
+    assert run_promote(everyone, cache, "--min_dice", "0.99") == 0
+    assert champion_version() is None
+    assert version_tags("1")["unet_person.decision"] == "rejected"
+    assert "< min_dice 0.99" in version_tags("1")["unet_person.reason"]
+
+    # The first model over the floor takes it.
+    assert run_promote(nobody, cache, "--min_dice", "0") == 0
+    assert champion_version() == "2"
+    assert version_tags("2")["unet_person.decision"] == "promoted"
+    assert version_tags("2")["unet_person.champion_version"] == "none"
+
+    # A better candidate takes it from the champion, scored on the same split.
+    assert run_promote(everyone, cache) == 0
+    assert champion_version() == "1"
+    won = version_tags("1")
+    decided_by = promote_runs()[-1]
+    assert won["unet_person.decision"] == "promoted"
+    assert float(won["unet_person.candidate_dice"]) == pytest.approx(all_person_dice(cache))
+    assert float(won["unet_person.champion_dice"]) == 0.0
+    assert won["unet_person.champion_version"] == "2"
+    assert won["unet_person.split_digest"] == digest
+    assert won["unet_person.promote_run_id"] == decided_by.info.run_id
+    assert decided_by.data.metrics == {
+        "candidate_dice": pytest.approx(all_person_dice(cache)),
+        "champion_dice": 0.0,
+    }
+    assert decided_by.data.tags["unet_person.decision"] == "promoted"
+    assert decided_by.data.tags["unet_person.model_version"] == "1"
+    assert decided_by.data.tags["unet_person.input_digest"] == digest
+    assert decided_by.data.params["model_uri"] == everyone
+
+    # A worse one is compared, recorded and refused.
+    assert run_promote(nobody, cache) == 0
+    assert champion_version() == "1"
+    lost = version_tags("2")
+    assert lost["unet_person.decision"] == "rejected"
+    assert lost["unet_person.champion_version"] == "1"
+    assert "does not beat the champion's" in lost["unet_person.reason"]
+
+    # Four promotions of two models: two versions.
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
+
+
+def test_promoting_the_champion_again_makes_no_new_version(cache: Path, everyone: str) -> None:
+    for _ in range(2):
+        assert run_promote(everyone, cache, "--min_dice", "0") == 0
+    assert champion_version() == "1"
+    assert len(MlflowClient().search_model_versions(f"name = '{NAME}'")) == 1
+    assert version_tags("1")["unet_person.decision"] == "unchanged"
+    assert version_tags("1")["unet_person.promote_run_id"] == promote_runs()[-1].info.run_id
+
+
+def test_a_margin_keeps_a_slightly_better_model_out(
+    cache: Path, everyone: str, nobody: str
+) -> None:
+    assert run_promote(nobody, cache, "--min_dice", "0") == 0
+    assert run_promote(everyone, cache, "--min_improvement", "0.99") == 0
+    assert champion_version() == "1"
+    assert version_tags("2")["unet_person.decision"] == "rejected"
+
+
+def test_evaluate_figures_for_the_same_model_and_split_are_reused(
+    cache: Path, tmp_path: Path
+) -> None:
+    client = MlflowClient()
+    # The model lives in another experiment than the evaluate and promote runs.
+    client.create_experiment("models", artifact_location=(tmp_path / "models").as_uri())
+    everyone = log_model(constant_net(20.0), experiment="models")
+    assert evaluate.main(["--model_uri", everyone, "--data_dir", str(cache)]) == 0
+    experiment = client.get_experiment_by_name("unet-person")
+    (evaluated,) = client.search_runs(
+        [experiment.experiment_id], f"tags.`{ENTRY_POINT_TAG}` = 'evaluate'"
+    )
+    # A figure for the same model on another split must not be taken for this split's.
+    elsewhere = client.create_run(
+        experiment.experiment_id,
+        tags={
+            "unet_person.evaluated_model_id": evaluated.data.tags["unet_person.evaluated_model_id"],
+            "unet_person.input_digest": "another-split",
+        },
+    )
+    client.log_metric(elsewhere.info.run_id, "test_dice", 0.999)
+    client.set_terminated(elsewhere.info.run_id)
+
+    assert run_promote(everyone, cache, "--min_dice", "0") == 0
+    tags = version_tags("1")
+    assert tags["unet_person.candidate_dice_from"] == evaluated.info.run_id
+    assert float(tags["unet_person.candidate_dice"]) == pytest.approx(
+        evaluated.data.metrics["test_dice"], abs=1e-6
+    )
+
+
+def test_without_an_evaluate_run_the_model_is_scored_here(cache: Path, everyone: str) -> None:
+    assert run_promote(everyone, cache, "--min_dice", "0") == 0
+    assert version_tags("1")["unet_person.candidate_dice_from"] == "this run"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--alias", "v2"], "parameter alias='v2' is not a usable alias"),
+        (["--min_dice", "1.5"], "parameter min_dice=1.5 must be between 0 and 1"),
+        (["--min_improvement", "-0.1"], "parameter min_improvement=-0.1 must be 0 or more"),
+        (["--model_uri", "models:/m-doesnotexist"], "cannot find model_uri=models:/m-doesnotexist"),
+        (["--data_dir", "nowhere"], "nowhere is not a finished preprocess output"),
+    ],
+)
+def test_bad_parameters_are_named_and_nothing_is_registered(
+    cache: Path, everyone: str, capsys, argv: list[str], message: str
+) -> None:
+    assert run_promote(everyone, cache, *argv) == 2
+    assert message in capsys.readouterr().err
+    (run,) = promote_runs()
+    assert run.info.status == "FAILED" and message in run.data.tags[ERROR_TAG]
+    assert MlflowClient().search_registered_models() == []
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    """A model from elsewhere: it takes and returns anything."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_a_model_that_is_not_a_segmenter_is_refused_before_registering(cache: Path, capsys) -> None:
+    with mlflow.start_run():
+        other = mlflow.pyfunc.log_model(name="model", python_model=Echo()).model_uri
+    assert run_promote(other, cache, "--min_dice", "0") == 2
+    assert "is not a segmentation model logged by this pipeline" in capsys.readouterr().err
+    assert MlflowClient().search_registered_models() == []
