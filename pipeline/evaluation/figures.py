@@ -6,24 +6,25 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-HIT = np.array([40, 200, 40], dtype=np.float32)  # person found
+from pipeline.serving.images import PERSON_TINT as HIT  # person found: predict's green too
+from pipeline.serving.images import tint
+
 FALSE_ALARM = np.array([230, 40, 40], dtype=np.float32)  # background called person
 MISS = np.array([40, 90, 240], dtype=np.float32)  # person missed
-ALPHA = 0.45
 
 
 def error_overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """Tint an (H, W, 3) uint8 image: green hits, red false alarms, blue misses."""
     truth = truth.astype(bool)
     prediction = prediction.astype(bool)
-    tinted = image.astype(np.float32)
-    for region, colour in (
-        (truth & prediction, HIT),
-        (~truth & prediction, FALSE_ALARM),
-        (truth & ~prediction, MISS),
-    ):
-        tinted[region] = (1 - ALPHA) * tinted[region] + ALPHA * colour
-    return tinted.round().astype(np.uint8)
+    return tint(
+        image,
+        [
+            (truth & prediction, HIT),
+            (~truth & prediction, FALSE_ALARM),
+            (truth & ~prediction, MISS),
+        ],
+    )
 
 
 def tile_grid(tiles: list[np.ndarray], columns: int, gap: int = 2) -> Image.Image:

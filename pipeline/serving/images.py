@@ -11,8 +11,8 @@ import io
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-OVERLAY_COLOUR = np.array([40, 200, 40], dtype=np.float32)
-OVERLAY_ALPHA = 0.45
+PERSON_TINT = np.array([40, 200, 40], dtype=np.float32)
+TINT_ALPHA = 0.45
 
 
 class ImageError(ValueError):
@@ -56,8 +56,14 @@ def decode_mask(data: bytes) -> np.ndarray:
         return np.asarray(handle.convert("L")) > 127
 
 
+def tint(pixels: np.ndarray, regions: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """(H, W, 3) uint8 pixels with each boolean region blended towards its colour."""
+    tinted = pixels.astype(np.float32)
+    for region, colour in regions:
+        tinted[region] = (1 - TINT_ALPHA) * tinted[region] + TINT_ALPHA * colour
+    return tinted.round().astype(np.uint8)
+
+
 def overlay(photo: Image.Image, mask: np.ndarray) -> Image.Image:
     """The photo with the person tinted green, to check a mask at a glance."""
-    pixels = np.asarray(photo.convert("RGB"), dtype=np.float32)
-    pixels[mask] = (1 - OVERLAY_ALPHA) * pixels[mask] + OVERLAY_ALPHA * OVERLAY_COLOUR
-    return Image.fromarray(pixels.round().astype(np.uint8))
+    return Image.fromarray(tint(np.asarray(photo.convert("RGB")), [(mask, PERSON_TINT)]))

@@ -10,7 +10,6 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from pipeline.evaluation.figures import (
-    ALPHA,
     FALSE_ALARM,
     HIT,
     MISS,
@@ -19,6 +18,7 @@ from pipeline.evaluation.figures import (
     prediction_grid,
     tile_grid,
 )
+from pipeline.serving.images import TINT_ALPHA as ALPHA
 
 
 def _tinted(pixel: np.ndarray, colour: np.ndarray) -> np.ndarray:
