@@ -5,7 +5,16 @@ from __future__ import annotations
 import importlib
 import sys
 
-ENTRY_POINTS = ("download", "preprocess", "train", "evaluate", "promote", "predict", "main")
+ENTRY_POINTS = (
+    "download",
+    "preprocess",
+    "train",
+    "evaluate",
+    "promote",
+    "predict",
+    "main",
+    "ablate",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

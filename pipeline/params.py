@@ -48,17 +48,52 @@ class PreprocessParams:
     log_data: bool = field(default=True, metadata=_help("log the cache as run artifacts"))
 
 
+RECIPE_HELP = "; empty = the recipe's"
+
+
 @dataclass(frozen=True)
 class TrainParams:
     data_dir: str = field(
         default="data/processed", metadata=_help("preprocess output folder or its artifact URI")
     )
-    max_epochs: int = field(default=100, metadata=_help("upper bound on epochs"))
-    batch_size: int = field(default=4, metadata=_help("images per step"))
-    lr: float = field(default=1e-5, metadata=_help("Adam learning rate"))
-    base_channels: int = field(default=64, metadata=_help("width of the first U-Net level"))
-    depth: int = field(default=4, metadata=_help("number of down-sampling levels"))
-    patience: int = field(default=15, metadata=_help("epochs without val Dice gain before stop"))
+    recipe: str = field(
+        default="default",
+        metadata=_help("paper (the reference exactly) or default; the settings below override it"),
+    )
+    max_epochs: int | None = field(
+        default=None, metadata=_help("upper bound on epochs" + RECIPE_HELP)
+    )
+    batch_size: int | None = field(default=None, metadata=_help("images per step" + RECIPE_HELP))
+    lr: float | None = field(default=None, metadata=_help("peak learning rate" + RECIPE_HELP))
+    weight_decay: float | None = field(
+        default=None, metadata=_help("optimizer weight decay" + RECIPE_HELP)
+    )
+    optimizer: str | None = field(default=None, metadata=_help("adam or adamw" + RECIPE_HELP))
+    schedule: str | None = field(
+        default=None, metadata=_help("plateau (on val loss) or onecycle" + RECIPE_HELP)
+    )
+    loss: str | None = field(default=None, metadata=_help("bce or bce_dice" + RECIPE_HELP))
+    augment: bool | None = field(
+        default=None, metadata=_help("random flips, crops and colour" + RECIPE_HELP)
+    )
+    base_channels: int | None = field(
+        default=None, metadata=_help("width of the first U-Net level" + RECIPE_HELP)
+    )
+    depth: int | None = field(
+        default=None, metadata=_help("number of down-sampling levels" + RECIPE_HELP)
+    )
+    batch_norm: bool | None = field(
+        default=None, metadata=_help("batch normalisation after each convolution" + RECIPE_HELP)
+    )
+    skip_connections: bool | None = field(
+        default=None, metadata=_help("encoder-to-decoder skip connections" + RECIPE_HELP)
+    )
+    upsampling: str | None = field(
+        default=None, metadata=_help("transposed or bilinear" + RECIPE_HELP)
+    )
+    patience: int | None = field(
+        default=None, metadata=_help("epochs without val Dice gain before stop" + RECIPE_HELP)
+    )
     seed: int = field(default=42, metadata=_help("seed of weights and data order"))
     precision: str = field(
         default="auto", metadata=_help("32-true, 16-mixed, bf16-mixed or auto (best the card has)")
@@ -114,7 +149,9 @@ class PredictParams:
 
 
 @dataclass(frozen=True)
-class MainParams:
+class DataSourceParams:
+    """Where `main` and `ablate` get their data: the download and preprocess steps' params."""
+
     source: str = DownloadParams.source
     raw_dir: str = DownloadParams.output_dir
     processed_dir: str = PreprocessParams.output_dir
@@ -123,26 +160,66 @@ class MainParams:
     test_fraction: float = PreprocessParams.test_fraction
     split_seed: int = PreprocessParams.seed
     strict: bool = PreprocessParams.strict
-    max_epochs: int = TrainParams.max_epochs
-    batch_size: int = TrainParams.batch_size
-    lr: float = TrainParams.lr
-    base_channels: int = TrainParams.base_channels
-    depth: int = TrainParams.depth
-    patience: int = TrainParams.patience
-    seed: int = TrainParams.seed
+    log_data: bool = DownloadParams.log_data
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    """Where and how long train steps run; passed to every train step under the same names."""
+
     precision: str = TrainParams.precision
     accelerator: str = TrainParams.accelerator
     devices: str = TrainParams.devices
     num_workers: int = TrainParams.num_workers
     max_time: str = TrainParams.max_time
     checkpoint_dir: str = TrainParams.checkpoint_dir
-    log_data: bool = DownloadParams.log_data
+
+
+@dataclass(frozen=True)
+class MainParams(DataSourceParams, RuntimeParams):
+    recipe: str = TrainParams.recipe
+    max_epochs: int | None = TrainParams.max_epochs
+    batch_size: int | None = TrainParams.batch_size
+    lr: float | None = TrainParams.lr
+    base_channels: int | None = TrainParams.base_channels
+    depth: int | None = TrainParams.depth
+    patience: int | None = TrainParams.patience
+    seed: int = TrainParams.seed
     reuse: bool = field(default=True, metadata=_help("reuse finished steps with equal inputs"))
     promote: bool = field(default=True, metadata=_help("end with promote; false stops at evaluate"))
     model_name: str = PromoteParams.model_name
     alias: str = PromoteParams.alias
     min_improvement: float = PromoteParams.min_improvement
     min_dice: float = PromoteParams.min_dice
+
+
+@dataclass(frozen=True)
+class AblateParams(DataSourceParams, RuntimeParams):
+    recipe: str = field(
+        default="default", metadata=_help("the study's baseline; each variant changes one thing")
+    )
+    variants: str = field(
+        default="all", metadata=_help("comma-separated variant names (see README), or all")
+    )
+    seeds: str = field(default="42", metadata=_help("comma-separated seeds, one run per seed"))
+    max_epochs: int | None = field(
+        default=None, metadata=_help("epoch budget of every variant" + RECIPE_HELP)
+    )
+    patience: int | None = field(
+        default=None, metadata=_help("early-stopping patience of every variant" + RECIPE_HELP)
+    )
+    batch_size: int | None = field(
+        default=None, metadata=_help("batch size of every variant" + RECIPE_HELP)
+    )
+    base_channels: int | None = field(
+        default=None, metadata=_help("baseline width; width variants halve and double it")
+    )
+    reuse: bool = field(
+        default=True, metadata=_help("reuse finished runs: a stopped study picks up where it was")
+    )
+    output_dir: str = field(
+        default="ablation", metadata=_help("local folder for the summary table and chart")
+    )
 
 
 def parse_bool(name: str, text: str) -> bool:
@@ -155,8 +232,15 @@ def parse_bool(name: str, text: str) -> bool:
 
 
 def convert(params_class: type, name: str, text: Any) -> Any:
-    """The typed value of parameter `name` given as text, or a PipelineError naming it."""
+    """The typed value of parameter `name` given as text, or a PipelineError naming it.
+
+    An optional parameter (`int | None`) given as empty text is None: "take the recipe's".
+    """
     kind = typing.get_type_hints(params_class)[name]
+    if type(None) in typing.get_args(kind):
+        if text is None or str(text).strip() in ("", "None"):
+            return None
+        (kind,) = (option for option in typing.get_args(kind) if option is not type(None))
     if kind is bool:
         return parse_bool(name, text)
     try:
@@ -173,7 +257,7 @@ def parse(params_class: type, argv: list[str] | None = None):
         parser.add_argument(
             f"--{spec.name}",
             required=required,
-            default=None if required else str(spec.default),
+            default=None if required else _text(spec.default),
             help=spec.metadata.get("help", ""),
         )
     raw = vars(parser.parse_args(argv))
@@ -182,10 +266,13 @@ def parse(params_class: type, argv: list[str] | None = None):
 
 def as_text(params) -> dict[str, str]:
     """Parameters as the strings MLflow logs, with booleans in the MLproject's spelling."""
-    return {
-        name: str(value).lower() if isinstance(value, bool) else str(value)
-        for name, value in dataclasses.asdict(params).items()
-    }
+    return {name: _text(value) for name, value in dataclasses.asdict(params).items()}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def same_values(params_class: type, logged: dict[str, str], wanted: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ from mlflow.projects import _project_spec
 from pipeline.__main__ import ENTRY_POINTS
 from pipeline.orchestration.project import project_dir, step_command
 from pipeline.params import (
+    AblateParams,
     DownloadParams,
     EvaluateParams,
     MainParams,
@@ -31,6 +32,7 @@ PARAMS = {
     "promote": PromoteParams,
     "predict": PredictParams,
     "main": MainParams,
+    "ablate": AblateParams,
 }
 MLPROJECT_TYPES = {str: "string", int: "int", float: "float", bool: "string"}
 
@@ -52,7 +54,9 @@ def test_parameters_agree_in_name_type_and_default(project, entry_point: str) ->
     fields = {spec.name: spec for spec in dataclasses.fields(params_class)}
     assert set(declared) == set(fields)
     for name, parameter in declared.items():
-        assert parameter.type == MLPROJECT_TYPES[hints[name]], name
+        # An optional setting (int | None) is a string whose empty value means "the recipe's".
+        optional = type(None) in typing.get_args(hints[name])
+        assert parameter.type == ("string" if optional else MLPROJECT_TYPES[hints[name]]), name
         default = fields[name].default
         if default is dataclasses.MISSING:
             assert parameter.default is None, f"{name} is required in the class only"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import mlflow
@@ -12,8 +13,9 @@ from pipeline.params import TrainParams
 from pipeline.tracking.artifacts import local_input
 from pipeline.tracking.datasets import log_split_inputs
 from pipeline.tracking.models import log_segmentation_model
-from pipeline.tracking.runs import INPUT_DIGEST_TAG, log, run_entry_point
+from pipeline.tracking.runs import INPUT_DIGEST_TAG, log, log_settings, run_entry_point
 from pipeline.training.fit import fit
+from pipeline.training.recipes import resolve_settings
 
 
 def run(params: TrainParams) -> None:
@@ -21,7 +23,9 @@ def run(params: TrainParams) -> None:
     record = read_cache_record(cache)
     mlflow.set_tag(INPUT_DIGEST_TAG, record["digest"])
     log_split_inputs(cache, record, ("train", "val"))
-    best, summary = fit(params, cache, mlflow.active_run().info.run_id)
+    settings = resolve_settings(params.recipe, dataclasses.asdict(params))
+    log_settings(params.recipe, settings)
+    best, summary = fit(params, settings, cache, mlflow.active_run().info.run_id)
     mlflow.log_metrics(summary)
     example = np.array(open_split(cache, "val")[0][0])
     info = log_segmentation_model(best.net, record["image_size"], example)

@@ -1,26 +1,40 @@
-"""U-Net (Ronneberger et al., 2015) built from blocks named after the paper's figure."""
+"""U-Net (Ronneberger et al., 2015) built from blocks named after the paper's figure.
+
+The paper's network is the default. Three switches exist for the architecture study
+(`ablate`): batch normalisation after each convolution, skip connections, and bilinear
+upsampling in place of the transposed convolution.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+Upsampling = Literal["transposed", "bilinear"]
+UPSAMPLING_MODES: tuple[str, ...] = ("transposed", "bilinear")
+
 
 class DoubleConv(nn.Module):
     """Two 3x3 convolutions with ReLU: the unit every U-Net level is made of.
 
-    Padding keeps the spatial size, so skip connections line up without cropping.
+    Padding keeps the spatial size, so skip connections line up without cropping. With batch
+    normalisation the convolutions drop their bias, which the normalisation would cancel.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = False) -> None:
         super().__init__()
-        self.block = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-        )
+        layers: list[nn.Module] = []
+        for channels_in in (in_channels, out_channels):
+            layers.append(
+                nn.Conv2d(channels_in, out_channels, kernel_size=3, padding=1, bias=not batch_norm)
+            )
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU(inplace=True))
+        self.block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -29,22 +43,46 @@ class DoubleConv(nn.Module):
 class Down(nn.Module):
     """2x2 max-pooling, then a DoubleConv that doubles the channels."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = False) -> None:
         super().__init__()
         self.pool = nn.MaxPool2d(2)
-        self.conv = DoubleConv(in_channels, out_channels)
+        self.conv = DoubleConv(in_channels, out_channels, batch_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pool(x))
 
 
 class Up(nn.Module):
-    """Transposed convolution, concatenation with the skip, then a DoubleConv halving channels."""
+    """Upsampling that halves the channels, concatenation with the skip, then a DoubleConv.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    `transposed` is the paper's learned 2x2 up-convolution; `bilinear` interpolates and mixes
+    channels with a 1x1 convolution (fewer weights, no checkerboard artefacts). Without the skip
+    connection the decoder sees only the upsampled coarse features.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        batch_norm: bool = False,
+        skip_connection: bool = True,
+        upsampling: Upsampling = "transposed",
+    ) -> None:
         super().__init__()
-        self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
-        self.conv = DoubleConv(out_channels * 2, out_channels)
+        if upsampling == "transposed":
+            self.up: nn.Module = nn.ConvTranspose2d(
+                in_channels, out_channels, kernel_size=2, stride=2
+            )
+        elif upsampling == "bilinear":
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(in_channels, out_channels, kernel_size=1),
+            )
+        else:
+            raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}")
+        self.skip_connection = skip_connection
+        joined = out_channels * 2 if skip_connection else out_channels
+        self.conv = DoubleConv(joined, out_channels, batch_norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
@@ -53,7 +91,9 @@ class Up(nn.Module):
         dx = skip.shape[-1] - x.shape[-1]
         if dy or dx:
             x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
-        return self.conv(torch.cat([skip, x], dim=1))
+        if self.skip_connection:
+            x = torch.cat([skip, x], dim=1)
+        return self.conv(x)
 
 
 class UNet(nn.Module):
@@ -62,7 +102,15 @@ class UNet(nn.Module):
     `base_channels` is the width of the first level; each level below doubles it.
     """
 
-    def __init__(self, in_channels: int = 3, base_channels: int = 64, depth: int = 4) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        base_channels: int = 64,
+        depth: int = 4,
+        batch_norm: bool = False,
+        skip_connections: bool = True,
+        upsampling: Upsampling = "transposed",
+    ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
@@ -71,11 +119,28 @@ class UNet(nn.Module):
         self.in_channels = in_channels
         self.base_channels = base_channels
         self.depth = depth
+        self.batch_norm = batch_norm
+        self.skip_connections = skip_connections
+        self.upsampling = upsampling
         widths = [base_channels * 2**level for level in range(depth + 1)]
-        self.inc = DoubleConv(in_channels, widths[0])
-        self.downs = nn.ModuleList(Down(widths[i], widths[i + 1]) for i in range(depth))
-        self.ups = nn.ModuleList(Up(widths[i + 1], widths[i]) for i in reversed(range(depth)))
+        self.inc = DoubleConv(in_channels, widths[0], batch_norm)
+        self.downs = nn.ModuleList(Down(widths[i], widths[i + 1], batch_norm) for i in range(depth))
+        self.ups = nn.ModuleList(
+            Up(widths[i + 1], widths[i], batch_norm, skip_connections, upsampling)
+            for i in reversed(range(depth))
+        )
         self.outc = nn.Conv2d(widths[0], 1, kernel_size=1)
+
+    def architecture(self) -> dict[str, int | bool | str]:
+        """The constructor arguments that rebuild this network around a state_dict."""
+        return {
+            "in_channels": self.in_channels,
+            "base_channels": self.base_channels,
+            "depth": self.depth,
+            "batch_norm": self.batch_norm,
+            "skip_connections": self.skip_connections,
+            "upsampling": self.upsampling,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = [self.inc(x)]

@@ -9,7 +9,7 @@ produced is still there; the newest such run wins.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,15 @@ class StepRequest:
 
     `reusable` is false for a step whose outcome depends on state outside its inputs (promote
     reads who holds the alias now), so an earlier run of it can never stand in for it.
+    `run_name` and `labels` (tags) only describe a new run; they play no part in matching.
     """
 
     entry_point: str
     params: Any
     input_fingerprint: str
     reusable: bool = True
+    run_name: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
     def identity_tags(self) -> dict[str, str]:
         return {

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.entities import Run, RunStatus
@@ -20,11 +23,13 @@ from pipeline.orchestration.reuse import (
     matching_runs,
 )
 from pipeline.params import (
+    DataSourceParams,
     DownloadParams,
     EvaluateParams,
     MainParams,
     PreprocessParams,
     PromoteParams,
+    RuntimeParams,
     TrainParams,
     as_text,
 )
@@ -84,9 +89,10 @@ class Workflow:
         run = self.client.create_run(
             self.experiment_id,
             tags={
+                **request.labels,
                 **request.identity_tags(),
                 MLFLOW_PARENT_RUN_ID: self.parent.info.run_id,
-                MLFLOW_RUN_NAME: request.entry_point,
+                MLFLOW_RUN_NAME: request.run_name or request.entry_point,
             },
         )
         for key, value in as_text(request.params).items():
@@ -94,22 +100,35 @@ class Workflow:
         return run.info.run_id
 
 
-def _absolute(location: str) -> str:
+def absolute_path(location: str) -> str:
     """Paths as absolute ones, since steps run in the project folder; URIs and handles as given."""
     if "://" in location or location.startswith(("runs:/", "models:/")):
         return location
     return str(Path(location).expanduser().resolve())
 
 
-def run_pipeline(params: MainParams) -> dict[str, float]:
-    """download → preprocess → train → evaluate → promote; returns the test metrics."""
-    checkpoint_dir = Path(_absolute(params.checkpoint_dir))
-    workflow = Workflow(params.reuse, checkpoint_dir)
+@dataclass(frozen=True)
+class PreparedData:
+    """The preprocessed split cache every train and evaluate step reads, and its digest."""
+
+    processed_dir: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    train: Run
+    evaluate: Run
+    model_uri: str
+    test_metrics: dict[str, float]
+
+
+def prepare_data(workflow: Workflow, params: DataSourceParams) -> PreparedData:
+    """download → preprocess, each reused when already done."""
     source = params.source
     if source_kind(source) in ("folder", "zip"):
-        source = _absolute(source)
-    raw_dir, processed_dir = _absolute(params.raw_dir), _absolute(params.processed_dir)
-
+        source = absolute_path(source)
+    raw_dir, processed_dir = absolute_path(params.raw_dir), absolute_path(params.processed_dir)
     download = workflow.run(
         StepRequest(
             "download",
@@ -133,33 +152,36 @@ def run_pipeline(params: MainParams) -> dict[str, float]:
             download.data.tags[OUTPUT_DIGEST_TAG],
         )
     )
-    data_digest = preprocess.data.tags[OUTPUT_DIGEST_TAG]
+    return PreparedData(processed_dir, preprocess.data.tags[OUTPUT_DIGEST_TAG])
+
+
+def train_params(data: PreparedData, runtime: RuntimeParams, **settings: Any) -> TrainParams:
+    """A train step's params: the data, the runtime options under their own names, settings."""
+    options = {spec.name: getattr(runtime, spec.name) for spec in dataclasses.fields(RuntimeParams)}
+    options["checkpoint_dir"] = absolute_path(runtime.checkpoint_dir)
+    return TrainParams(data_dir=data.processed_dir, **options, **settings)
+
+
+def train_and_evaluate(
+    workflow: Workflow,
+    params: TrainParams,
+    data: PreparedData,
+    run_name: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> TrainedModel:
+    """train → evaluate on the test split; `run_name` and `labels` mark both new runs."""
+    labels = labels or {}
     train = workflow.run(
-        StepRequest(
-            "train",
-            TrainParams(
-                data_dir=processed_dir,
-                max_epochs=params.max_epochs,
-                batch_size=params.batch_size,
-                lr=params.lr,
-                base_channels=params.base_channels,
-                depth=params.depth,
-                patience=params.patience,
-                seed=params.seed,
-                precision=params.precision,
-                accelerator=params.accelerator,
-                devices=params.devices,
-                num_workers=params.num_workers,
-                max_time=params.max_time,
-                checkpoint_dir=str(checkpoint_dir),
-            ),
-            data_digest,
-        )
+        StepRequest("train", params, data.digest, run_name=run_name, labels=labels)
     )
     model_uri = train.data.tags[MODEL_URI_TAG]
     evaluate = workflow.run(
         StepRequest(
-            "evaluate", EvaluateParams(model_uri=model_uri, data_dir=processed_dir), data_digest
+            "evaluate",
+            EvaluateParams(model_uri=model_uri, data_dir=data.processed_dir),
+            data.digest,
+            run_name=run_name and f"evaluate {run_name}",
+            labels=labels,
         )
     )
     metrics = {
@@ -167,16 +189,37 @@ def run_pipeline(params: MainParams) -> dict[str, float]:
     }
     if "test_dice" not in metrics:
         raise PipelineError(f"evaluate run {evaluate.info.run_id} logged no test_dice")
-    mlflow.set_tag(MODEL_URI_TAG, model_uri)
-    mlflow.log_metrics(metrics)
+    return TrainedModel(train, evaluate, model_uri, metrics)
+
+
+def run_pipeline(params: MainParams) -> dict[str, float]:
+    """download → preprocess → train → evaluate → promote; returns the test metrics."""
+    workflow = Workflow(params.reuse, Path(absolute_path(params.checkpoint_dir)))
+    data = prepare_data(workflow, params)
+    trained = train_and_evaluate(
+        workflow,
+        train_params(
+            data,
+            params,
+            recipe=params.recipe,
+            max_epochs=params.max_epochs,
+            batch_size=params.batch_size,
+            lr=params.lr,
+            base_channels=params.base_channels,
+            depth=params.depth,
+            patience=params.patience,
+            seed=params.seed,
+        ),
+        data,
+    )
+    mlflow.set_tag(MODEL_URI_TAG, trained.model_uri)
+    mlflow.log_metrics(trained.test_metrics)
     if params.promote:
-        _promote(workflow, params, model_uri, processed_dir, data_digest)
-    return metrics
+        _promote(workflow, params, trained.model_uri, data)
+    return trained.test_metrics
 
 
-def _promote(
-    workflow: Workflow, params: MainParams, model_uri: str, processed_dir: str, data_digest: str
-) -> None:
+def _promote(workflow: Workflow, params: MainParams, model_uri: str, data: PreparedData) -> None:
     """Never reused: who holds the alias may have changed since any earlier promote run."""
     promote = workflow.run(
         StepRequest(
@@ -187,9 +230,9 @@ def _promote(
                 alias=params.alias,
                 min_improvement=params.min_improvement,
                 min_dice=params.min_dice,
-                data_dir=processed_dir,
+                data_dir=data.processed_dir,
             ),
-            data_digest,
+            data.digest,
             reusable=False,
         )
     )

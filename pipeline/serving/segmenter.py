@@ -62,8 +62,8 @@ class Segmenter(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         shape = json.loads(Path(context.artifacts[ARCHITECTURE]).read_text())
-        self.image_size = int(shape["image_size"])
-        net = UNet(in_channels=3, base_channels=shape["base_channels"], depth=shape["depth"])
+        self.image_size = int(shape.pop("image_size"))
+        net = UNet(**shape)
         weights = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
         net.load_state_dict(weights)
         # The CPU everywhere: a GPU's kernels round differently, and predict, serving and

@@ -56,11 +56,7 @@ def log_segmentation_model(net: UNet, image_size: int, example: np.ndarray) -> M
         weights = Path(scratch) / "unet.pt"
         torch.save(net.cpu().state_dict(), weights)
         architecture = Path(scratch) / "unet.json"
-        architecture.write_text(
-            json.dumps(
-                {"base_channels": net.base_channels, "depth": net.depth, "image_size": image_size}
-            )
-        )
+        architecture.write_text(json.dumps({**net.architecture(), "image_size": image_size}))
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(MODEL_CODE),

@@ -33,6 +33,8 @@ INPUT_DIGEST_TAG = "unet_person.input_digest"
 EVALUATED_MODEL_TAG = "unet_person.evaluated_model"
 EVALUATED_MODEL_ID_TAG = "unet_person.evaluated_model_id"
 MODEL_VERSION_TAG = "unet_person.model_version"
+RECIPE_TAG = "unet_person.recipe"
+RESOLVED_PREFIX = "resolved."
 
 log = logging.getLogger("unet_person")
 
@@ -99,6 +101,13 @@ def log_params_once(params) -> None:
     if clashes:
         raise PipelineError(f"run {run_id} was started with other parameters: {'; '.join(clashes)}")
     mlflow.log_params({key: value for key, value in as_text(params).items() if key not in logged})
+
+
+def log_settings(recipe: str, settings) -> None:
+    """Tag the recipe and log every setting it resolved to as `resolved.<name>` params, so a
+    run's UI row shows what trained it even where its own params said "the recipe's"."""
+    mlflow.set_tag(RECIPE_TAG, recipe)
+    mlflow.log_params({RESOLVED_PREFIX + key: value for key, value in as_text(settings).items()})
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.params import TrainParams
 from pipeline.training.callbacks import EpochSummary, EpochTimer, PredictionGrid
 from pipeline.training.module import SegmentationModule
+from pipeline.training.recipes import TrainingSettings
 
 GRID_IMAGES = 8
 GRADIENT_CLIP = 1.0
@@ -56,8 +57,10 @@ def resolve_hardware(params: TrainParams) -> Hardware:
     return Hardware(params.accelerator, devices, precision, workers, on_gpu)
 
 
-def fit(params: TrainParams, cache: Path, run_id: str) -> tuple[SegmentationModule, dict]:
-    """Train and return the best module by val Dice with a summary of the fit.
+def fit(
+    params: TrainParams, settings: TrainingSettings, cache: Path, run_id: str
+) -> tuple[SegmentationModule, dict]:
+    """Train as `settings` say and return the best module by val Dice with a summary of the fit.
 
     Checkpoints live in checkpoint_dir/<run_id>; a run started again with the same id resumes
     from its last epoch instead of starting over.
@@ -72,10 +75,8 @@ def fit(params: TrainParams, cache: Path, run_id: str) -> tuple[SegmentationModu
             "unet_person.device": torch.cuda.get_device_name() if hardware.on_gpu else "cpu",
         }
     )
-    datamodule = PersonDataModule(cache, params.batch_size, hardware.num_workers, hardware.on_gpu)
-    module = SegmentationModule(
-        base_channels=params.base_channels, depth=params.depth, lr=params.lr
-    )
+    datamodule = PersonDataModule(cache, settings.batch_size, hardware.num_workers, hardware.on_gpu)
+    module = SegmentationModule(**settings.module_options())
     checkpoint_dir = Path(params.checkpoint_dir).expanduser().resolve() / run_id
     checkpoints = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -90,7 +91,10 @@ def fit(params: TrainParams, cache: Path, run_id: str) -> tuple[SegmentationModu
     callbacks = [
         checkpoints,
         EarlyStopping(
-            monitor="val_dice", mode="max", patience=params.patience, min_delta=EARLY_STOP_MIN_DELTA
+            monitor="val_dice",
+            mode="max",
+            patience=settings.patience,
+            min_delta=EARLY_STOP_MIN_DELTA,
         ),
         LearningRateMonitor(logging_interval="epoch"),
         EpochTimer(),
@@ -101,7 +105,7 @@ def fit(params: TrainParams, cache: Path, run_id: str) -> tuple[SegmentationModu
     ]
     train_images = len(open_split(cache, "train")[0])
     trainer = L.Trainer(
-        max_epochs=params.max_epochs,
+        max_epochs=settings.max_epochs,
         max_time=params.max_time or None,
         accelerator=hardware.accelerator,
         devices=hardware.devices,
@@ -110,7 +114,7 @@ def fit(params: TrainParams, cache: Path, run_id: str) -> tuple[SegmentationModu
         callbacks=callbacks,
         logger=MLFlowLogger(run_id=run_id, tracking_uri=mlflow.get_tracking_uri()),
         enable_progress_bar=interactive,
-        log_every_n_steps=max(1, min(50, train_images // params.batch_size)),
+        log_every_n_steps=max(1, min(50, train_images // settings.batch_size)),
         default_root_dir=checkpoint_dir,
     )
     last = checkpoint_dir / "last.ckpt"
@@ -131,5 +135,6 @@ def fit(params: TrainParams, cache: Path, run_id: str) -> tuple[SegmentationModu
         "best_val_dice": float(checkpoints.best_model_score),
         "epochs_trained": trainer.current_epoch,
         "stopped_early": bool(trainer.early_stopping_callback.stopped_epoch),
+        "parameters": sum(parameter.numel() for parameter in best.net.parameters()),
     }
     return best, summary

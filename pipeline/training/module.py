@@ -4,29 +4,48 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch import nn
 
 from pipeline.evaluation.metrics import hard_predictions, segmentation_metrics
-from pipeline.model.inputs import to_model_input
 from pipeline.model.unet import UNet
+from pipeline.training.losses import segmentation_loss
+
+ONECYCLE_WARMUP = 0.1  # share of the steps spent warming the learning rate up
 
 
 class SegmentationModule(L.LightningModule):
-    """BCE-with-logits training of a U-Net, monitored by Dice, with one metric object per stage."""
+    """Training of a U-Net as a recipe describes it, monitored by Dice, one metric per stage.
+
+    Batches arrive as float images in [0, 1] and float masks (PersonDataModule converts and
+    augments them on the device).
+    """
 
     def __init__(
         self,
         base_channels: int = 64,
         depth: int = 4,
+        batch_norm: bool = False,
+        skip_connections: bool = True,
+        upsampling: str = "transposed",
+        loss: str = "bce",
+        optimizer: str = "adam",
         lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        schedule: str = "plateau",
         plateau_factor: float = 0.5,
         plateau_patience: int = 5,
     ) -> None:
         super().__init__()
         # Not sent to the logger: MLflow already holds these params in the run's own spelling.
         self.save_hyperparameters(logger=False)
-        self.net = UNet(in_channels=3, base_channels=base_channels, depth=depth)
-        self.loss = nn.BCEWithLogitsLoss()
+        self.net = UNet(
+            in_channels=3,
+            base_channels=base_channels,
+            depth=depth,
+            batch_norm=batch_norm,
+            skip_connections=skip_connections,
+            upsampling=upsampling,
+        )
+        self.loss = segmentation_loss(loss)
         self.train_metrics = segmentation_metrics("train_")
         self.val_metrics = segmentation_metrics("val_")
 
@@ -35,12 +54,12 @@ class SegmentationModule(L.LightningModule):
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor]):
         images, masks = batch
-        logits = self.net(to_model_input(images))
-        return self.loss(logits, masks.float()), logits, masks
+        logits = self.net(images)
+        return self.loss(logits, masks), logits, masks
 
     def training_step(self, batch, batch_index: int) -> torch.Tensor:
         loss, logits, masks = self._shared_step(batch)
-        self.train_metrics.update(hard_predictions(logits), masks)
+        self.train_metrics.update(hard_predictions(logits), masks.to(torch.uint8))
         batch_size = len(masks)
         self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=batch_size)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
@@ -48,13 +67,30 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch, batch_index: int) -> None:
         loss, logits, masks = self._shared_step(batch)
-        self.val_metrics.update(hard_predictions(logits), masks)
+        self.val_metrics.update(hard_predictions(logits), masks.to(torch.uint8))
         batch_size = len(masks)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=batch_size)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True, batch_size=batch_size)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        optimizer_class = (
+            torch.optim.AdamW if self.hparams.optimizer == "adamw" else torch.optim.Adam
+        )
+        optimizer = optimizer_class(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        if self.hparams.schedule == "onecycle":
+            # Warm-up then cosine decay to ~0 over the whole step budget of the run.
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=self.hparams.lr,
+                total_steps=self.trainer.estimated_stepping_batches,
+                pct_start=ONECYCLE_WARMUP,
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+            }
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
             mode="min",

@@ -7,11 +7,6 @@ run them, in this environment.
 from __future__ import annotations
 
 import base64
-import shlex
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -19,15 +14,14 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 
 from pipeline.data.cache import open_split
 from pipeline.model.inputs import to_model_input
-from pipeline.orchestration.project import project_dir, step_command
 from pipeline.serving.images import decode_mask, encode_png
 from pipeline.tracking.models import MODEL_URI_TAG, segmenter_of
 from pipeline.training.module import SegmentationModule
 from tests.conftest import isolated_environment
+from tests.e2e.workspace import Workspace, children
 
 pytestmark = pytest.mark.e2e
 
@@ -46,54 +40,10 @@ STEPS = ("download", "preprocess", "train", "evaluate", "promote")
 REUSABLE = ("download", "preprocess", "train", "evaluate")
 
 
-@dataclass
-class Workspace:
-    folder: Path
-    env: dict[str, str]
-
-    def params(self, **overrides: str) -> dict[str, str]:
-        return {
-            **SETTINGS,
-            "raw_dir": str(self.folder / "raw"),
-            "processed_dir": str(self.folder / "processed"),
-            "checkpoint_dir": str(self.folder / "checkpoints"),
-            **overrides,
-        }
-
-    def run(self, entry_point: str, params: dict[str, str], **env: str):
-        """An entry point's MLproject command, as `mlflow run` computes it, run here."""
-        command = shlex.split(step_command(entry_point, params))
-        assert command[0] == "python"
-        return subprocess.run(
-            [sys.executable, *command[1:]],
-            cwd=project_dir(),
-            env={**self.env, **env},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-
-    def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.env["MLFLOW_TRACKING_URI"])
-
-    def runs(self) -> list[Run]:
-        experiment = self.client().get_experiment_by_name("unet-person")
-        return self.client().search_runs([experiment.experiment_id], max_results=1000)
-
-
-def children(workspace: Workspace, parent: Run) -> dict[str, Run]:
-    found = [
-        run
-        for run in workspace.runs()
-        if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    ]
-    return {run.data.tags["mlflow.project.entryPoint"]: run for run in found}
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     folder = tmp_path_factory.mktemp("pipeline")
-    return Workspace(folder, isolated_environment(folder))
+    return Workspace(folder, isolated_environment(folder), SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +74,11 @@ def test_steps_log_their_parameters(first_main, workspace: Workspace) -> None:
     train = steps["train"].data.params
     assert float(train["lr"]) == 1e-3
     assert train["max_epochs"] == "4" and train["base_channels"] == "4"
+    # The recipe fills in what main left empty, and the run records what it resolved to.
+    assert train["recipe"] == "default" and train["loss"] == ""
+    assert steps["train"].data.tags["unet_person.recipe"] == "default"
+    assert float(train["resolved.lr"]) == 1e-3
+    assert train["resolved.loss"] == "bce_dice" and train["resolved.batch_norm"] == "true"
     assert train["data_dir"] == str(workspace.folder / "processed")
     assert steps["download"].data.params["source"] == "synthetic:48"
     assert steps["preprocess"].data.params["image_size"] == "32"

@@ -156,3 +156,72 @@ def test_invalid_depth_raises(depth: int) -> None:
 def test_invalid_base_channels_raises(base_channels: int) -> None:
     with pytest.raises(ValueError, match="base_channels must be >= 1"):
         UNet(base_channels=base_channels)
+
+
+SWITCHES = [
+    {"batch_norm": True},
+    {"skip_connections": False},
+    {"upsampling": "bilinear"},
+    {"batch_norm": True, "skip_connections": False, "upsampling": "bilinear"},
+]
+
+
+@pytest.mark.parametrize(
+    "switches", SWITCHES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items())
+)
+def test_every_study_variant_runs_forward_backward_and_compiled(switches: dict) -> None:
+    model = UNet(base_channels=4, depth=3, **switches)
+    images = torch.rand(2, 3, 19, 23)
+    output = model(images)
+    assert output.shape == (2, 1, 19, 23)
+    output.mean().backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+    model.eval()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images), model(images), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_follows_each_convolution_which_drops_its_bias() -> None:
+    block = DoubleConv(3, 8, batch_norm=True)
+    kinds = [type(layer) for layer in block.block]
+    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] * 2
+    convolutions = [layer for layer in block.block if isinstance(layer, nn.Conv2d)]
+    assert all(conv.bias is None for conv in convolutions)
+    plain = DoubleConv(3, 8)
+    assert all(layer.bias is not None for layer in plain.block if isinstance(layer, nn.Conv2d))
+
+
+def test_without_skip_connections_the_decoder_sees_only_upsampled_features() -> None:
+    up = Up(8, 4, skip_connection=False)
+    assert up.conv.block[0].in_channels == 4  # nothing concatenated
+    skip = torch.rand(1, 4, 8, 8)
+    below = torch.rand(1, 8, 4, 4)
+    # The skip's content cannot change the output: only its size is used.
+    torch.testing.assert_close(up(below, skip), up(below, torch.zeros_like(skip)))
+    with_skip = Up(8, 4)
+    assert with_skip.conv.block[0].in_channels == 8
+    assert not torch.equal(with_skip(below, skip), with_skip(below, torch.zeros_like(skip)))
+
+
+def test_bilinear_upsampling_interpolates_then_mixes_channels() -> None:
+    up = Up(8, 4, upsampling="bilinear")
+    upsample, mix = up.up
+    assert isinstance(upsample, nn.Upsample)
+    assert upsample.mode == "bilinear"
+    assert isinstance(mix, nn.Conv2d)
+    assert (mix.in_channels, mix.out_channels, mix.kernel_size) == (8, 4, (1, 1))
+    assert not any(isinstance(layer, nn.ConvTranspose2d) for layer in up.modules())
+    with pytest.raises(ValueError, match="upsampling must be one of"):
+        Up(8, 4, upsampling="nearest")
+
+
+@pytest.mark.parametrize("switches", SWITCHES)
+def test_architecture_rebuilds_the_same_network(switches: dict) -> None:
+    model = UNet(base_channels=3, depth=2, **switches)
+    rebuilt = UNet(**model.architecture())
+    rebuilt.load_state_dict(model.state_dict())
+    images = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(rebuilt.eval()(images), model.eval()(images))

@@ -51,15 +51,17 @@ def test_step_logs_into_the_run_named_by_mlflow_run_id(monkeypatch) -> None:
     # `mlflow run` logs the MLproject's spelling of every parameter before the step starts.
     client.log_param(created.info.run_id, "lr", "1e-5")
     client.log_param(created.info.run_id, "max_epochs", "100")
+    client.log_param(created.info.run_id, "batch_size", "")  # empty: the recipe's
     monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
-    with step_run("train", parse(TrainParams, [])) as run:
+    with step_run("train", parse(TrainParams, ["--lr", "0.00001", "--max_epochs", "100"])) as run:
         assert run.info.run_id == created.info.run_id
     runs = client.search_runs([experiment.experiment_id])
     assert [run.info.run_id for run in runs] == [created.info.run_id]
     finished = client.get_run(created.info.run_id)
     assert finished.info.status == "FINISHED"
     assert finished.data.params["lr"] == "1e-5"  # equal value, left in its own spelling
-    assert finished.data.params["batch_size"] == "4"
+    assert finished.data.params["batch_size"] == ""
+    assert finished.data.params["seed"] == "42"  # not logged before: the step added it
     assert finished.data.tags[CODE_TAG]
 
 
@@ -71,7 +73,8 @@ def test_a_different_value_for_a_logged_parameter_is_refused(monkeypatch) -> Non
     client.log_param(created.info.run_id, "lr", "2e-5")
     monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
     expected = r"lr: run has '2e-5', step got 1e-05"
-    with pytest.raises(PipelineError, match=expected), step_run("train", parse(TrainParams, [])):
+    params = parse(TrainParams, ["--lr", "1e-5"])
+    with pytest.raises(PipelineError, match=expected), step_run("train", params):
         pass
 
 

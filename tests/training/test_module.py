@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import warnings
 from pathlib import Path
@@ -13,42 +12,13 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from pipeline.data.cache import SPLITS, array_writer, split_paths
+from pipeline.data.cache import split_paths
 from pipeline.data.datamodule import PersonDataModule, SplitDataset
 from pipeline.model.inputs import to_model_input
 from pipeline.training.module import SegmentationModule
+from tests.training.caches import COUNTS, SIDE, write_cache
 
-SIDE = 16
-COUNTS = {"train": 8, "val": 4, "test": 4}
 STEPS = 30
-
-
-def _easy_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A bright rectangle (the person) on a dark noisy background: brightness alone tells."""
-    mask = np.zeros((SIDE, SIDE), dtype=np.uint8)
-    top, left = rng.integers(0, SIDE // 2, size=2)
-    height, width = rng.integers(4, SIDE // 2 + 1, size=2)
-    mask[top : top + height, left : left + width] = 1
-    noise = rng.integers(0, 40, size=(SIDE, SIDE, 3))
-    image = np.where(mask[..., None] == 1, 200, 30) + noise
-    return image.astype(np.uint8), mask
-
-
-def write_cache(root: Path, seed: int = 0) -> Path:
-    """A cache folder in preprocess's format: {split}_images.npy (N,H,W,3), _masks.npy (N,H,W)."""
-    rng = np.random.default_rng(seed)
-    digest = hashlib.sha256()
-    for split in SPLITS:
-        images_path, masks_path = split_paths(root, split)
-        with (
-            array_writer(images_path, (SIDE, SIDE, 3), digest) as images,
-            array_writer(masks_path, (SIDE, SIDE), digest) as masks,
-        ):
-            for _ in range(COUNTS[split]):
-                image, mask = _easy_pair(rng)
-                images.append(image)
-                masks.append(mask)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +176,65 @@ def test_datamodule_loaders(cache: Path) -> None:
     assert images.shape == (3, 3, SIDE, SIDE)
     assert masks.shape == (3, 1, SIDE, SIDE)
     assert [len(batch[0]) for batch in datamodule.test_dataloader()] == [3, 1]
+
+
+def test_onecycle_adamw_steps_the_learning_rate_every_batch(cache: Path) -> None:
+    L.seed_everything(0, verbose=False)
+    module = SegmentationModule(
+        base_channels=2, depth=1, optimizer="adamw", lr=1e-2, weight_decay=1e-3, schedule="onecycle"
+    )
+    datamodule = PersonDataModule(cache, batch_size=4, num_workers=0, pin_memory=False)
+    trainer = _trainer(max_epochs=3, limit_val_batches=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, datamodule=datamodule)
+    (optimizer,) = trainer.optimizers
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.param_groups[0]["weight_decay"] == 1e-3
+    (config,) = trainer.lr_scheduler_configs
+    assert isinstance(config.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+    assert config.interval == "step"
+    assert config.scheduler.total_steps == trainer.global_step == 3 * COUNTS["train"] // 4
+    assert config.scheduler.last_epoch == trainer.global_step  # stepped once per batch
+    # Annealed from the peak down to a small share of it by the end of the budget.
+    assert optimizer.param_groups[0]["max_lr"] == 1e-2
+    assert optimizer.param_groups[0]["lr"] < 1e-2 / 10
+
+
+class BatchRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.batches: dict[str, list] = {"train": [], "val": []}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches["train"].append(batch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.batches["val"].append(batch)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_batches_become_floats_and_only_training_ones_are_augmented(
+    cache: Path, augment: bool
+) -> None:
+    L.seed_everything(0, verbose=False)
+    module = SegmentationModule(base_channels=2, depth=1)
+    datamodule = PersonDataModule(
+        cache, batch_size=4, num_workers=0, pin_memory=False, augment=augment
+    )
+    recorder = BatchRecorder()
+    trainer = _trainer(max_epochs=1, callbacks=[recorder], num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, datamodule=datamodule)
+    raw = {split: SplitDataset(cache, split) for split in ("train", "val")}
+    raw_images = {
+        split: {bytes(dataset[i][0].numpy()) for i in range(len(dataset))}
+        for split, dataset in raw.items()
+    }
+    for split, batches in recorder.batches.items():
+        for images, masks in batches:
+            assert images.dtype == torch.float32 and masks.dtype == torch.float32
+            assert images.max() <= 1
+            seen = {bytes((image * 255).round().to(torch.uint8).numpy()) for image in images}
+            untouched = seen <= raw_images[split]
+            assert untouched == (split == "val" or not augment), split

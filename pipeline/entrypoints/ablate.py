@@ -1,0 +1,23 @@
+"""Entry point `ablate`: the architecture study under one parent run."""
+
+from __future__ import annotations
+
+import sys
+
+from pipeline.orchestration.ablation import run_study
+from pipeline.params import AblateParams
+from pipeline.study.summary import markdown_table
+from pipeline.tracking.runs import log, run_entry_point
+
+
+def run(params: AblateParams) -> None:
+    table = run_study(params)
+    log.info("study done:\n%s", markdown_table(table))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entry_point("ablate", AblateParams, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

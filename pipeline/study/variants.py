@@ -1,0 +1,126 @@
+"""The architecture study's variants: each changes one thing about the baseline recipe.
+
+A variant is named by what it studies (`skip`, `depth_3`, ...) and describes the change it
+made to the settings it was given, so the table reads the same whatever the baseline is.
+A variant that would change nothing (`depth_4` of a depth-4 baseline) is left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.model.unet import UPSAMPLING_MODES
+from pipeline.training.recipes import LOSSES, RECIPES, TrainingSettings, resolve_settings
+
+BASELINE = "baseline"
+OPTIMISATION = ("optimizer", "lr", "weight_decay", "schedule")
+
+Change = Callable[[TrainingSettings], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    change: Change
+    recipe: str | None = None  # another recipe as the starting point (None: the study's)
+
+
+@dataclass(frozen=True)
+class PlannedVariant:
+    """A variant applied to the study's baseline: its settings and what differs."""
+
+    name: str
+    recipe: str
+    settings: TrainingSettings
+    description: str
+
+
+def _flip(name: str) -> Change:
+    return lambda settings: {name: not getattr(settings, name)}
+
+
+def _other(name: str, choices: tuple[str, ...]) -> Change:
+    return lambda settings: {name: next(c for c in choices if c != getattr(settings, name))}
+
+
+VARIANTS: dict[str, Variant] = {
+    variant.name: variant
+    for variant in (
+        Variant(BASELINE, lambda settings: {}),
+        Variant("paper", lambda settings: {}, recipe="paper"),
+        Variant("skip", _flip("skip_connections")),
+        *(Variant(f"depth_{depth}", lambda _, d=depth: {"depth": d}) for depth in (3, 4, 5)),
+        Variant("width_half", lambda s: {"base_channels": max(1, s.base_channels // 2)}),
+        Variant("width_double", lambda s: {"base_channels": s.base_channels * 2}),
+        Variant("batch_norm", _flip("batch_norm")),
+        Variant("upsampling", _other("upsampling", UPSAMPLING_MODES)),
+        Variant("loss", _other("loss", LOSSES)),
+        Variant("augment", _flip("augment")),
+        Variant(
+            "optimisation",
+            lambda _: {key: getattr(RECIPES["paper"], key) for key in OPTIMISATION},
+        ),
+    )
+}
+
+
+def _describe(baseline: TrainingSettings, settings: TrainingSettings) -> str:
+    changed = [
+        f"{field.name} {getattr(baseline, field.name)} → {getattr(settings, field.name)}"
+        for field in dataclasses.fields(TrainingSettings)
+        if getattr(baseline, field.name) != getattr(settings, field.name)
+    ]
+    return "; ".join(changed)
+
+
+def plan_variants(
+    selection: str, recipe: str, overrides: Mapping[str, Any]
+) -> list[PlannedVariant]:
+    """The selected variants (`all` or comma-separated names) as settings, baseline first.
+
+    The study's `overrides` (its budget, batch size, width) apply to every variant, including
+    one that starts from another recipe, so all are trained on the same budget.
+    """
+    baseline = resolve_settings(recipe, overrides)
+    names = list(VARIANTS) if selection.strip() == "all" else _names(selection)
+    if BASELINE not in names:
+        names.insert(0, BASELINE)
+    planned = []
+    for name in names:
+        variant = VARIANTS[name]
+        start = baseline if variant.recipe is None else resolve_settings(variant.recipe, overrides)
+        settings = dataclasses.replace(start, **variant.change(start))
+        if name != BASELINE and settings == baseline:
+            continue
+        description = "the study's baseline" if name == BASELINE else _describe(baseline, settings)
+        if variant.recipe:
+            description = f"recipe {variant.recipe} at the same budget: {description}"
+        planned.append(PlannedVariant(name, variant.recipe or recipe, settings, description))
+    return planned
+
+
+def _names(selection: str) -> list[str]:
+    names = [name.strip() for name in selection.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise PipelineError(
+            f"parameter variants={selection!r} names no known variant ({', '.join(unknown)}); "
+            f"use all or some of: {', '.join(VARIANTS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise PipelineError(
+            f"parameter seeds={text!r} is not a comma-separated list of integers"
+        ) from None
+    if not seeds:
+        raise PipelineError("parameter seeds is empty: give at least one seed, e.g. 42")
+    return list(dict.fromkeys(seeds))

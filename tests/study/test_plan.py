@@ -1,0 +1,79 @@
+"""Which variants a study runs, and what each changes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.study.variants import BASELINE, VARIANTS, parse_seeds, plan_variants
+from pipeline.training.recipes import RECIPES
+
+SMALL = {"max_epochs": 3, "patience": 3, "batch_size": 2, "base_channels": 8}
+
+
+def _by_name(selection: str, recipe: str = "default") -> dict:
+    return {variant.name: variant for variant in plan_variants(selection, recipe, SMALL)}
+
+
+def test_all_covers_every_component_of_the_issue_and_skips_the_no_op() -> None:
+    planned = _by_name("all")
+    assert next(iter(planned)) == BASELINE
+    # depth_4 of a depth-4 baseline would repeat the baseline.
+    assert set(planned) == set(VARIANTS) - {"depth_4"}
+    baseline = planned[BASELINE].settings
+    assert baseline == dataclasses.replace(RECIPES["default"], **SMALL)
+    expected = {
+        "skip": {"skip_connections": False},
+        "depth_3": {"depth": 3},
+        "depth_5": {"depth": 5},
+        "width_half": {"base_channels": 4},
+        "width_double": {"base_channels": 16},
+        "batch_norm": {"batch_norm": False},
+        "upsampling": {"upsampling": "bilinear"},
+        "loss": {"loss": "bce"},
+        "augment": {"augment": False},
+        "optimisation": {
+            "optimizer": "adam",
+            "lr": 1e-5,
+            "weight_decay": 0.0,
+            "schedule": "plateau",
+        },
+    }
+    for name, change in expected.items():
+        assert planned[name].settings == dataclasses.replace(baseline, **change), name
+        assert planned[name].recipe == "default"
+        for setting in change:
+            assert setting in planned[name].description
+
+
+def test_paper_keeps_its_recipe_but_takes_the_studys_budget_and_size() -> None:
+    paper = _by_name("paper")["paper"]
+    assert paper.recipe == "paper"
+    assert paper.settings == dataclasses.replace(RECIPES["paper"], **SMALL)
+    assert paper.description.startswith("recipe paper at the same budget")
+
+
+def test_variants_flip_whatever_the_baseline_has() -> None:
+    planned = _by_name("batch_norm,augment,loss,depth_4", recipe="paper")
+    assert planned["batch_norm"].settings.batch_norm is True
+    assert planned["augment"].settings.augment is True
+    assert planned["loss"].settings.loss == "bce_dice"
+    assert "depth_4" not in planned  # paper is depth 4 too
+    assert "paper" not in _by_name("paper", recipe="paper")
+
+
+def test_unknown_variants_are_named_with_the_known_ones() -> None:
+    with pytest.raises(PipelineError, match=r"names no known variant \(dropout\); use all or"):
+        plan_variants("skip,dropout", "default", SMALL)
+    with pytest.raises(PipelineError, match="names no known variant"):
+        plan_variants(" , ", "default", SMALL)
+
+
+def test_seeds() -> None:
+    assert parse_seeds("1, 2,3,2") == [1, 2, 3]
+    with pytest.raises(PipelineError, match="seeds='1,x' is not a comma-separated list"):
+        parse_seeds("1,x")
+    with pytest.raises(PipelineError, match="seeds is empty"):
+        parse_seeds("")

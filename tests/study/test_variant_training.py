@@ -1,0 +1,49 @@
+"""Every variant of the study builds its network, trains a step and logs into its MLflow run."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.params import TrainParams
+from pipeline.study.variants import VARIANTS, plan_variants
+from pipeline.training.fit import fit
+from tests.training.caches import write_cache
+
+SIDE = 32  # depth 5 pools 32 pixels down to 1
+TINY = {"max_epochs": 1, "patience": 1, "batch_size": 4, "base_channels": 2}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_cache(tmp_path_factory.mktemp("cache"), side=SIDE)
+
+
+@pytest.mark.parametrize("name", sorted(set(VARIANTS) - {"depth_4"}))
+def test_variant_builds_trains_and_logs(name: str, cache: Path, tmp_path: Path) -> None:
+    (variant,) = [v for v in plan_variants(name, "default", TINY) if v.name == name]
+    params = TrainParams(
+        data_dir=str(cache),
+        recipe=variant.recipe,
+        accelerator="cpu",
+        num_workers=0,
+        checkpoint_dir=str(tmp_path),
+        **dataclasses.asdict(variant.settings),
+    )
+    with mlflow.start_run() as run, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        best, summary = fit(params, variant.settings, cache, run.info.run_id)
+    architecture = best.net.architecture()
+    for setting in ("base_channels", "depth", "batch_norm", "skip_connections", "upsampling"):
+        assert architecture[setting] == getattr(variant.settings, setting), setting
+    assert best.hparams.loss == variant.settings.loss
+    assert summary["epochs_trained"] == 1
+    assert summary["parameters"] == sum(p.numel() for p in best.net.parameters())
+    logged = MlflowClient().get_run(run.info.run_id).data.metrics
+    assert {"train_loss_epoch", "val_loss", "val_dice", "lr"} <= set(logged)
+    assert 0 <= logged["val_dice"] <= 1
