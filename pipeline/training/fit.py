@@ -75,7 +75,9 @@ def fit(
             "unet_person.device": torch.cuda.get_device_name() if hardware.on_gpu else "cpu",
         }
     )
-    datamodule = PersonDataModule(cache, settings.batch_size, hardware.num_workers, hardware.on_gpu)
+    datamodule = PersonDataModule(
+        cache, settings.batch_size, hardware.num_workers, hardware.on_gpu, settings.augment
+    )
     module = SegmentationModule(**settings.module_options())
     checkpoint_dir = Path(params.checkpoint_dir).expanduser().resolve() / run_id
     checkpoints = ModelCheckpoint(

@@ -10,9 +10,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.data.datamodule import PersonDataModule
 from pipeline.params import TrainParams
 from pipeline.study.variants import VARIANTS, plan_variants
-from pipeline.training.fit import fit
+from pipeline.training import fit as training_fit
 from tests.training.caches import write_cache
 
 SIDE = 32  # depth 5 pools 32 pixels down to 1
@@ -25,7 +26,17 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("name", sorted(set(VARIANTS) - {"depth_4"}))
-def test_variant_builds_trains_and_logs(name: str, cache: Path, tmp_path: Path) -> None:
+def test_variant_builds_trains_and_logs(
+    name: str, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    datamodules: list[PersonDataModule] = []
+
+    class RecordedDataModule(PersonDataModule):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            datamodules.append(self)
+
+    monkeypatch.setattr(training_fit, "PersonDataModule", RecordedDataModule)
     (variant,) = [v for v in plan_variants(name, "default", TINY) if v.name == name]
     params = TrainParams(
         data_dir=str(cache),
@@ -37,11 +48,14 @@ def test_variant_builds_trains_and_logs(name: str, cache: Path, tmp_path: Path) 
     )
     with mlflow.start_run() as run, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        best, summary = fit(params, variant.settings, cache, run.info.run_id)
+        best, summary = training_fit.fit(params, variant.settings, cache, run.info.run_id)
     architecture = best.net.architecture()
     for setting in ("base_channels", "depth", "batch_norm", "skip_connections", "upsampling"):
         assert architecture[setting] == getattr(variant.settings, setting), setting
     assert best.hparams.loss == variant.settings.loss
+    (datamodule,) = datamodules
+    assert datamodule.augment == variant.settings.augment
+    assert datamodule.batch_size == variant.settings.batch_size
     assert summary["epochs_trained"] == 1
     assert summary["parameters"] == sum(p.numel() for p in best.net.parameters())
     logged = MlflowClient().get_run(run.info.run_id).data.metrics
