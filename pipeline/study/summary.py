@@ -3,6 +3,7 @@ a Markdown table and a chart of test Dice per variant."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ RUNS_FILE = "runs.csv"
 SUMMARY_FILE = "summary.csv"
 MARKDOWN_FILE = "summary.md"
 CHART_FILE = "test_dice.png"
+CHANGE_LABEL_WIDTH = 44
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -79,7 +81,7 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def dice_chart(table: pd.DataFrame, runs: pd.DataFrame) -> Figure:
     """Mean test Dice per variant as bars, sd as error bars, each seed's run as a dot."""
-    figure = Figure(figsize=(8, 0.45 * len(table) + 1.5), layout="constrained")
+    figure = Figure(figsize=(9, 0.6 * len(table) + 1.5), layout="constrained")
     axes = figure.add_subplot()
     positions = np.arange(len(table))[::-1]
     colours = ["tab:green" if name == BASELINE else "tab:blue" for name in table["variant"]]
@@ -96,7 +98,11 @@ def dice_chart(table: pd.DataFrame, runs: pd.DataFrame) -> Figure:
         axes.plot(scores, np.full(len(scores), position), "k.", markersize=5)
     if BASELINE in set(table["variant"]):
         axes.axvline(float(table["test_dice_mean"].iloc[0]), color="tab:green", linestyle="--")
-    axes.set_yticks(positions, table["variant"])
+    labels = [
+        f"{row.variant}\n{textwrap.shorten(row.change, CHANGE_LABEL_WIDTH, placeholder=' …')}"
+        for row in table.itertuples()
+    ]
+    axes.set_yticks(positions, labels, fontsize=8)
     axes.set_xlabel("test Dice (pooled over the test split)")
     low = float(np.nanmin(runs["test_dice"])) if runs["test_dice"].notna().any() else 0.0
     axes.set_xlim(max(0.0, low - 0.1), 1.0)
