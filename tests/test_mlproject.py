@@ -86,3 +86,22 @@ def test_computed_command_refuses_a_missing_required_parameter() -> None:
 
 def test_project_runs_in_the_trainer_image(project) -> None:
     assert project.docker_env["image"].startswith("unet-person-trainer")
+
+
+def test_main_passes_its_training_params_to_train_under_their_names() -> None:
+    from pipeline.orchestration.workflow import MAIN_TRAINING_PARAMS
+
+    main_fields = {spec.name: spec.default for spec in dataclasses.fields(MainParams)}
+    train_fields = {spec.name: spec.default for spec in dataclasses.fields(TrainParams)}
+    for name in MAIN_TRAINING_PARAMS:
+        assert main_fields[name] == train_fields[name], name
+    # Every train setting main offers is passed on; the rest keep train's defaults.
+    offered = (set(main_fields) & set(train_fields)) - set(MAIN_TRAINING_PARAMS)
+    assert offered == {
+        "precision",
+        "accelerator",
+        "devices",
+        "num_workers",
+        "max_time",
+        "checkpoint_dir",
+    }

@@ -16,6 +16,7 @@ import mlflow
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.orchestration.project import StepInterrupted
 from pipeline.orchestration.workflow import (
     TrainedModel,
     Workflow,
@@ -73,6 +74,8 @@ def run_study(params: AblateParams) -> pd.DataFrame:
                         STUDY_TAG: workflow.parent.info.run_id,
                     },
                 )
+            except StepInterrupted:
+                raise  # stopped on purpose: the study stops (and picks up when run again)
             except PipelineError as error:
                 # One variant that fails (out of memory, say) must not cost the others.
                 log.error("ablate: %s failed: %s", name, error)

@@ -38,23 +38,40 @@ def step_command(entry_point: str, params: dict[str, str]) -> str:
         return project.get_entry_point(entry_point).compute_command(params, storage)
 
 
+class StepInterrupted(PipelineError):
+    """The step was stopped by SIGTERM or Ctrl-C: the workflow stops too, not only this step."""
+
+
 def run_step(entry_point: str, params: dict[str, str], environment: dict[str, str]) -> int:
     """Run one step's command in the project folder with this interpreter first on PATH.
 
     SIGTERM and Ctrl-C are passed on to the step and waited for, so it can mark its run as
-    failed and keep its checkpoints instead of dying mid-write.
+    failed and keep its checkpoints instead of dying mid-write; then StepInterrupted is raised.
     """
     env = {**os.environ, **environment}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     process = subprocess.Popen(
         shlex.split(step_command(entry_point, params)), cwd=project_dir(), env=env
     )
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
+    stops: list[signal.Signals] = []
+
+    def forward(signum: int, frame) -> None:
+        stops.append(signal.Signals(signum))
+        process.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
         while True:
             try:
-                return process.wait()
+                exit_code = process.wait()
+                break
             except KeyboardInterrupt:
+                stops.append(signal.SIGINT)
                 process.send_signal(signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if stops:
+        raise StepInterrupted(
+            f"step {entry_point} was stopped ({stops[0].name}; it exited with code {exit_code})"
+        )
+    return exit_code

@@ -15,7 +15,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline.data.download import source_fingerprint, source_kind
 from pipeline.errors import PipelineError
-from pipeline.orchestration.project import run_step
+from pipeline.orchestration.project import StepInterrupted, run_step
 from pipeline.orchestration.reuse import (
     StepRequest,
     finished_run,
@@ -38,6 +38,19 @@ from pipeline.tracking.models import MODEL_URI_TAG
 from pipeline.tracking.runs import MODEL_VERSION_TAG, OUTPUT_DIGEST_TAG
 
 log = logging.getLogger("unet_person")
+
+# main's params that train takes under the same name and meaning (not so num_workers and seed
+# for preprocess: those are spelt out below).
+MAIN_TRAINING_PARAMS = (
+    "recipe",
+    "max_epochs",
+    "batch_size",
+    "lr",
+    "base_channels",
+    "depth",
+    "patience",
+    "seed",
+)
 
 
 class Workflow:
@@ -65,24 +78,31 @@ class Workflow:
             self.client.set_tag(run_id, MLFLOW_PARENT_RUN_ID, self.parent.info.run_id)
         else:
             run_id = self._create_child(request)
-        exit_code = run_step(
-            request.entry_point,
-            as_text(request.params),
-            {
-                "MLFLOW_RUN_ID": run_id,
-                "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
-                "MLFLOW_EXPERIMENT_ID": self.experiment_id,
-            },
-        )
-        run = self.client.get_run(run_id)
+        try:
+            exit_code = run_step(
+                request.entry_point,
+                as_text(request.params),
+                {
+                    "MLFLOW_RUN_ID": run_id,
+                    "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+                    "MLFLOW_EXPERIMENT_ID": self.experiment_id,
+                },
+            )
+        except StepInterrupted:
+            self._close_if_running(run_id, RunStatus.KILLED)
+            raise
         if exit_code != 0:
-            if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
-                self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            self._close_if_running(run_id, RunStatus.FAILED)
             raise PipelineError(
                 f"step {request.entry_point} failed with exit code {exit_code} (run {run_id}); "
                 "its message is above. Finished steps are kept and reused on the next run"
             )
-        return run
+        return self.client.get_run(run_id)
+
+    def _close_if_running(self, run_id: str, status: int) -> None:
+        """End a run its step left open (one that died before it could end it itself)."""
+        if self.client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
+            self.client.set_terminated(run_id, RunStatus.to_string(status))
 
     def _create_child(self, request: StepRequest) -> str:
         """A child run with its params logged up front, as `mlflow run` does."""
@@ -196,22 +216,8 @@ def run_pipeline(params: MainParams) -> dict[str, float]:
     """download → preprocess → train → evaluate → promote; returns the test metrics."""
     workflow = Workflow(params.reuse, Path(absolute_path(params.checkpoint_dir)))
     data = prepare_data(workflow, params)
-    trained = train_and_evaluate(
-        workflow,
-        train_params(
-            data,
-            params,
-            recipe=params.recipe,
-            max_epochs=params.max_epochs,
-            batch_size=params.batch_size,
-            lr=params.lr,
-            base_channels=params.base_channels,
-            depth=params.depth,
-            patience=params.patience,
-            seed=params.seed,
-        ),
-        data,
-    )
+    settings = {name: getattr(params, name) for name in MAIN_TRAINING_PARAMS}
+    trained = train_and_evaluate(workflow, train_params(data, params, **settings), data)
     mlflow.set_tag(MODEL_URI_TAG, trained.model_uri)
     mlflow.log_metrics(trained.test_metrics)
     if params.promote:

@@ -23,12 +23,12 @@ pytestmark = pytest.mark.e2e
 MAX_EPOCHS = 300  # epochs take tens of milliseconds: enough of them to stop one mid-run
 
 
-def main_process(folder: Path) -> subprocess.Popen:
+def main_process(folder: Path, entry_point: str = "main", **overrides: str) -> subprocess.Popen:
     params = {
         "source": "synthetic:24",
         "image_size": "32",
         "base_channels": "4",
-        "depth": "1",
+        **({"depth": "1"} if entry_point == "main" else {}),  # ablate varies depth itself
         "max_epochs": str(MAX_EPOCHS),
         "patience": str(10 * MAX_EPOCHS),
         "batch_size": "8",
@@ -36,8 +36,9 @@ def main_process(folder: Path) -> subprocess.Popen:
         "raw_dir": str(folder / "raw"),
         "processed_dir": str(folder / "processed"),
         "checkpoint_dir": str(folder / "checkpoints"),
+        **overrides,
     }
-    command = shlex.split(step_command("main", params))
+    command = shlex.split(step_command(entry_point, params))
     return subprocess.Popen(
         [sys.executable, *command[1:]],
         cwd=project_dir(),
@@ -95,3 +96,22 @@ def test_stopped_training_is_resumed_by_the_next_main(tmp_path: Path) -> None:
     # Resumed, not restarted: the epochs in the checkpoint are not trained again (a restart
     # would log all MAX_EPOCHS after the ones before the stop).
     assert epochs_after <= epochs_before + MAX_EPOCHS - restored_epoch
+
+
+def test_a_stopped_study_stops_instead_of_going_on_to_the_next_variant(tmp_path: Path) -> None:
+    study = main_process(
+        tmp_path, "ablate", variants="paper", seeds="1,2", output_dir=str(tmp_path / "study")
+    )
+    wait_for_checkpoint(tmp_path, study, timeout=240)
+    study.send_signal(signal.SIGTERM)
+    output, _ = study.communicate(timeout=120)
+    assert study.returncode == 2, output
+    assert "ablate: error: step train was stopped (SIGTERM" in output
+    client = MlflowClient(tracking_uri=isolated_environment(tmp_path)["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("unet-person")
+    runs = client.search_runs([experiment.experiment_id])
+    trains = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "train"]
+    assert [r.info.status for r in trains] == ["FAILED"]  # the one stopped; no second started
+    (parent,) = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "ablate"]
+    assert parent.info.status == "FAILED"
+    assert not (tmp_path / "study").exists()
