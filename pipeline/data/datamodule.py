@@ -63,20 +63,20 @@ class PersonDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.augment = augment
-        self._augmentations: dict[tuple[int, int], Callable] = {}
+        self.augmentation: Callable | None = None
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, masks = batch
         images, masks = to_model_input(images), masks.float()
-        if self.augment and self.trainer is not None and self.trainer.training:
-            size = (images.shape[-2], images.shape[-1])
-            if size not in self._augmentations:
-                self._augmentations[size] = augmentation(size)
-            images, masks = self._augmentations[size](images, masks)
+        if self.augmentation is not None and self.trainer is not None and self.trainer.training:
+            images, masks = self.augmentation(images, masks)
         return images, masks
 
     def setup(self, stage: str | None = None) -> None:
         self.splits = {split: SplitDataset(self.cache, split) for split in ("train", "val", "test")}
+        if self.augment:
+            height, width = open_split(self.cache, "train")[0].shape[1:3]
+            self.augmentation = augmentation((height, width))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -96,9 +96,7 @@ def run_study(params: AblateParams) -> pd.DataFrame:
 def _result(variant: PlannedVariant, seed: int, trained: TrainedModel) -> dict[str, Any]:
     train = trained.train
     metrics = train.data.metrics
-    minutes = (
-        (train.info.end_time - train.info.start_time) / 60_000 if train.info.end_time else None
-    )
+    minutes = (train.info.end_time - train.info.start_time) / 60_000  # a finished run
     return {
         "variant": variant.name,
         "change": variant.description,

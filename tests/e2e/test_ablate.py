@@ -35,7 +35,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 
 def _study(workspace: Workspace, output: str, **params: str) -> Run:
-    before = {run.info.run_id for run in workspace.runs()} if workspace.folder.exists() else set()
+    before = {run.info.run_id for run in workspace.runs()}
     result = workspace.run(
         "ablate", workspace.params(output_dir=str(workspace.folder / output), **params)
     )
