@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from pipeline.orchestration.project import die_with_parent
+
 ENTRY_POINTS = (
     "download",
     "preprocess",
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    die_with_parent()
     module = importlib.import_module(f"pipeline.entrypoints.{argv[0]}")
     return module.main(argv[1:])
 

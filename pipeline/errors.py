@@ -1,5 +1,13 @@
 """The one exception type that reaches users as a plain message instead of a traceback."""
 
+from __future__ import annotations
+
 
 class PipelineError(Exception):
     """A problem the user can fix: the message names the file, row or parameter and what to do."""
+
+
+def first_line(text: str, limit: int = 300) -> str:
+    """The first line of a long error text (a traceback, an HTML page), for a one-line message."""
+    lines = str(text).strip().splitlines()
+    return lines[0][:limit] if lines else ""

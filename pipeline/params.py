@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.serving.images import DEFAULT_MAX_PIXELS
 
 KAGGLE_SOURCE = "tapakah68/supervisely-filtered-segmentation-person-dataset"
 TRUE_WORDS = {"true", "1", "yes", "on"}
@@ -46,6 +48,39 @@ class PreprocessParams:
     strict: bool = field(default=False, metadata=_help("fail on any bad row instead of skipping"))
     num_workers: int = field(default=0, metadata=_help("decoding processes; 0 = one per core"))
     log_data: bool = field(default=True, metadata=_help("log the cache as run artifacts"))
+    max_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS,
+        metadata=_help("images or masks with more pixels are bad rows, never decoded"),
+    )
+
+
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+MAX_TIME = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
+DEVICES = re.compile(r"^(auto|-1|\d+|\d+(,\d+)*,?)$")
+
+
+def check_runtime(params: Any) -> None:
+    """The Lightning settings of a train step, checked before any run opens or any step runs:
+    Lightning would only refuse them after download, preprocess and data loading."""
+    if params.precision not in PRECISIONS:
+        raise PipelineError(
+            f"parameter precision={params.precision!r} is not one of {', '.join(PRECISIONS)}"
+        )
+    if params.accelerator not in ACCELERATORS:
+        raise PipelineError(
+            f"parameter accelerator={params.accelerator!r} is not one of {', '.join(ACCELERATORS)}"
+        )
+    if not DEVICES.match(params.devices.replace(" ", "")):
+        raise PipelineError(
+            f"parameter devices={params.devices!r} is not auto, a count (1, or -1 for all) or a "
+            "list of device indices like 0,1"
+        )
+    if params.max_time and not MAX_TIME.match(params.max_time):
+        raise PipelineError(
+            f"parameter max_time={params.max_time!r} is not DD:HH:MM:SS (e.g. 00:12:00:00 for 12 "
+            "hours); leave it empty for no limit"
+        )
 
 
 RECIPE_HELP = "; empty = the recipe's"
@@ -111,6 +146,9 @@ class TrainParams:
         default="checkpoints", metadata=_help("local folder for resumable checkpoints")
     )
 
+    def __post_init__(self) -> None:
+        check_runtime(self)
+
 
 @dataclass(frozen=True)
 class EvaluateParams:
@@ -161,6 +199,7 @@ class DataSourceParams:
     split_seed: int = PreprocessParams.seed
     strict: bool = PreprocessParams.strict
     log_data: bool = DownloadParams.log_data
+    max_pixels: int = PreprocessParams.max_pixels
 
 
 @dataclass(frozen=True)
@@ -173,6 +212,9 @@ class RuntimeParams:
     num_workers: int = TrainParams.num_workers
     max_time: str = TrainParams.max_time
     checkpoint_dir: str = TrainParams.checkpoint_dir
+
+    def __post_init__(self) -> None:
+        check_runtime(self)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,18 @@ def tracking_environment(folder: Path) -> dict[str, str]:
     return env
 
 
+def last_run():
+    """The newest run of the tests' experiment (the one an entry point just made)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("unet-person")
+    (run, *_) = client.search_runs(
+        [experiment.experiment_id], order_by=["attributes.start_time DESC"]
+    )
+    return run
+
+
 def free_port() -> int:
     """A loopback port nobody listens on now, for servers the tests start."""
     with socket.socket() as probe:
@@ -39,6 +51,18 @@ def isolated_environment(folder: Path) -> dict[str, str]:
     if client.get_experiment_by_name("unet-person") is None:
         client.create_experiment("unet-person", artifact_location=(folder / "mlruns").as_uri())
     return env
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slowest files first, fault tests then other end-to-end ones: spread over
+    pytest-xdist's workers from the start (`--dist loadfile --no-loadscope-reorder` keeps this
+    order), they do not leave one worker running alone at the end."""
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("fault") is None,
+            item.get_closest_marker("e2e") is None,
+        )
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -83,6 +83,13 @@ def photo_file(
     return buffer.getvalue()
 
 
+def blank_png(size: tuple[int, int]) -> bytes:
+    """A black 1-bit PNG of `size` (width, height): 13000 x 13000 pixels in about 27 KB."""
+    buffer = io.BytesIO()
+    Image.new("1", size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def split_cache(folder: Path, rows: int = 16) -> Path:
     """A preprocessed split cache of synthetic photos at IMAGE_SIZE; returns its folder."""
     generate_dataset(folder / "raw", rows)

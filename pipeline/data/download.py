@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,8 @@ def source_kind(source: str) -> str:
 def source_fingerprint(source: str) -> str:
     """Identify a source's content cheaply: local files by name, size and mtime, others by name.
 
-    This is what decides that "the same source twice" needs no second download.
+    This is what decides that "the same source twice" needs no second download. A symlink
+    counts by itself (lstat), never by its target, which may be outside the source.
     """
     kind = source_kind(source)
     digest = hashlib.sha256(f"{kind}:{source}".encode())
@@ -72,10 +74,10 @@ def source_fingerprint(source: str) -> str:
         root = Path(source).expanduser()
         files = sorted(root.rglob("*")) if kind == "folder" else [root]
         for path in files:
-            if path.is_file():
-                stat = path.stat()
+            status = path.lstat() if kind == "folder" else path.stat()
+            if stat.S_ISREG(status.st_mode) or stat.S_ISLNK(status.st_mode):
                 digest.update(
-                    f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+                    f"{path.relative_to(root)}:{status.st_size}:{status.st_mtime_ns}".encode()
                 )
     return digest.hexdigest()[:32]
 
@@ -87,20 +89,29 @@ def land_dataset(source: str, output_dir: Path, cache_dir: Path) -> Landed:
     output_dir = output_dir.expanduser().resolve()
     folders.check_replaceable(output_dir, "output_dir")
     previous = layout.read_marker(output_dir)
-    if previous and previous.get("source_fingerprint") == fingerprint:
-        landed = _inspect(output_dir, source, kind, reused=True)
+    landed_index = output_dir / layout.INDEX_FILE
+    if previous and previous.get("source_fingerprint") == fingerprint and landed_index.is_file():
+        pairs, unusable = layout.read_pairs(landed_index)
+        landed = _inspect(landed_index, pairs, unusable, source, kind, reused=True)
         if landed.digest == previous.get("digest"):
             return landed
 
     with folders.staging_beside(output_dir) as staging:
-        dataset_root = _fetch(source, kind, staging, cache_dir)
-        landed = _inspect(dataset_root, source, kind, reused=False)
+        index = _fetch(source, kind, staging, cache_dir)
+        shown_as = f"{layout.INDEX_FILE} of {source}"  # not its path: that may be in staging
+        pairs, unusable = layout.read_pairs(index, shown_as)
+        landed = _inspect(index, pairs, unusable, source, kind, reused=False)
+        if landed.rows == 0:
+            raise PipelineError(
+                f"{shown_as} lists no rows: pass the person dataset (its df.csv lists an image "
+                "and a mask per row)"
+            )
         if landed.usable_rows == 0:
             raise PipelineError(
                 f"source {source}: none of the {landed.rows} rows of df.csv has both its image "
-                "and mask file; first problem: "
-                + (landed.problems[0][1] if landed.problems else "")
+                f"and mask file; first problem: {landed.problems[0][1]}"
             )
+        dataset_root = _land_listed(index, pairs, staging / "dataset")
         layout.write_marker(
             dataset_root,
             {"source": source, "source_fingerprint": fingerprint, "digest": landed.digest},
@@ -109,14 +120,18 @@ def land_dataset(source: str, output_dir: Path, cache_dir: Path) -> Landed:
     return Landed(**{**landed.__dict__, "path": output_dir})
 
 
-def _inspect(root: Path, source: str, kind: str, reused: bool) -> Landed:
-    index = layout.find_index(root)
-    if index.parent != root:
-        raise PipelineError(f"{root} holds df.csv only at {index}: remove that folder and retry")
-    pairs, unusable = layout.read_pairs(index)
+def _inspect(
+    index: Path,
+    pairs: list[layout.Pair],
+    unusable: list[tuple[int, str]],
+    source: str,
+    kind: str,
+    reused: bool,
+) -> Landed:
+    """What df.csv at `index` lists and which of its files are there; names are relative."""
     problems = sorted(unusable + layout.missing_files(pairs))
     return Landed(
-        path=root,
+        path=index.parent,
         source=source,
         kind=kind,
         rows=len(pairs) + len(unusable),
@@ -128,7 +143,7 @@ def _inspect(root: Path, source: str, kind: str, reused: bool) -> Landed:
 
 
 def _fetch(source: str, kind: str, staging: Path, cache_dir: Path) -> Path:
-    """Bring the source into `staging` and return the folder that holds its df.csv."""
+    """Make the source's files readable locally (in `staging` if need be); returns its df.csv."""
     if kind == "synthetic":
         from pipeline.data.synthetic import generate_dataset
 
@@ -136,23 +151,19 @@ def _fetch(source: str, kind: str, staging: Path, cache_dir: Path) -> Path:
         count = int(match.group(1)) if match and match.group(1) else DEFAULT_SYNTHETIC_COUNT
         if count < 1:
             raise PipelineError(f"source {source}: the synthetic count must be at least 1")
-        return generate_dataset(staging / "dataset", count=count, seed=0).parent
+        return generate_dataset(staging / "generated", count=count, seed=0)
     if kind == "folder":
-        root = layout.find_index(Path(source).expanduser()).parent
-        shutil.copytree(root, staging / "dataset", copy_function=_link_or_copy)
-        return staging / "dataset"
+        return layout.find_index(Path(source).expanduser())
     if kind == "kaggle":
-        root = layout.find_index(_kaggle_download(source)).parent
-        shutil.copytree(root, staging / "dataset", copy_function=_link_or_copy)
-        return staging / "dataset"
+        return layout.find_index(_kaggle_download(source))
     archive = Path(source).expanduser() if kind == "zip" else _http_download(source, cache_dir)
     try:
         with zipfile.ZipFile(archive) as bundle:
-            bundle.extractall(staging / "extracted")
+            bundle.extractall(staging / "extracted")  # drops '..' and '/'; makes no symlinks
     except (zipfile.BadZipFile, OSError) as error:
         raise PipelineError(f"cannot extract {archive} ({error}): download it again") from error
     try:
-        return layout.find_index(staging / "extracted").parent
+        return layout.find_index(staging / "extracted")
     except PipelineError as error:  # it would name the staging folder, which is gone by then
         raise PipelineError(
             f"the archive from {source} holds no {layout.INDEX_FILE}: pass the zip of the person "
@@ -160,7 +171,25 @@ def _fetch(source: str, kind: str, staging: Path, cache_dir: Path) -> Path:
         ) from error
 
 
-def _link_or_copy(source: str, destination: str) -> None:
+def _land_listed(index: Path, pairs: list[layout.Pair], destination: Path) -> Path:
+    """Land df.csv and the files its usable rows name, and nothing else of the source folder.
+
+    Whatever else sits beside the dataset (notes, a symlink to somebody's secrets) stays out
+    of the landed folder and so out of the run's artifacts. Files land as hard links or
+    copies of what the paths resolve to, never as symlinks.
+    """
+    destination.mkdir()
+    _link_or_copy(index.resolve(), destination / layout.INDEX_FILE)
+    for pair in pairs:
+        for name, path in pair.files:
+            target = destination / name
+            if path.is_file() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(path.resolve(), target)
+    return destination
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
     """Hard-link where the filesystem allows, since datasets are large and never edited in place."""
     try:
         os.link(source, destination)

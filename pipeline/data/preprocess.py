@@ -18,15 +18,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from pipeline.data import folders, layout
 from pipeline.data.cache import MANIFEST_FILE, SPLITS, array_writer, split_paths
 from pipeline.errors import PipelineError
-from pipeline.serving.images import square_pixels
+from pipeline.serving.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    TooManyPixels,
+    open_image,
+    square_pixels,
+)
 
 ASPECT_TOLERANCE = 0.02
+# Pillow raises DecompressionBombError above twice its warning limit, whatever max_pixels says.
+PILLOW_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+VOID_INDEX = 255  # VOC palette masks draw this outline around objects: not part of them
 
 
 class BadRow(Exception):
@@ -58,14 +67,16 @@ class PreprocessReport:
     resized_masks: int = 0
 
 
-def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray, bool]:
+def load_pair(
+    image_path: Path, mask_path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Decode one pair into (RGB image, {0,1} mask) at size x size; the flag: mask was rescaled.
 
     EXIF orientation is applied to both files, because phones store pixels rotated and the
     masks were drawn on the upright picture.
     """
-    image = _open(image_path, "image")
-    mask = _open(mask_path, "mask")
+    image = _open(image_path, "image", max_pixels)
+    mask = _open(mask_path, "mask", max_pixels)
     rescaled = image.size != mask.size
     if rescaled:
         image_aspect = image.width / image.height
@@ -82,21 +93,38 @@ def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray,
     return rgb, (mask_values > cut).astype(np.uint8), rescaled
 
 
-def _open(path: Path, role: str) -> Image.Image:
+def _open(path: Path, role: str, max_pixels: int) -> Image.Image:
     if not path.is_file():
         raise BadRow(f"missing {role} file")
     try:
-        with Image.open(path) as handle:
-            handle.load()
-            return ImageOps.exif_transpose(handle)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise BadRow(f"unreadable {role} ({type(error).__name__}: {error})") from error
+        return open_image(path, max_pixels)
+    except TooManyPixels as error:
+        raise BadRow(f"{role} too large: {error}; raise max_pixels to use it") from error
+    except ImageError as error:
+        raise BadRow(f"unreadable {role}: {error}") from error
 
 
 def _mask_channel(mask: Image.Image) -> Image.Image:
-    """One channel of a mask in any mode: palette masks keep their indices, colour masks go grey."""
+    """One channel of a mask in any mode: above 127 (or 0, in a 0/1 mask) is the person.
+
+    Colour masks go grey. A palette mask is read by its greys when all its colours are grey
+    (a 0/255 mask that a PNG tool stored with a palette); otherwise its indices are classes,
+    as in VOC: 0 is background, 255 the "void" outline (background too), and the one other
+    index is the person.
+    """
     if mask.mode == "P":
-        return Image.fromarray(np.asarray(mask, dtype=np.uint8))
+        colours = np.asarray(mask.convert("RGB"))
+        if (colours == colours[..., :1]).all():
+            return Image.fromarray(colours[..., 0])
+        indices = np.asarray(mask)
+        classes = sorted(set(np.unique(indices).tolist()) - {0, VOID_INDEX})
+        if len(classes) > 1:
+            raise BadRow(
+                f"palette mask with {len(classes)} classes (indices "
+                f"{', '.join(map(str, classes))}) besides background 0 and void 255: give a "
+                "two-class mask"
+            )
+        return Image.fromarray(np.where(np.isin(indices, classes), 255, 0).astype(np.uint8))
     if mask.mode in ("RGBA", "LA"):
         mask = mask.convert(mask.mode[:-1])
     return mask.convert("L")
@@ -127,11 +155,11 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
 
 
 def _decode(
-    task: tuple[int, str, str, int],
+    task: tuple[int, str, str, int, int],
 ) -> tuple[int, np.ndarray | None, np.ndarray | None, bool, str]:
-    row, image, mask, size = task
+    row, image, mask, size, max_pixels = task
     try:
-        rgb, binary, rescaled = load_pair(Path(image), Path(mask), size)
+        rgb, binary, rescaled = load_pair(Path(image), Path(mask), size, max_pixels)
     except BadRow as problem:
         return row, None, None, False, str(problem)
     return row, rgb, binary, rescaled, ""
@@ -146,10 +174,16 @@ def preprocess(
     seed: int,
     strict: bool = False,
     num_workers: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PreprocessReport:
     """Write the split cache for the dataset under `raw_dir` to `output_dir` atomically."""
     if image_size < 8:
         raise PipelineError(f"image_size must be at least 8, got {image_size}")
+    if not 1 <= max_pixels <= PILLOW_MAX_PIXELS:
+        raise PipelineError(
+            f"max_pixels must be between 1 and {PILLOW_MAX_PIXELS} (Pillow refuses larger "
+            f"images), got {max_pixels}; the default is {DEFAULT_MAX_PIXELS}"
+        )
     check_fractions(val_fraction, test_fraction)
     output_dir = output_dir.expanduser().resolve()
     folders.check_replaceable(output_dir, "output_dir")
@@ -168,7 +202,9 @@ def preprocess(
     report = PreprocessReport(output_dir, layout.content_digest(index, pairs), "", {})
     report.bad_rows = [(row, "", "", reason) for row, reason in unusable]
     with folders.staging_beside(output_dir) as staging:
-        manifest = _write_splits(staging, index, pairs, assignment, image_size, num_workers, report)
+        manifest = _write_splits(
+            staging, pairs, assignment, image_size, max_pixels, num_workers, report
+        )
         report.bad_rows.sort()
         _check_usable(report, index, strict)
         manifest.to_csv(staging / MANIFEST_FILE, index=False)
@@ -191,10 +227,10 @@ def preprocess(
 
 def _write_splits(
     staging: Path,
-    index: Path,
     pairs: list[layout.Pair],
     assignment: dict[str, list[int]],
     image_size: int,
+    max_pixels: int,
     num_workers: int,
     report: PreprocessReport,
 ) -> pd.DataFrame:
@@ -206,7 +242,7 @@ def _write_splits(
     with _parallel_map(workers) as imap:
         for split in SPLITS:
             tasks = [
-                (row, str(by_row[row].image), str(by_row[row].mask), image_size)
+                (row, str(by_row[row].image), str(by_row[row].mask), image_size, max_pixels)
                 for row in assignment[split]
                 if row in by_row
             ]
@@ -224,8 +260,7 @@ def _write_splits(
                     disable=not sys.stderr.isatty(),
                 )
                 for row, rgb, binary, rescaled, reason in decoded:
-                    image = str(by_row[row].image.relative_to(index.parent))
-                    mask = str(by_row[row].mask.relative_to(index.parent))
+                    image, mask = by_row[row].image_name, by_row[row].mask_name
                     if rgb is None:
                         report.bad_rows.append((row, image, mask, reason))
                         continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.orchestration.ablation import run_study
+from pipeline.orchestration.ablation import run_study, study_plan
 from pipeline.params import AblateParams
 from pipeline.study.summary import markdown_table
 from pipeline.tracking.runs import log, run_entry_point
@@ -16,7 +16,7 @@ def run(params: AblateParams) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("ablate", AblateParams, run, argv)
+    return run_entry_point("ablate", AblateParams, run, argv, study_plan)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from pipeline.orchestration.workflow import run_pipeline
 from pipeline.params import MainParams
 from pipeline.tracking.runs import log, run_entry_point
+from pipeline.training.recipes import resolve_settings
 
 
 def run(params: MainParams) -> None:
@@ -14,8 +16,13 @@ def run(params: MainParams) -> None:
     log.info("pipeline done: test Dice %.4f", metrics["test_dice"])
 
 
+def check(params: MainParams) -> None:
+    """The recipe and its overrides, before download and preprocess do any work."""
+    resolve_settings(params.recipe, dataclasses.asdict(params))
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("main", MainParams, run, argv)
+    return run_entry_point("main", MainParams, run, argv, check)
 
 
 if __name__ == "__main__":

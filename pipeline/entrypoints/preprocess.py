@@ -33,6 +33,7 @@ def run(params: PreprocessParams) -> None:
         seed=params.seed,
         strict=params.strict,
         num_workers=params.num_workers,
+        max_pixels=params.max_pixels,
     )
     for name, split in report.splits.items():
         log.info("%s: %d images, foreground %.3f", name, split.rows, split.foreground_fraction)

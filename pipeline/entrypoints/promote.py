@@ -8,27 +8,16 @@ import mlflow
 
 from pipeline.params import PromoteParams
 from pipeline.registry.promote import promote
-from pipeline.tracking.runs import INPUT_DIGEST_TAG, MODEL_VERSION_TAG, log, run_entry_point
+from pipeline.tracking.runs import log, run_entry_point
 
 
 def run(params: PromoteParams) -> None:
-    run_id = mlflow.active_run().info.run_id
-    promotion = promote(params, run_id)
-    version = promotion.candidate_version
-    mlflow.set_tags(
-        {
-            **promotion.tags(run_id),
-            MODEL_VERSION_TAG: version,
-            INPUT_DIGEST_TAG: promotion.digest,
-        }
-    )
-    mlflow.log_metric("candidate_dice", promotion.candidate.dice)
-    if promotion.champion is not None:
-        mlflow.log_metric("champion_dice", promotion.champion.dice)
+    """Promote; the decision record lands on this run inside `promote`, before the alias moves."""
+    promotion = promote(params, mlflow.active_run().info.run_id)
     log.info(
         "%s version %s: %s (%s)",
         params.model_name,
-        version,
+        promotion.candidate_version,
         promotion.decision.outcome,
         promotion.decision.reason,
     )

@@ -15,7 +15,7 @@ from pipeline.tracking.datasets import log_split_inputs
 from pipeline.tracking.models import log_segmentation_model
 from pipeline.tracking.runs import INPUT_DIGEST_TAG, log, log_settings, run_entry_point
 from pipeline.training.fit import fit
-from pipeline.training.recipes import resolve_settings
+from pipeline.training.recipes import TrainingSettings, resolve_settings
 
 
 def run(params: TrainParams) -> None:
@@ -23,7 +23,7 @@ def run(params: TrainParams) -> None:
     record = read_cache_record(cache)
     mlflow.set_tag(INPUT_DIGEST_TAG, record["digest"])
     log_split_inputs(cache, record, ("train", "val"))
-    settings = resolve_settings(params.recipe, dataclasses.asdict(params))
+    settings = settings_of(params)
     log_settings(params.recipe, settings)
     best, summary = fit(params, settings, cache, mlflow.active_run().info.run_id)
     mlflow.log_metrics(summary)
@@ -32,8 +32,12 @@ def run(params: TrainParams) -> None:
     log.info("best val Dice %.4f; model at %s", summary["best_val_dice"], info.model_uri)
 
 
+def settings_of(params: TrainParams) -> TrainingSettings:
+    return resolve_settings(params.recipe, dataclasses.asdict(params))
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("train", TrainParams, run, argv)
+    return run_entry_point("train", TrainParams, run, argv, settings_of)
 
 
 if __name__ == "__main__":

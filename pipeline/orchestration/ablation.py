@@ -37,16 +37,20 @@ STUDY_TAG = "unet_person.study"
 ARTIFACT_FOLDER = "ablation"
 
 
-def run_study(params: AblateParams) -> pd.DataFrame:
-    """Train and evaluate every variant for every seed; return the per-variant summary."""
-    seeds = parse_seeds(params.seeds)
+def study_plan(params: AblateParams) -> tuple[list[PlannedVariant], list[int]]:
+    """The variants and seeds to run; a bad name or value fails here, before any work."""
     overrides = {
         "max_epochs": params.max_epochs,
         "patience": params.patience,
         "batch_size": params.batch_size,
         "base_channels": params.base_channels,
     }
-    plan = plan_variants(params.variants, params.recipe, overrides)
+    return plan_variants(params.variants, params.recipe, overrides), parse_seeds(params.seeds)
+
+
+def run_study(params: AblateParams) -> pd.DataFrame:
+    """Train and evaluate every variant for every seed; return the per-variant summary."""
+    plan, seeds = study_plan(params)
     log.info(
         "ablate: %d variants x %d seeds: %s", len(plan), len(seeds), ", ".join(v.name for v in plan)
     )

@@ -7,18 +7,24 @@ its own container.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from mlflow.projects import _project_spec
 
 from pipeline.errors import PipelineError
 from pipeline.tracking.code_version import PACKAGE_ROOT
+
+PARENT_PID_VARIABLE = "UNET_PERSON_PARENT_PID"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def project_dir() -> Path:
@@ -38,6 +44,31 @@ def step_command(entry_point: str, params: dict[str, str]) -> str:
         return project.get_entry_point(entry_point).compute_command(params, storage)
 
 
+def die_with_parent() -> None:
+    """End this step when the `main` that started it ends, however `main` ends.
+
+    Killed by SIGKILL, `main` cannot pass anything on, and its step would go on training alone.
+    On Linux the kernel sends SIGTERM to the step when its parent dies (PR_SET_PDEATHSIG), so the
+    step stops as after `docker stop`: its run is marked failed, its checkpoints kept. Elsewhere
+    a thread watches for the parent to change.
+    """
+    parent = os.environ.pop(PARENT_PID_VARIABLE, None)
+    if parent is None:
+        return
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    else:
+        threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
+    if os.getppid() != int(parent):  # it died before the kernel was asked to tell
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 class StepInterrupted(PipelineError):
     """The step was stopped by SIGTERM or Ctrl-C: the workflow stops too, not only this step."""
 
@@ -50,6 +81,7 @@ def run_step(entry_point: str, params: dict[str, str], environment: dict[str, st
     """
     env = {**os.environ, **environment}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env[PARENT_PID_VARIABLE] = str(os.getpid())
     process = subprocess.Popen(
         shlex.split(step_command(entry_point, params)), cwd=project_dir(), env=env
     )

@@ -34,10 +34,18 @@ from pipeline.params import (
     as_text,
 )
 from pipeline.registry.promote import DECISION_TAG, REASON_TAG
+from pipeline.tracking.lease import CLOSED_TAG, heartbeat_tag
 from pipeline.tracking.models import MODEL_URI_TAG
-from pipeline.tracking.runs import MODEL_VERSION_TAG, OUTPUT_DIGEST_TAG
+from pipeline.tracking.runs import (
+    ERROR_TAG,
+    MODEL_VERSION_TAG,
+    OUTPUT_DIGEST_TAG,
+    wait_for_server,
+)
 
 log = logging.getLogger("unet_person")
+
+RESUMED_TAG = "unet_person.resumed_after"
 
 # main's params that train takes under the same name and meaning (not so num_workers and seed
 # for preprocess: those are spelt out below).
@@ -64,6 +72,7 @@ class Workflow:
         self.checkpoint_dir = checkpoint_dir
 
     def run(self, request: StepRequest) -> Run:
+        wait_for_server(f"step {request.entry_point}")
         candidates = matching_runs(self.client, self.experiment_id, request)
         if self.reuse and request.reusable and (done := finished_run(candidates)):
             log.info("%s: reusing finished run %s", request.entry_point, done.info.run_id)
@@ -76,6 +85,9 @@ class Workflow:
             run_id = resumed.info.run_id
             log.info("%s: resuming interrupted run %s from its checkpoint", "train", run_id)
             self.client.set_tag(run_id, MLFLOW_PARENT_RUN_ID, self.parent.info.run_id)
+            self.client.set_tag(run_id, RESUMED_TAG, _how_it_ended(resumed))
+            for stale in {CLOSED_TAG, ERROR_TAG} & resumed.data.tags.keys():
+                self.client.delete_tag(run_id, stale)  # they describe the attempt that ended
         else:
             run_id = self._create_child(request)
         try:
@@ -89,8 +101,10 @@ class Workflow:
                 },
             )
         except StepInterrupted:
+            wait_for_server(f"closing run {run_id}")
             self._close_if_running(run_id, RunStatus.KILLED)
             raise
+        wait_for_server(f"the result of step {request.entry_point}")
         if exit_code != 0:
             self._close_if_running(run_id, RunStatus.FAILED)
             raise PipelineError(
@@ -111,6 +125,7 @@ class Workflow:
             tags={
                 **request.labels,
                 **request.identity_tags(),
+                **heartbeat_tag(),  # closable as abandoned should its step never start
                 MLFLOW_PARENT_RUN_ID: self.parent.info.run_id,
                 MLFLOW_RUN_NAME: request.run_name or request.entry_point,
             },
@@ -118,6 +133,13 @@ class Workflow:
         for key, value in as_text(request.params).items():
             self.client.log_param(run.info.run_id, key, value)
         return run.info.run_id
+
+
+def _how_it_ended(run: Run) -> str:
+    """What stopped an interrupted run, kept on it as it resumes (its error tags then go)."""
+    tags = run.data.tags
+    reason = tags.get(CLOSED_TAG) or tags.get(ERROR_TAG) or "no reason recorded"
+    return f"{run.info.status}: {reason}"[:5000]
 
 
 def absolute_path(location: str) -> str:
@@ -168,6 +190,7 @@ def prepare_data(workflow: Workflow, params: DataSourceParams) -> PreparedData:
                 seed=params.split_seed,
                 strict=params.strict,
                 log_data=params.log_data,
+                max_pixels=params.max_pixels,
             ),
             download.data.tags[OUTPUT_DIGEST_TAG],
         )

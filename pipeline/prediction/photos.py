@@ -2,7 +2,8 @@
 
 Each photo gives `masks/<name>.png` (L, 0 or 255, at the photo's upright size, exactly the
 PNG the model returns) and `overlays/<name>.jpg`; `predictions.csv` lists every file, with the
-reason a file was skipped. A bad file never stops the rest.
+reason a file was skipped. A bad file never stops the rest, and neither does a photo over the
+pixel limit (the model's own, UNET_PERSON_MAX_PIXELS): it is refused from its header, unread.
 """
 
 from __future__ import annotations
@@ -17,8 +18,19 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.serving.images import ImageError, decode_mask, overlay, upright_photo
-from pipeline.serving.segmenter import INPUT_COLUMN, OUTPUT_COLUMN, THRESHOLD
+from pipeline.serving.images import (
+    ImageError,
+    TooManyPixels,
+    decode_mask,
+    overlay,
+    upright_photo,
+)
+from pipeline.serving.segmenter import (
+    INPUT_COLUMN,
+    MAX_PIXELS_VARIABLE,
+    OUTPUT_COLUMN,
+    THRESHOLD,
+)
 from pipeline.tracking.runs import log
 
 MASKS = "masks"
@@ -61,8 +73,14 @@ def photo_files(input_dir: Path, output_dir: Path) -> list[Path]:
 
 
 def predict_folder(
-    model: mlflow.pyfunc.PyFuncModel, input_dir: Path, output_dir: Path, threshold: float
+    model: mlflow.pyfunc.PyFuncModel,
+    input_dir: Path,
+    output_dir: Path,
+    threshold: float,
+    max_pixels: int,
 ) -> FolderReport:
+    """Masks and overlays for every file; `max_pixels` is the model's limit, so a photo the
+    model would refuse is skipped with the reason instead."""
     files = photo_files(input_dir, output_dir)
     report = FolderReport(output_dir / TABLE)
     claimed: dict[Path, Path] = {}
@@ -77,10 +95,12 @@ def predict_folder(
             continue
         try:
             data = path.read_bytes()
-            photo = upright_photo(data)
+            photo = upright_photo(data, max_pixels)
         except (ImageError, OSError) as error:
             row["reason"] = str(error)
-            log.warning("skipped %s: %s", name, error)
+            if isinstance(error, TooManyPixels):
+                row["reason"] += f"; {MAX_PIXELS_VARIABLE} raises the limit"
+            log.warning("skipped %s: %s", name, row["reason"])
             continue
         claimed[stem] = name
         answer = model.predict(

@@ -1,18 +1,36 @@
 """Promotion: register the candidate, score it and the alias holder on one split, decide, record.
 
-MLflow keeps no history of alias moves, so every decision is written as tags on the
-candidate's version (and on the promote run): outcome, reason, both scores, the champion it
-was compared with, the split's digest and the run that decided.
+MLflow keeps no history of alias moves, so the decisions that change something are written as
+tags on the candidate's version: outcome, reason, both scores, the champion it was compared
+with, the split's digest and the run that decided. That is the first decision on a version
+(promoted or rejected) and every move of the alias onto it (promoted). A decision that changes
+nothing (`unchanged`, or a version already registered being rejected again) is written only on
+its own promote run, so running `main` again never erases the record of the move; the promote
+runs hold every decision, the version's tags the ones that mattered.
+
+Promotions of one model can run at once (two `main`s, a retried job). Registry writes are not
+transactional across calls, so two guards keep them to one version and consistent decisions:
+- on one machine a file lock per (registry, model name) serialises them: the first decides,
+  the others then find the candidate holding the alias and say `unchanged`;
+- processes on different machines share no lock, so the registry side converges by itself:
+  a duplicate version is deleted by the process that made it (`register_once`) and setting the
+  alias survives a concurrent insert of the same alias (`set_alias`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
+import mlflow
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.time import get_current_time_millis
 
 from pipeline.data.cache import read_cache_record
 from pipeline.errors import PipelineError
+from pipeline.locks import hold
 from pipeline.params import PromoteParams
 from pipeline.registry.decision import UNCHANGED, Decision, decide
 from pipeline.registry.scores import Score, score
@@ -20,10 +38,12 @@ from pipeline.registry.versions import (
     alias_holder,
     check_alias,
     model_id_of,
-    register,
-    version_of,
+    register_once,
+    set_alias,
+    versions_of,
 )
-from pipeline.tracking.artifacts import local_input
+from pipeline.tracking.artifacts import cache_root, local_input
+from pipeline.tracking.runs import INPUT_DIGEST_TAG, MODEL_VERSION_TAG
 
 DECISION_TAG = "unet_person.decision"
 REASON_TAG = "unet_person.reason"
@@ -79,12 +99,29 @@ def check(params: PromoteParams) -> None:
         raise PipelineError(f"parameter batch_size={params.batch_size} must be at least 1")
 
 
+def promotion_lock(name: str) -> Path:
+    """The lock file that serialises promotions of `name` into this registry on this machine.
+
+    Keyed by registry URI (the tracking URI unless MLFLOW_REGISTRY_URI says otherwise: the
+    registry is what promotions write) and name, so other models and registries never wait. Two
+    spellings of one store (a relative and an absolute SQLite path) get two locks; the registry
+    side still converges then, only "the first decides, the rest say unchanged" is lost.
+    """
+    key = hashlib.sha256(f"{mlflow.get_registry_uri()}\n{name}".encode()).hexdigest()[:24]
+    return cache_root() / "locks" / f"promote-{key}.lock"
+
+
 def promote(params: PromoteParams, run_id: str) -> Promotion:
     """Compare the candidate with the alias holder on the test split of data_dir; move the alias
-    when the candidate wins; record the decision on the candidate's version either way.
+    when the candidate wins; record the decision on the candidate's version when it changes
+    something.
 
-    The candidate is registered only once it has been scored, so a model that cannot be scored
-    leaves the registry as it was.
+    The candidate is scored before the lock (its score does not depend on the registry, and
+    scoring can be slow); reading the holder, deciding, registering and moving the alias happen
+    under it. The lock waits as long as it takes: a holder that dies releases it, and one that
+    hangs on the server ends when MLflow's HTTP retries do. The candidate is registered only
+    once both models have been scored, so a model that cannot be scored leaves the registry as
+    it was.
     """
     check(params)
     cache = local_input(params.data_dir, "data_dir")
@@ -92,28 +129,60 @@ def promote(params: PromoteParams, run_id: str) -> Promotion:
     client = MlflowClient()
     name = params.model_name
     candidate_id = model_id_of(params.model_uri)
-    known_version = version_of(client, name, candidate_id)
-    holder = alias_holder(client, name, params.alias)
     candidate = score(client, params.model_uri, candidate_id, cache, digest, params.batch_size)
-    if holder is not None and holder == known_version:
-        champion: Score | None = candidate
-        decision = Decision(UNCHANGED, f"version {holder} already holds @{params.alias}")
-    else:
-        champion = None
-        if holder is not None:
-            holder_uri = f"models:/{name}/{holder}"
-            holder_id = model_id_of(holder_uri)
-            champion = score(client, holder_uri, holder_id, cache, digest, params.batch_size)
-        decision = decide(
-            candidate.dice,
-            None if champion is None else champion.dice,
-            params.min_improvement,
-            params.min_dice,
-        )
-    version = known_version or register(name, candidate_id)
-    promotion = Promotion(version, candidate, holder, champion, decision, digest)
-    for key, value in promotion.tags(run_id).items():
-        client.set_model_version_tag(name, version, key, value)
-    if decision.moves_alias:
-        client.set_registered_model_alias(name, params.alias, version)
+    with hold(promotion_lock(name), purpose=f"promoting {name}"):
+        holder = alias_holder(client, name, params.alias)
+        if holder is not None and holder in versions_of(client, name, candidate_id):
+            champion: Score | None = candidate
+            decision = Decision(UNCHANGED, f"version {holder} already holds @{params.alias}")
+        else:
+            champion = None
+            if holder is not None:
+                holder_uri = f"models:/{name}/{holder}"
+                holder_id = model_id_of(holder_uri)
+                champion = score(client, holder_uri, holder_id, cache, digest, params.batch_size)
+            decision = decide(
+                candidate.dice,
+                None if champion is None else champion.dice,
+                params.min_improvement,
+                params.min_dice,
+            )
+        version = register_once(client, name, candidate_id)
+        promotion = Promotion(version, candidate, holder, champion, decision, digest)
+        record_on_run(client, run_id, promotion)
+        if decision.moves_alias:
+            set_alias(client, name, params.alias, version)
+        if changes_the_record(client, name, version, decision):
+            # After the alias moved, so a version never says `promoted` without having held it.
+            for key, value in promotion.tags(run_id).items():
+                client.set_model_version_tag(name, version, key, value)
     return promotion
+
+
+def record_on_run(client: MlflowClient, run_id: str, promotion: Promotion) -> None:
+    """The full decision record, with both scores as metrics, on the promote run, every time.
+
+    Written before the alias moves, so a process that dies between moving it and tagging the
+    version still leaves the record of the move.
+    """
+    tags = {
+        **promotion.tags(run_id),
+        MODEL_VERSION_TAG: promotion.candidate_version,
+        INPUT_DIGEST_TAG: promotion.digest,
+    }
+    scores = {"candidate_dice": promotion.candidate, "champion_dice": promotion.champion}
+    now = get_current_time_millis()
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, got.dice, now, 0) for key, got in scores.items() if got is not None],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+    )
+
+
+def changes_the_record(client: MlflowClient, name: str, version: str, decision: Decision) -> bool:
+    """Whether the version's tags take this decision: every move of the alias onto it, and the
+    first decision on it. `unchanged` never does, not even on a version with no record yet: that
+    is a version whose promotion, in another process, is writing its record right now."""
+    if decision.outcome == UNCHANGED:
+        return False
+    return decision.moves_alias or DECISION_TAG not in client.get_model_version(name, version).tags

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -10,10 +11,15 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import PipelineError
+from pipeline.tracking.runs import log
 
 # MLflow's rule for alias names; checked before any work, since the alias is set last.
 ALIAS_PATTERN = re.compile(r"^[\w\-]+$")
 RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+# Setting an alias that another process inserts at the same moment: tries, and the pause
+# before try n is n times this (2 s in all), ample for a clash that lasts one transaction.
+ALIAS_ATTEMPTS = 5
+ALIAS_RETRY_SECONDS = 0.2
 
 
 def check_alias(alias: str) -> None:
@@ -45,18 +51,21 @@ def _is_missing(error: MlflowException) -> bool:
     return error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 
 
-def version_of(client: MlflowClient, name: str, model_id: str) -> str | None:
-    """The number of the version of `name` made from logged model `model_id`, if there is one:
-    promoting the same model twice must not make a second version of the same weights."""
-    source = f"models:/{model_id}"
+def versions_of(client: MlflowClient, name: str, model_id: str) -> list[str]:
+    """The live versions of `name` made from logged model `model_id`, lowest number first.
+
+    Matched by source: MLflow 3.17's SQL store keeps a version's `models:/<id>` source but
+    drops its model_id. Deleted versions are left out by the store.
+    """
     try:
-        versions = client.search_model_versions(f"name = '{name}'")
+        versions = client.search_model_versions(
+            f"name = '{name}' and source_path = 'models:/{model_id}'"
+        )
     except MlflowException as error:
         if _is_missing(error):
-            return None
+            return []
         raise
-    found = [str(v.version) for v in versions if v.model_id == model_id or v.source == source]
-    return found[0] if found else None
+    return sorted((str(version.version) for version in versions), key=int)
 
 
 def register(name: str, model_id: str) -> str:
@@ -67,6 +76,36 @@ def register(name: str, model_id: str) -> str:
         raise PipelineError(
             f"cannot register model {model_id} as model_name={name!r} ({error.message})"
         ) from error
+
+
+def register_once(client: MlflowClient, name: str, model_id: str) -> str:
+    """The one version of `name` for logged model `model_id`, made if there is none.
+
+    "Is it a version yet?" then "register it" is two calls, and processes that share no lock
+    (other machines, one server) can both find nothing and both register. So after
+    registering, look again: the lowest version of this model is the one it keeps, and a
+    process whose version is a higher duplicate deletes that version itself and uses the
+    lowest. This converges: a version's number is taken only after every lower one is written
+    (the store gives max + 1 under a UNIQUE key), so the process that made a duplicate sees the
+    lower version it loses to, and the lowest is never deleted by anyone.
+    """
+    known = versions_of(client, name, model_id)
+    if known:
+        return known[0]
+    try:
+        made = register(name, model_id)
+    except PipelineError:
+        # MLflow gives up making a version after a few clashes on its number with others
+        # registering at once; one of them may have registered this very model.
+        known = versions_of(client, name, model_id)
+        if not known:
+            raise
+        return known[0]
+    kept = versions_of(client, name, model_id)[0]
+    if kept != made:
+        log.info("%s version %s duplicates version %s: deleting it", name, made, kept)
+        client.delete_model_version(name, made)
+    return kept
 
 
 def alias_holder(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -81,3 +120,32 @@ def alias_holder(client: MlflowClient, name: str, alias: str) -> str | None:
             return None
         raise
     return None if version is None else str(version)
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    """Point `name@alias` at `version`, also when another process sets the alias at once.
+
+    MLflow 3.17's SQL store sets an alias with `session.merge`: it reads the alias's row, then
+    inserts or updates it, so two processes that both find no row both insert and one fails on
+    the table's primary key. The store wraps that IntegrityError in an MlflowException
+    (BAD_REQUEST; through the server, HTTP 400 naming psycopg2's UniqueViolation, which
+    MLflow's HTTP client does not retry). The failed write changed nothing: accept when the
+    alias already points at `version` (the other process wanted the same), else try again,
+    when the row exists and the write becomes an update.
+    """
+    failure: MlflowException | None = None
+    for attempt in range(ALIAS_ATTEMPTS):
+        time.sleep(ALIAS_RETRY_SECONDS * attempt)
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException as error:
+            if alias_holder(client, name, alias) == version:
+                log.info("%s@%s was set to version %s by another process", name, alias, version)
+                return
+            log.info("setting %s@%s failed (try %d): %s", name, alias, attempt + 1, error)
+            failure = error
+    raise PipelineError(
+        f"cannot point {name}@{alias} at version {version} after {ALIAS_ATTEMPTS} tries "
+        f"({failure}); run promote again"
+    ) from failure

@@ -4,6 +4,10 @@
 for the same photo. It holds the U-Net as a state_dict and its shape (artifacts), rebuilt with
 `pipeline.model.unet.UNet`; the `pipeline` package travels with the model (`code_paths`), so
 serving it needs no install of this repository.
+
+A photo's size is the client's choice, so the memory it costs is bounded twice: photos over the
+server's pixel limit (UNET_PERSON_MAX_PIXELS) are refused from their header, and the mask is made
+at about one byte a pixel beyond the decoded photo (`threshold_upsampled`).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import base64
 import binascii
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow
 import numpy as np
@@ -28,7 +33,15 @@ from PIL import Image
 
 from pipeline.model.inputs import to_model_input
 from pipeline.model.unet import UNet
-from pipeline.serving.images import ImageError, encode_png, square_pixels, upright_photo
+from pipeline.serving.images import (
+    BAND_PIXELS,
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    TooManyPixels,
+    encode_png,
+    square_pixels,
+    upright_photo,
+)
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMN = "mask"
@@ -37,6 +50,7 @@ DEFAULT_THRESHOLD = 0.5
 WEIGHTS = "weights"
 ARCHITECTURE = "architecture"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
+MAX_PIXELS_VARIABLE = "UNET_PERSON_MAX_PIXELS"
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.string, INPUT_COLUMN)]),
@@ -50,11 +64,95 @@ def invalid(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
+def max_pixels_setting() -> int:
+    """The pixel limit per photo: UNET_PERSON_MAX_PIXELS, else DEFAULT_MAX_PIXELS.
+
+    It is read where the model is loaded (the server, or predict's process) and is not a
+    request param, so a client cannot raise it.
+    """
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(
+            f"{MAX_PIXELS_VARIABLE}={text!r} is not a positive whole number of pixels: set it to "
+            f"e.g. 100000000 for photos up to 100 megapixels, or unset it for the default "
+            f"{DEFAULT_MAX_PIXELS}"
+        )
+    return limit
+
+
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """N x 1 x h x w logits at another size; left as they are when the size is the same."""
     if tuple(logits.shape[-2:]) == size:
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class Taps(NamedTuple):
+    """Bilinear resizing along one axis: for each output position, two source positions and
+    their weights (float32)."""
+
+    low: np.ndarray
+    high: np.ndarray
+    low_weight: np.ndarray
+    high_weight: np.ndarray
+
+
+def bilinear_taps(source_size: int, output_size: int) -> Taps:
+    """The taps of `F.interpolate(mode="bilinear", align_corners=False)`, as PyTorch computes them.
+
+    PyTorch's CPU kernel rounds the source position `scale * (i + 0.5) - 0.5` once (a fused
+    multiply-add); float64 holds that float32 product exactly, so rounding it once to float32
+    gives the same position, and so the same weights.
+    """
+    scale = np.float32(source_size) / np.float32(output_size)
+    centres = np.arange(output_size, dtype=np.float64) + 0.5
+    position = np.maximum((np.float64(scale) * centres - 0.5).astype(np.float32), np.float32(0))
+    low = np.minimum(np.floor(position).astype(np.intp), source_size - 1)
+    high_weight = np.clip(position - low.astype(np.float32), np.float32(0), np.float32(1))
+    high = np.minimum(low + 1, source_size - 1)
+    return Taps(low, high, np.float32(1) - high_weight, high_weight)
+
+
+def _blend(
+    low: np.ndarray, low_weight: np.ndarray, high: np.ndarray, high_weight: np.ndarray
+) -> np.ndarray:
+    """low * low_weight + high * high_weight in float32, rounded as PyTorch's CPU kernel rounds
+    it: high * high_weight alone, then low * low_weight added in one fused multiply-add."""
+    return (low.astype(np.float64) * low_weight + high * high_weight).astype(np.float32)
+
+
+def threshold_upsampled(logits: np.ndarray, size: tuple[int, int], cut: float) -> np.ndarray:
+    """`F.interpolate(logits, size, mode="bilinear", align_corners=False) > cut` for (h, w) float32
+    logits, as an (H, W) bool mask, without the full-size float32 logits.
+
+    Bilinear resizing is separable: the logits are resized along the width once, at their own
+    height, then each band of output rows blends its two source rows and is thresholded
+    straight into the mask. The mask's byte a pixel is all that grows with the photo.
+    """
+    height, width = size
+    rows = bilinear_taps(logits.shape[0], height)
+    columns = bilinear_taps(logits.shape[1], width)
+    wide = _blend(
+        logits[:, columns.low], columns.low_weight, logits[:, columns.high], columns.high_weight
+    )
+    mask = np.empty(size, dtype=bool)
+    band_rows = max(1, BAND_PIXELS // width)
+    for top in range(0, height, band_rows):
+        band = slice(top, top + band_rows)
+        blended = _blend(
+            wide[rows.low[band]],
+            rows.low_weight[band, np.newaxis],
+            wide[rows.high[band]],
+            rows.high_weight[band, np.newaxis],
+        )
+        np.greater(blended, np.float32(cut), out=mask[band])
+    return mask
 
 
 class Segmenter(mlflow.pyfunc.PythonModel):
@@ -69,6 +167,7 @@ class Segmenter(mlflow.pyfunc.PythonModel):
         # The CPU everywhere: a GPU's kernels round differently, and predict, serving and
         # evaluate must agree on every pixel wherever they run.
         self.net = net.eval()
+        self.max_pixels = max_pixels_setting()
 
     def logits(self, pixels: np.ndarray) -> torch.Tensor:
         """Logits at the pixels' own size for uint8 N x H x W x 3 photos of one size.
@@ -82,19 +181,26 @@ class Segmenter(mlflow.pyfunc.PythonModel):
             pixels = np.stack(
                 [square_pixels(Image.fromarray(photo), self.image_size) for photo in pixels]
             )
+        return resize_logits(self._network_logits(pixels), (height, width))
+
+    def _network_logits(self, pixels: np.ndarray) -> torch.Tensor:
+        """N x 1 x S x S logits of uint8 N x S x S x 3 pixels, S being image_size."""
         batch = torch.tensor(pixels).permute(0, 3, 1, 2)  # a copy: decoded photos are read-only
         with torch.inference_mode():
-            logits = self.net(to_model_input(batch))
-        return resize_logits(logits, (height, width))
+            return self.net(to_model_input(batch))
 
     def mask(self, photo: Image.Image, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
         """The (H, W) bool mask of an upright RGB photo: person where P(person) > threshold.
 
-        Thresholding the logits at logit(threshold) is the same test without rounding the
-        sigmoid, so at 0.5 it is exactly the `logits > 0` that evaluate's metrics count.
+        The photo is resized for the network as `logits` resizes it, without a copy at full
+        size, and the logits come back to its size through `threshold_upsampled`, which gives
+        the thresholded `resize_logits`. Thresholding the logits at logit(threshold) is the same
+        test without rounding the sigmoid, so at 0.5 it is exactly evaluate's `logits > 0`.
         """
-        logits = self.logits(np.asarray(photo.convert("RGB"))[np.newaxis])
-        return (logits[0, 0] > math.log(threshold / (1 - threshold))).numpy()
+        small = square_pixels(photo, self.image_size)
+        logits = self._network_logits(small[np.newaxis])[0, 0].numpy()
+        cut = math.log(threshold / (1 - threshold))
+        return threshold_upsampled(logits, (photo.height, photo.width), cut)
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -104,13 +210,14 @@ class Segmenter(mlflow.pyfunc.PythonModel):
             raise invalid(f"param {THRESHOLD}={threshold} must be between 0 and 1 (exclusive)")
         masks = []
         for row, value in enumerate(model_input[INPUT_COLUMN]):
-            photo = _photo(row, value)
-            mask = self.mask(photo, threshold).astype(np.uint8) * 255
-            masks.append(base64.b64encode(encode_png(mask)).decode("ascii"))
+            # The photo is let go once its mask is made, before the PNG is.
+            mask = self.mask(_photo(row, value, self.max_pixels), threshold)
+            png = encode_png(np.multiply(mask, np.uint8(255)))
+            masks.append(base64.b64encode(png).decode("ascii"))
         return pd.DataFrame({OUTPUT_COLUMN: masks})
 
 
-def _photo(row: int, value: Any) -> Image.Image:
+def _photo(row: int, value: Any, max_pixels: int) -> Image.Image:
     """Row `row` of column `image` as an upright RGB photo: base64 text, or raw bytes in-process."""
     if isinstance(value, str):
         try:
@@ -126,7 +233,13 @@ def _photo(row: int, value: Any) -> Image.Image:
             "file's bytes base64-encoded as a string"
         )
     try:
-        return upright_photo(bytes(value))
+        return upright_photo(bytes(value), max_pixels)
+    except TooManyPixels as error:
+        raise invalid(
+            f"row {row} of column '{INPUT_COLUMN}' is {error}: send a photo of at most "
+            f"{max_pixels} pixels (the server's limit, set by its environment variable "
+            f"{MAX_PIXELS_VARIABLE})"
+        ) from None
     except ImageError as error:
         raise invalid(
             f"row {row} of column '{INPUT_COLUMN}' is {error}: send a PNG, JPEG or other image "

@@ -32,15 +32,17 @@ def local_input(location: str, parameter: str) -> Path:
     if layout.read_marker(target) is not None:
         return target
     with folders.staging_beside(target) as staging:
+        fetched = staging / "fetched"  # apart from the staging folder's own lock file
+        fetched.mkdir()
         try:
-            mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(staging))
+            mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(fetched))
         except (MlflowException, OSError) as error:
             raise PipelineError(
                 f"cannot fetch {parameter}={location} ({error}); check the run id and path in "
                 "the MLflow UI, or pass a local folder"
             ) from error
-        downloaded = [child for child in staging.iterdir()]
-        root = downloaded[0] if len(downloaded) == 1 and downloaded[0].is_dir() else staging
+        downloaded = list(fetched.iterdir())
+        root = downloaded[0] if len(downloaded) == 1 and downloaded[0].is_dir() else fetched
         if layout.read_marker(root) is None:
             raise PipelineError(
                 f"{parameter}={location} is not the output of a finished pipeline step "

@@ -10,17 +10,23 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import mlflow
 import requests
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import read_mlflow_creds
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.params import as_text, convert, parse
 from pipeline.tracking.code_version import code_digest
+from pipeline.tracking.journal import is_lasting_refusal
+from pipeline.tracking.lease import close_abandoned_runs, lease
 
 DEFAULT_EXPERIMENT = "unet-person"
 DEFAULT_STORE = "mlflow.db"
@@ -35,6 +41,7 @@ EVALUATED_MODEL_ID_TAG = "unet_person.evaluated_model_id"
 MODEL_VERSION_TAG = "unet_person.model_version"
 RECIPE_TAG = "unet_person.recipe"
 RESOLVED_PREFIX = "resolved."
+SERVER_POLL_SECONDS = 2.0
 
 log = logging.getLogger("unet_person")
 
@@ -70,18 +77,45 @@ def _check_server(uri: str) -> None:
             "(docker compose up -d), fix MLFLOW_TRACKING_URI, or unset it to track into "
             f"./{DEFAULT_STORE}"
         ) from error
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    # The credentials MLflow's own client sends: the environment first, then the file
+    # ~/.mlflow/credentials (which `mlflow run` mounts into the container).
+    credentials = read_mlflow_creds()
     response = requests.get(
         f"{base}/api/2.0/mlflow/experiments/search",
         params={"max_results": 1},
-        auth=(user, os.environ.get("MLFLOW_TRACKING_PASSWORD", "")) if user else None,
+        auth=(credentials.username, credentials.password or "") if credentials.username else None,
         timeout=30,
     )
     if response.status_code in (401, 403):
         raise PipelineError(
             f"the MLflow tracking server at {uri} refused access (HTTP {response.status_code}): "
-            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server"
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server, "
+            "or put them in ~/.mlflow/credentials (see README, Basic auth)"
         )
+
+
+def wait_for_server(waiting: str) -> None:
+    """Return once the tracking server answers, however long it is away.
+
+    Training outlives outages (its metrics wait in the journal), so what needs the server after
+    it, or between steps, waits too instead of throwing the work away.
+    """
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    away_since = None
+    while True:
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
+        except requests.RequestException as error:
+            if away_since is None:
+                away_since = time.monotonic()
+                log.warning("tracking server %s unreachable (%s): %s waits", uri, error, waiting)
+            time.sleep(SERVER_POLL_SECONDS)
+            continue
+        if away_since is not None:
+            log.warning("tracking server back after %.0f s", time.monotonic() - away_since)
+        return
 
 
 def log_params_once(params) -> None:
@@ -112,10 +146,20 @@ def log_settings(recipe: str, settings) -> None:
 
 @contextmanager
 def step_run(entry_point: str, params) -> Iterator[mlflow.ActiveRun]:
-    """The run this step logs into, tagged with its entry point and code version."""
+    """The run this step logs into, tagged with its entry point and code version, held under
+    its lease (pipeline/tracking/lease.py) from start to end."""
     configure_tracking()
-    resuming = bool(os.environ.get("MLFLOW_RUN_ID"))
-    with mlflow.start_run(run_name=None if resuming else entry_point) as run:
+    client = MlflowClient()
+    given = os.environ.get("MLFLOW_RUN_ID")
+    with ExitStack() as stack:
+        if given:
+            # Maybe another process's run at work: refused before it is touched, let alone ended.
+            stack.enter_context(lease(client, given))
+        run = stack.enter_context(mlflow.start_run(run_name=None if given else entry_point))
+        if not given:
+            stack.enter_context(lease(client, run.info.run_id))
+        # Runs of killed processes, ours now held: a killed train run becomes resumable.
+        close_abandoned_runs(client, run.info.experiment_id)
         tags = run.data.tags
         mlflow.set_tags(
             {
@@ -126,21 +170,47 @@ def step_run(entry_point: str, params) -> Iterator[mlflow.ActiveRun]:
         log_params_once(params)
         try:
             yield run
-        except PipelineError as error:
-            mlflow.set_tag(ERROR_TAG, str(error)[:5000])
+        except BaseException as error:
+            if isinstance(error, PipelineError):
+                mlflow.set_tag(ERROR_TAG, str(error)[:5000])
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
             raise
+        # Ended while the lease is held, so the run is never RUNNING without a live holder.
+        mlflow.end_run()
 
 
 def run_entry_point(
-    entry_point: str, params_class: type, body: Callable, argv: list[str] | None = None
+    entry_point: str,
+    params_class: type,
+    body: Callable,
+    argv: list[str] | None = None,
+    check: Callable | None = None,
 ) -> int:
-    """Parse, open the run, do the step; a PipelineError becomes one clear line and exit code 2."""
+    """Parse and `check` the params, open the run, do the step.
+
+    Bad params stop before any run opens, so a typo leaves no failed run behind. A
+    PipelineError becomes one clear line and exit code 2, as does a tracking store that stays
+    away longer than the MLflow client's retries.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # The MLflow client's retries each log a warning; an outage is reported once, by us.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         params = parse(params_class, argv)
+        if check is not None:
+            check(params)
         with step_run(entry_point, params):
             body(params)
     except PipelineError as error:
         print(f"{entry_point}: error: {error}", file=sys.stderr)
+        return 2
+    except MlflowException as error:
+        if is_lasting_refusal(error):
+            raise
+        print(
+            f"{entry_point}: error: the tracking store failed ({first_line(error.message)}). "
+            "What finished is kept: run the same command again once it is back",
+            file=sys.stderr,
+        )
         return 2
     return 0

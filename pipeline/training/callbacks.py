@@ -57,6 +57,6 @@ class PredictionGrid(L.Callback):
         with torch.no_grad():
             predictions = hard_predictions(module(to_model_input(batch))).squeeze(1).cpu().numpy()
         grid = prediction_grid(self.images, self.masks, predictions)
-        trainer.logger.experiment.log_image(
-            trainer.logger.run_id, grid, key="val_predictions", step=epoch
+        trainer.logger.log_image(
+            grid, key="val_predictions", step=epoch, position=trainer.global_step
         )

@@ -11,20 +11,24 @@ import mlflow
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from mlflow.tracking import MlflowClient
 
 from pipeline.data.cache import open_split
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.errors import PipelineError
 from pipeline.params import TrainParams
+from pipeline.tracking.journal import NOTHING, Journal
+from pipeline.tracking.lease import is_rank_zero
 from pipeline.training.callbacks import EpochSummary, EpochTimer, PredictionGrid
+from pipeline.training.journal_logger import LAST_CHECKPOINT, JournalLogger, ReleasingCheckpointIO
 from pipeline.training.module import SegmentationModule
 from pipeline.training.recipes import TrainingSettings
 
 GRID_IMAGES = 8
 GRADIENT_CLIP = 1.0
 EARLY_STOP_MIN_DELTA = 1e-4
+JOURNAL_FOLDER = "journal"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,22 @@ def resolve_hardware(params: TrainParams) -> Hardware:
     return Hardware(params.accelerator, devices, precision, workers, on_gpu)
 
 
+def checkpoint_step(path: Path) -> int:
+    """The training step a checkpoint was taken at (memory-mapped: only that field is read)."""
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+
+
+def open_journal(checkpoint_dir: Path, run_id: str, last: Path) -> Journal | None:
+    """The run's journal, opened by the first process only (ranks of a distributed fit log
+    nothing), and wound back to the checkpoint the fit resumes from: what the last attempt
+    logged after it is logged again from there."""
+    if not is_rank_zero():
+        return None
+    journal = Journal(checkpoint_dir / JOURNAL_FOLDER, run_id, MlflowClient())
+    journal.rewind(checkpoint_step(last) if last.is_file() else NOTHING)
+    return journal
+
+
 def fit(
     params: TrainParams, settings: TrainingSettings, cache: Path, run_id: str
 ) -> tuple[SegmentationModule, dict]:
@@ -80,18 +100,26 @@ def fit(
     )
     module = SegmentationModule(**settings.module_options())
     checkpoint_dir = Path(params.checkpoint_dir).expanduser().resolve() / run_id
-    checkpoints = ModelCheckpoint(
+    best_checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best",
         monitor="val_dice",
         mode="max",
-        save_last=True,
+        enable_version_counter=False,
+    )
+    # Every epoch, not only when val Dice improves (what save_last=True does since Lightning
+    # 2.6): a resumed run must go on from where it stopped, not from its best epoch.
+    last_checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename=Path(LAST_CHECKPOINT).stem,
+        save_top_k=1,
         enable_version_counter=False,
     )
     val_images, val_masks = open_split(cache, "val")
     interactive = sys.stderr.isatty()
     callbacks = [
-        checkpoints,
+        best_checkpoint,
+        last_checkpoint,
         EarlyStopping(
             monitor="val_dice",
             mode="max",
@@ -106,6 +134,8 @@ def fit(
         *([] if interactive else [EpochSummary()]),
     ]
     train_images = len(open_split(cache, "train")[0])
+    last = checkpoint_dir / LAST_CHECKPOINT
+    journal = open_journal(checkpoint_dir, run_id, last)
     trainer = L.Trainer(
         max_epochs=settings.max_epochs,
         max_time=params.max_time or None,
@@ -114,27 +144,35 @@ def fit(
         precision=hardware.precision,
         gradient_clip_val=GRADIENT_CLIP,
         callbacks=callbacks,
-        logger=MLFlowLogger(run_id=run_id, tracking_uri=mlflow.get_tracking_uri()),
+        logger=JournalLogger(journal),
+        plugins=[ReleasingCheckpointIO(journal)],
         enable_progress_bar=interactive,
         log_every_n_steps=max(1, min(50, train_images // settings.batch_size)),
         default_root_dir=checkpoint_dir,
     )
-    last = checkpoint_dir / "last.ckpt"
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.is_file() else None)
-    except SIGTERMException as stop:
-        raise PipelineError(
-            f"training was stopped (SIGTERM) in epoch {trainer.current_epoch}; checkpoints are "
-            f"kept in {checkpoint_dir}, and `main` resumes this run from there"
-        ) from stop
-    if not checkpoints.best_model_path:
+    except BaseException as failure:
+        if journal:
+            journal.close(drain=False)  # what is not delivered waits on disk for the resumed run
+        if isinstance(failure, SIGTERMException):
+            raise PipelineError(
+                f"training was stopped (SIGTERM) in epoch {trainer.current_epoch}; checkpoints "
+                f"are kept in {checkpoint_dir}, and `main` resumes this run from there"
+            ) from failure
+        raise
+    if journal:
+        journal.close(drain=True)
+    if not best_checkpoint.best_model_path:
         raise PipelineError(
             "training ended before its first validation, so there is no model: raise max_epochs "
             "or max_time"
         )
-    best = SegmentationModule.load_from_checkpoint(checkpoints.best_model_path, map_location="cpu")
+    best = SegmentationModule.load_from_checkpoint(
+        best_checkpoint.best_model_path, map_location="cpu"
+    )
     summary = {
-        "best_val_dice": float(checkpoints.best_model_score),
+        "best_val_dice": float(best_checkpoint.best_model_score),
         "epochs_trained": trainer.current_epoch,
         "stopped_early": bool(trainer.early_stopping_callback.stopped_epoch),
         "parameters": sum(parameter.numel() for parameter in best.net.parameters()),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,3 +82,48 @@ class LocalServer:
 
     def url(self, path: str) -> str:
         return self.base + path
+
+
+def secret_picture(folder: Path, size: tuple[int, int] = (48, 40)) -> Path:
+    """A PNG to keep outside the dataset, in a colour no pair_pictures image has."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "private.png"
+    Image.fromarray(np.full((size[1], size[0], 3), (123, 7, 231), np.uint8)).save(path)
+    return path
+
+
+def edit_row(index: Path, row: int, **values: str) -> None:
+    """Overwrite cells of one df.csv row, e.g. images="../secret/private.png"."""
+    frame = pd.read_csv(index, index_col=0)
+    for column, value in values.items():
+        frame.loc[row, column] = value
+    frame.to_csv(index)
+
+
+def fetched_artifacts(run_id: str, folder: Path) -> Path:
+    """Every artifact of a run, fetched through MLflow into `folder`, as a reader would see them."""
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(folder)))
+
+
+def every_byte_string(folder: Path) -> list[bytes]:
+    """The content of every file under `folder`, links followed, to search for leaked bytes."""
+    return [path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()]
+
+
+@functools.cache
+def bomb_png(side: int) -> bytes:
+    """A black 1-bit PNG of side x side pixels: 30000 makes ~110 KB that decode to 900 MP."""
+    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte, then eight pixels a byte
+    packer = zlib.compressobj(9)
+    pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        checksum = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", checksum)
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )

@@ -248,6 +248,40 @@ def test_zero_usable_rows_is_fatal(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
+def test_messages_name_the_dataset_not_the_staging_folder(tmp_path: Path) -> None:
+    index = make_dataset(tmp_path / "raw", 3)
+    for path in (index.parent / "images").iterdir():
+        path.unlink()
+    archive = zip_folder(index.parent, tmp_path / "person.zip", prefix=NESTED)
+    with pytest.raises(PipelineError, match="none of the 3 rows") as caught:
+        land_dataset(str(archive), tmp_path / "out", tmp_path / "cache")
+    message = str(caught.value)
+    assert str(archive) in message
+    assert "first problem: missing file images/p000.png" in message
+    assert ".staging-" not in message and str(tmp_path / ".out") not in message
+    assert leftovers(tmp_path) == []
+
+
+def test_problems_name_files_relative_to_the_dataset(tmp_path: Path) -> None:
+    index = make_dataset(tmp_path / "raw", 4)
+    (index.parent / "masks" / "p002.png").unlink()
+    archive = zip_folder(index.parent, tmp_path / "person.zip", prefix=NESTED)
+    landed = land_dataset(str(archive), tmp_path / "out", tmp_path / "cache")
+    assert landed.problems == [(2, "missing file masks/p002.png")]
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_a_df_csv_without_rows_says_so(tmp_path: Path, kind: str) -> None:
+    index = make_dataset(tmp_path / "raw", 2)
+    index.write_text(",images,masks,collages\n")
+    source = index.parent if kind == "folder" else zip_folder(index.parent, tmp_path / "p.zip")
+    with pytest.raises(PipelineError) as caught:
+        land_dataset(str(source), tmp_path / "out", tmp_path / "cache")
+    assert str(caught.value).startswith(f"df.csv of {source} lists no rows")
+    assert not (tmp_path / "out").exists()
+    assert leftovers(tmp_path) == []
+
+
 # --- http(s) ----------------------------------------------------------------------------------
 
 

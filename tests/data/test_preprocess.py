@@ -9,14 +9,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from data_helpers import file_state, leftovers, make_dataset, pair_pictures
+from data_helpers import (
+    bomb_png,
+    fetched_artifacts,
+    file_state,
+    leftovers,
+    make_dataset,
+    pair_pictures,
+)
 from PIL import Image
 
 from pipeline.data import folders, layout
 from pipeline.data import preprocess as preprocess_module
 from pipeline.data.cache import MANIFEST_FILE, SPLITS, split_paths
 from pipeline.data.preprocess import BadRow, load_pair, preprocess, split_rows
+from pipeline.entrypoints import preprocess as preprocess_entry_point
 from pipeline.errors import PipelineError
+from tests.conftest import last_run
 
 SIZE = 32
 ORIENTATION_TAG = 0x0112
@@ -282,12 +291,47 @@ def test_an_rgb_mask_works(tmp_path: Path) -> None:
     assert np.array_equal(_mask_result(tmp_path, Image.fromarray(colour)), _block(1))
 
 
-@pytest.mark.parametrize("person_index", [1, 255])
-def test_a_palette_mask_works(tmp_path: Path, person_index: int) -> None:
-    mask = Image.frombytes("P", (SIZE, SIZE), _block(person_index).tobytes())
-    mask.putpalette([0, 0, 0] + [200, 30, 30] * 255)  # person drawn in red, not white
+def _palette_mask(indices: np.ndarray, palette: list[int]) -> Image.Image:
+    mask = Image.frombytes("P", (SIZE, SIZE), indices.astype(np.uint8).tobytes())
+    mask.putpalette(palette)
     assert mask.mode == "P"
+    return mask
+
+
+RED_PALETTE = [0, 0, 0] + [200, 30, 30] * 255  # person drawn in red, not white
+
+
+@pytest.mark.parametrize("person_index", [1, 15, 200])
+def test_a_palette_mask_works(tmp_path: Path, person_index: int) -> None:
+    mask = _palette_mask(_block(person_index), RED_PALETTE)
     assert np.array_equal(_mask_result(tmp_path, mask), _block(1))
+
+
+def test_a_voc_palette_mask_keeps_the_person_and_drops_the_void_outline(tmp_path: Path) -> None:
+    """VOC's masks: 0 background, 15 person, 255 the "void" outline drawn around each object."""
+    indices = _block(15)
+    outline = np.zeros_like(indices, dtype=bool)
+    outline[2:22, 6:26] = True
+    outline[4:20, 8:24] = False
+    indices[outline] = 255
+    voc_colours = {0: (0, 0, 0), 15: (192, 128, 128), 255: (224, 224, 192)}
+    palette = [channel for index in range(256) for channel in voc_colours.get(index, (0, 0, 0))]
+    assert np.array_equal(_mask_result(tmp_path, _palette_mask(indices, palette)), _block(1))
+
+
+def test_a_grey_palette_mask_is_read_by_its_greys(tmp_path: Path) -> None:
+    """A 0/255 mask that a PNG tool stored as a palette image is still a 0/255 mask."""
+    mask = Image.fromarray(_block()).convert("P")
+    assert mask.mode == "P" and set(np.unique(np.asarray(mask))) == {0, 255}
+    assert np.array_equal(_mask_result(tmp_path, mask), _block(1))
+
+
+def test_a_palette_mask_of_several_classes_is_a_bad_row(tmp_path: Path) -> None:
+    indices = _block(15)
+    indices[24:30, 2:10] = 7  # a second object class: which of them is the person?
+    with pytest.raises(BadRow, match="give a two-class mask") as caught:
+        _mask_result(tmp_path, _palette_mask(indices, RED_PALETTE))
+    assert "palette mask with 2 classes (indices 7, 15)" in str(caught.value)
 
 
 def test_an_rgba_mask_works(tmp_path: Path) -> None:
@@ -364,6 +408,8 @@ def test_a_split_emptied_by_bad_rows_is_named(tmp_path: Path) -> None:
         ({"val_fraction": 0.7, "test_fraction": 0.4}, "val_fraction + test_fraction"),
         ({"image_size": 4}, "image_size"),
         ({"image_size": 0}, "image_size"),
+        ({"max_pixels": 0}, "max_pixels"),
+        ({"max_pixels": 200_000_000}, "max_pixels"),
     ],
 )
 def test_bad_parameters_are_named(
@@ -443,7 +489,9 @@ def test_a_rerun_replaces_the_previous_output_in_one_swap(
         # Up to the swap the old output is whole, and the new one is complete beside it.
         assert file_state(destination) == before_with_stale
         assert layout.read_marker(folder) is not None
-        seen.append(file_state(folder))
+        staged = file_state(folder)
+        staged.pop(folders.STAGING_LOCK)  # the staging folder's lock, which publish drops
+        seen.append(staged)
         real_publish(folder, destination)
 
     monkeypatch.setattr(folders, "publish", checking_publish)
@@ -473,11 +521,11 @@ def test_a_failure_half_way_keeps_the_previous_output(
     real_load_pair = preprocess_module.load_pair
     calls: list[Path] = []
 
-    def crash_on_the_sixth(image: Path, mask: Path, size: int):
+    def crash_on_the_sixth(image: Path, mask: Path, *sizes: int):
         calls.append(image)
         if len(calls) == 6:
             raise MemoryError("killed half-way")
-        return real_load_pair(image, mask, size)
+        return real_load_pair(image, mask, *sizes)
 
     monkeypatch.setattr(preprocess_module, "load_pair", crash_on_the_sixth)
     with pytest.raises(MemoryError):
@@ -520,3 +568,55 @@ def test_peak_memory_does_not_grow_with_the_dataset(tmp_path: Path) -> None:
     held_extra_rows = 30 * 64 * 64 * 4
     assert large_peak < 1.5 * small_peak + 64 * 1024
     assert large_peak - small_peak < held_extra_rows / 4, (small_peak, large_peak)
+
+
+# --- images too large to decode -----------------------------------------------------------------
+
+
+def test_a_decompression_bomb_is_a_bad_row_not_a_crash(tmp_path: Path) -> None:
+    """A ~110 KB PNG that claims 30000 x 30000 pixels would decode to gigabytes."""
+    index = make_dataset(tmp_path / "raw", 10)
+    (index.parent / "images" / "p004.png").write_bytes(bomb_png(30_000))
+    out = tmp_path / "out"
+    argv = ["--raw_dir", str(index.parent), "--output_dir", str(out), "--image_size", str(SIZE)]
+    assert preprocess_entry_point.main([*argv, "--val_fraction", "0.2", "--num_workers", "1"]) == 0
+
+    run = last_run()
+    assert run.data.metrics["bad_rows"] == 1
+    bad_rows = pd.read_csv(
+        fetched_artifacts(run.info.run_id, tmp_path / "fetched") / "bad_rows.csv"
+    )
+    (reason,) = bad_rows.loc[bad_rows["row"] == 4, "reason"]
+    assert reason.startswith("image too large:")
+    assert "900000000 pixels" in reason and "max_pixels=64000000" in reason
+    assert "raise max_pixels" in reason
+    assert sorted(_manifest(out)["row"]) == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+
+
+def test_images_and_masks_over_max_pixels_are_bad_rows_named_by_size(tmp_path: Path) -> None:
+    index = make_dataset(tmp_path / "raw", 10)
+    (index.parent / "masks" / "p006.png").write_bytes(bomb_png(9000))
+    report = _run(index.parent, tmp_path / "out")
+    assert [(row, reason) for row, _, _, reason in report.bad_rows] == [
+        (
+            6,
+            "mask too large: 9000x9000 pixels (81.0 megapixels), over the limit of "
+            "max_pixels=64000000 (64 megapixels); raise max_pixels to use it",
+        )
+    ]
+
+
+def test_max_pixels_is_a_parameter(tmp_path: Path) -> None:
+    index = make_dataset(tmp_path / "raw", 10)
+    picture, mask = pair_pictures(3, (96, 80))
+    picture.save(index.parent / "images" / "p003.png")
+    mask.save(index.parent / "masks" / "p003.png")
+    out = tmp_path / "out"
+    argv = ["--raw_dir", str(index.parent), "--output_dir", str(out), "--image_size", str(SIZE)]
+    argv += ["--val_fraction", "0.2", "--num_workers", "1", "--log_data", "false"]
+    assert preprocess_entry_point.main([*argv, "--max_pixels", "5000"]) == 0
+    assert last_run().data.metrics["bad_rows"] == 1
+    assert 3 not in set(_manifest(out)["row"])
+    assert preprocess_entry_point.main([*argv, "--max_pixels", "7680"]) == 0
+    assert last_run().data.metrics["bad_rows"] == 0
+    assert 3 in set(_manifest(out)["row"])

@@ -160,4 +160,4 @@ def test_an_unknown_variant_stops_before_any_work(workspace: Workspace) -> None:
     result = workspace.run("ablate", workspace.params(variants="dropout"))
     assert result.returncode == 2
     assert "variants='dropout' names no known variant" in result.stderr
-    assert len(workspace.runs()) == before + 1  # only the failed parent itself
+    assert len(workspace.runs()) == before  # checked before any run opens, even the parent

@@ -14,23 +14,15 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pipeline.entrypoints import predict
-from pipeline.serving.images import decode_mask
+from pipeline.serving.images import PERSON_TINT, TINT_ALPHA, decode_mask, overlay
 from pipeline.tracking.runs import ERROR_TAG
-from tests.segmenters import constant_net, log_model, photo_file, varied_net
+from tests.conftest import last_run
+from tests.segmenters import blank_png, constant_net, log_model, photo_file, varied_net
 
 
 @pytest.fixture
 def model_uri() -> str:
     return log_model(varied_net())
-
-
-def last_run():
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name("unet-person")
-    (run, *_) = client.search_runs(
-        [experiment.experiment_id], order_by=["attributes.start_time DESC"]
-    )
-    return run
 
 
 def run_predict(model_uri: str, input_dir: Path, output_dir: Path, *extra: str) -> int:
@@ -123,6 +115,58 @@ def test_overlay_tints_the_person_and_leaves_the_rest(tmp_path: Path) -> None:
         assert run_predict(log_model(constant_net(logit)), photos, output) == 0
         pixels = np.asarray(Image.open(output / "overlays" / "blue.jpg"), dtype=int)
         assert bool(np.abs(pixels - [0, 0, 255]).max() > 40) is changed
+
+
+def test_overlay_blends_the_masked_pixels_as_a_float_blend_would() -> None:
+    """Tinted band by band without a float copy of the photo, the overlay is still exactly the
+    float32 blend of the masked pixels, rounded."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (700, 1000, 3), dtype=np.uint8)
+    mask = rng.random((700, 1000)) < 0.4
+    expected = pixels.astype(np.float32)
+    expected[mask] = (1 - TINT_ALPHA) * expected[mask] + TINT_ALPHA * PERSON_TINT
+    tinted = overlay(Image.fromarray(pixels), mask)
+    np.testing.assert_array_equal(np.asarray(tinted), expected.round().astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("limit", "size"),
+    [
+        (None, (13000, 13000)),  # issue 9: a 20 KB PNG that decodes to 169 megapixels
+        ("1000", (40, 40)),
+    ],
+)
+def test_photos_over_the_pixel_limit_are_skipped_unread(
+    model_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    limit: str | None,
+    size: tuple[int, int],
+) -> None:
+    if limit is not None:
+        monkeypatch.setenv("UNET_PERSON_MAX_PIXELS", limit)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "big.png").write_bytes(blank_png(size))
+    (photos / "ok.png").write_bytes(photo_file((25, 40)))  # 1000 pixels: at the lower limit
+    assert run_predict(model_uri, photos, tmp_path / "out") == 0
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    by_file = table.set_index("file")
+    assert by_file.loc["ok.png", "status"] == "predicted"
+    assert by_file.loc["big.png", "status"] == "skipped"
+    width, height = size
+    reason = by_file.loc["big.png", "reason"]
+    assert f"{width}x{height} pixels" in reason
+    assert f"over the limit of max_pixels={limit or 64_000_000}" in reason
+
+
+def test_a_bad_pixel_limit_is_named(model_uri: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("UNET_PERSON_MAX_PIXELS", "64 MP")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(photo_file((8, 8)))
+    assert run_predict(model_uri, tmp_path / "photos", tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert "UNET_PERSON_MAX_PIXELS='64 MP' is not a positive whole number" in error
 
 
 def test_photos_with_one_name_before_the_suffix_keep_the_first(

@@ -1,5 +1,6 @@
 """`promote` against a real (SQLite) registry: the better model takes the alias, a worse one does
-not, each decision is written on the version and the run, and one model is one version.
+not, each decision is written on the run and each one that changes something on the version
+(a no-op never overwrites the record of a move), and one model is one version.
 
 The models have known scores: one calls every pixel a person (Dice 2S/(S+N) for S person
 pixels of N), one calls none (Dice 0), since every synthetic test photo shows a person.
@@ -105,25 +106,42 @@ def test_the_better_model_takes_the_alias_and_a_worse_one_does_not(
     assert decided_by.data.tags["unet_person.input_digest"] == digest
     assert decided_by.data.params["model_uri"] == everyone
 
-    # A worse one is compared, recorded and refused.
+    # A worse one is compared and refused; the refusal changes nothing, so it is recorded on
+    # its run and version 2 keeps the record of its own promotion.
     assert run_promote(nobody, cache) == 0
     assert champion_version() == "1"
-    lost = version_tags("2")
-    assert lost["unet_person.decision"] == "rejected"
-    assert lost["unet_person.champion_version"] == "1"
-    assert "does not beat the champion's" in lost["unet_person.reason"]
+    refused_by = promote_runs()[-1].data.tags
+    assert refused_by["unet_person.decision"] == "rejected"
+    assert refused_by["unet_person.champion_version"] == "1"
+    assert refused_by["unet_person.model_version"] == "2"
+    assert "does not beat the champion's" in refused_by["unet_person.reason"]
+    assert version_tags("2")["unet_person.decision"] == "promoted"
+    assert version_tags("2")["unet_person.champion_version"] == "none"
 
     # Four promotions of two models: two versions.
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
 
 
-def test_promoting_the_champion_again_makes_no_new_version(cache: Path, everyone: str) -> None:
-    for _ in range(2):
+def test_promoting_the_champion_again_keeps_its_version_and_its_record(
+    cache: Path, everyone: str
+) -> None:
+    for _ in range(3):
         assert run_promote(everyone, cache, "--min_dice", "0") == 0
     assert champion_version() == "1"
     assert len(MlflowClient().search_model_versions(f"name = '{NAME}'")) == 1
-    assert version_tags("1")["unet_person.decision"] == "unchanged"
-    assert version_tags("1")["unet_person.promote_run_id"] == promote_runs()[-1].info.run_id
+    promoted_by, *no_ops = promote_runs()
+    record = version_tags("1")
+    assert record["unet_person.decision"] == "promoted"
+    assert record["unet_person.promote_run_id"] == promoted_by.info.run_id
+    assert record["unet_person.champion_version"] == "none"
+    for run in no_ops:  # each no-op keeps its full record on its own run
+        tags = run.data.tags
+        assert tags["unet_person.decision"] == "unchanged"
+        assert tags["unet_person.reason"] == "version 1 already holds @champion"
+        assert tags["unet_person.promote_run_id"] == run.info.run_id
+        assert tags["unet_person.champion_version"] == "1"
+        assert tags["unet_person.model_version"] == "1"
+        assert set(run.data.metrics) == {"candidate_dice", "champion_dice"}
 
 
 def test_a_margin_keeps_a_slightly_better_model_out(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -13,12 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from pipeline.evaluation.metrics import hard_predictions
 from pipeline.model.inputs import to_model_input
+from pipeline.serving import segmenter as segmenter_module
 from pipeline.serving.images import decode_mask, encode_png
+from pipeline.serving.segmenter import threshold_upsampled
 from pipeline.tracking.models import segmenter_of
 from tests.segmenters import (
     IMAGE_SIZE,
@@ -145,3 +149,73 @@ def test_logged_model_describes_itself(varied) -> None:
     (row,) = request["dataframe_split"]["data"]
     with Image.open(io.BytesIO(base64.b64decode(row[0]))) as picture:
         assert picture.format == "PNG" and picture.size == (64, 64)
+
+
+# A pixel whose interpolated logit is this close to the cut may fall either way: PyTorch's own
+# kernels round differently from one CPU to another there.
+NEAR_CUT = 1e-5
+
+
+def assert_mask_is_thresholded(mask: np.ndarray, logits: np.ndarray, cut: float) -> None:
+    """`mask` is `logits > cut` but where a logit is within NEAR_CUT of the cut."""
+    expected = logits > np.float32(cut)
+    assert mask.shape == expected.shape and mask.dtype == bool
+    differ = mask != expected
+    assert np.all(np.abs(logits[differ] - cut) < NEAR_CUT), np.abs(logits[differ] - cut).max()
+
+
+@pytest.mark.parametrize("source_side", [32, 256])
+@pytest.mark.parametrize(
+    "size", [(1, 1), (5, 7), (53, 31), (20, 70), (32, 32), (257, 1001), (1999, 3), (700, 430)]
+)
+def test_banded_mask_is_the_thresholded_interpolation(
+    monkeypatch: pytest.MonkeyPatch, source_side: int, size: tuple[int, int]
+) -> None:
+    # Small bands, so that most sizes take several, the last one ragged.
+    monkeypatch.setattr(segmenter_module, "BAND_PIXELS", 4096)
+    rng = np.random.default_rng(source_side + size[0])
+    logits = (rng.normal(size=(source_side, source_side)) * 4).astype(np.float32)
+    interpolated = F.interpolate(
+        torch.from_numpy(logits)[None, None], size=size, mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+    for threshold in (0.5, 0.3, 0.9):
+        cut = math.log(threshold / (1 - threshold))
+        assert_mask_is_thresholded(threshold_upsampled(logits, size, cut), interpolated, cut)
+
+
+def test_photo_masks_are_the_thresholded_full_size_logits(varied) -> None:
+    """Segmenter.mask, which never makes full-size logits, against Segmenter.logits, which
+    does (evaluate's path), on photos at sizes the network does not see."""
+    segmenter = segmenter_of(varied, "varied")
+    for size in [(257, 129), (33, 1000), (640, 480)]:
+        photo = Image.fromarray(photo_pixels(size, seed=3))
+        logits = segmenter.logits(np.asarray(photo)[np.newaxis])[0, 0].numpy()
+        for threshold in (0.5, 0.3):
+            cut = math.log(threshold / (1 - threshold))
+            assert_mask_is_thresholded(segmenter.mask(photo, threshold), logits, cut)
+
+
+def test_pixel_limit_is_the_servers_and_a_request_cannot_raise_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("UNET_PERSON_MAX_PIXELS", "1000")
+    model = mlflow.pyfunc.load_model(log_model(constant_net(1.0)))
+    request = frame(photo_file((20, 10)), photo_file((40, 40)))
+    with pytest.raises(MlflowException) as refused:
+        model.predict(request, params={"max_pixels": 10**9})
+    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
+    for part in ("row 1 of column 'image' is 40x40 pixels", "max_pixels=1000", "at most 1000"):
+        assert part in refused.value.message
+    assert "environment variable UNET_PERSON_MAX_PIXELS" in refused.value.message
+    (at_the_limit,) = masks_of(model.predict(frame(photo_file((40, 25)))))
+    assert at_the_limit.shape == (25, 40)
+
+
+@pytest.mark.parametrize("value", ["lots", "0"])
+def test_a_bad_pixel_limit_stops_the_model_loading(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    model_uri = log_model(constant_net(1.0))
+    monkeypatch.setenv("UNET_PERSON_MAX_PIXELS", value)
+    with pytest.raises(ValueError, match=f"UNET_PERSON_MAX_PIXELS='{value}' is not a positive"):
+        mlflow.pyfunc.load_model(model_uri)

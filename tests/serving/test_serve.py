@@ -1,6 +1,6 @@
 """`mlflow models serve` on the registered model, called over HTTP as the README calls it: masks
 at each photo's size, the same as `predict` writes, and a 400 with a reason for what is not a
-photo, after which the server still answers."""
+photo or has too many pixels, after which the server still answers."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.entrypoints import predict
 from pipeline.serving.images import decode_mask
 from tests.conftest import free_port, isolated_environment
-from tests.segmenters import log_model, photo_file, varied_net
+from tests.segmenters import blank_png, log_model, photo_file, varied_net
 
 pytestmark = pytest.mark.e2e
 
@@ -149,6 +149,27 @@ def test_a_bad_request_gets_400_with_its_reason_and_the_server_stays_up(
     assert refused.status_code == 400, refused.text[:2000]
     assert reason in refused.json()["message"]
     assert requests.get(f"{served.url}/ping", timeout=10).ok
+    (mask,) = served_masks(served.invoke(request(photo_file((20, 10)))))
+    assert mask.shape == (10, 20)
+
+
+def test_a_small_file_of_too_many_pixels_gets_400_at_once(served: Served) -> None:
+    """Issue 9: a 20 KB PNG of 13000 x 13000 pixels took 14 s and 2.9 GB to answer. It is
+    refused from its header, with the limit and how to raise it, before any decoding."""
+    data = blank_png((13000, 13000))
+    assert len(data) < 64_000
+    started = time.monotonic()
+    refused = served.invoke(request(data))
+    seconds = time.monotonic() - started
+    assert refused.status_code == 400, refused.text[:2000]
+    message = refused.json()["message"]
+    for part in (
+        "row 0 of column 'image' is 13000x13000 pixels",
+        "over the limit of max_pixels=64000000",
+        "environment variable UNET_PERSON_MAX_PIXELS",
+    ):
+        assert part in message
+    assert seconds < 5, f"answered after {seconds:.1f} s: the photo was decoded"
     (mask,) = served_masks(served.invoke(request(photo_file((20, 10)))))
     assert mask.shape == (10, 20)
 

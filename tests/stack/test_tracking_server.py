@@ -2,189 +2,48 @@
 compose runs (docker/mlflow-server.sh), metadata in a fresh database of this machine's
 PostgreSQL, artifacts in an S3 bucket served by moto. `main` runs against it; then the bucket
 (through boto3) and the database (through SQL) must hold what the runs logged.
+
+The server's databases belong to a role with a password, given as PGPASSWORD the way compose
+gives it: this machine's PostgreSQL trusts local connections and ignores it, but the server holds
+a real secret, which no command line of its processes may show.
 """
 
 from __future__ import annotations
 
-import os
-import shlex
+import stat
 import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import mlflow
-import psycopg2
 import pytest
 import requests
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
-from moto.server import ThreadedMotoServer
 
-from pipeline.orchestration.project import project_dir, step_command
-from tests.conftest import free_port, isolated_environment
+from benchmarks.tracking_load import PARAMS, Load, run_load
+from tests.conftest import free_port
 from tests.segmenters import constant_net, log_model
+from tests.stack.stack import (
+    POSTGRES,
+    S3_CREDENTIALS,
+    SERVER_SCRIPT,
+    Database,
+    Role,
+    Server,
+    client_environment,
+    fresh_database,
+    lower,
+    run_entry_point,
+    server_environment,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.e2e
-
-# The machine's PostgreSQL (trust auth); libpq's variables point elsewhere.
-POSTGRES = {
-    "host": os.environ.get("PGHOST", "127.0.0.1"),
-    "port": int(os.environ.get("PGPORT", "5432")),
-    "user": os.environ.get("PGUSER", "postgres"),
-}
-SERVER_SCRIPT = project_dir() / "docker" / "mlflow-server.sh"
-S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "test-access-key",
-    "AWS_SECRET_ACCESS_KEY": "test-secret-key",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-@dataclass
-class Database:
-    name: str
-
-    @property
-    def uri(self) -> str:
-        return (
-            f"postgresql+psycopg2://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}"
-            f"/{self.name}"
-        )
-
-    def query(self, sql: str, *args) -> list[tuple]:
-        connection = psycopg2.connect(dbname=self.name, **POSTGRES)
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql, args)
-                return cursor.fetchall()
-        finally:
-            connection.close()
-
-
-def fresh_database() -> Iterator[Database]:
-    name = f"unet_person_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(dbname="postgres", **POSTGRES)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield Database(name)
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[Database]:
-    yield from fresh_database()
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[tuple[str, str]]:
-    """(endpoint, bucket) of a moto S3 server on a loopback port."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    bucket = "mlflow-artifacts"
-    boto3.client("s3", endpoint_url=endpoint, **lower(S3_CREDENTIALS)).create_bucket(Bucket=bucket)
-    yield endpoint, bucket
-    server.stop()
-
-
-def lower(credentials: dict[str, str]) -> dict[str, str]:
-    return {
-        "aws_access_key_id": credentials["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": credentials["AWS_SECRET_ACCESS_KEY"],
-        "region_name": credentials["AWS_DEFAULT_REGION"],
-    }
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-
-def start_server(folder: Path, database: Database, s3: tuple[str, str], **extra: str) -> Server:
-    endpoint, bucket = s3
-    port = free_port()
-    env = {
-        **os.environ,
-        **S3_CREDENTIALS,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "MLFLOW_BACKEND_STORE_URI": database.uri,
-        "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{bucket}",
-        "MLFLOW_S3_ENDPOINT_URL": endpoint,
-        "MLFLOW_HOST": "127.0.0.1",
-        "MLFLOW_PORT": str(port),
-        "MLFLOW_WORKERS": "2",
-        "TMPDIR": str(folder),
-        **extra,
-    }
-    upgrade = subprocess.run(
-        ["sh", str(SERVER_SCRIPT), "upgrade"], env=env, capture_output=True, text=True
-    )
-    assert upgrade.returncode == 0, upgrade.stderr[-3000:]
-    log = folder / f"server-{port}.log"
-    process = subprocess.Popen(
-        ["sh", str(SERVER_SCRIPT), "serve"],
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                return Server(url, process, log)
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"server did not become healthy:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(server: Server) -> None:
-    os.killpg(server.process.pid, 15)
-    server.process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, database: Database, s3) -> Iterator[Server]:
-    started = start_server(tmp_path_factory.mktemp("server"), database, s3)
-    yield started
-    stop_server(started)
-
-
-def client_environment(folder: Path, server: Server, **extra: str) -> dict[str, str]:
-    """A client that knows only the server: no S3 endpoint, no S3 credentials."""
-    env = isolated_environment(folder)
-    for name in (*S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL"):
-        env.pop(name, None)
-    return {**env, "MLFLOW_TRACKING_URI": server.url, **extra}
-
-
-def run_entry_point(entry_point: str, params: dict[str, str], env: dict[str, str]):
-    command = shlex.split(step_command(entry_point, params))
-    return subprocess.run(
-        [sys.executable, *command[1:]],
-        cwd=project_dir(),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +121,9 @@ def test_runs_and_metrics_are_rows_in_postgres(pipeline_run, database: Database)
 def test_promotion_through_the_server(
     pipeline_run, server: Server, database: Database, tmp_path: Path
 ) -> None:
-    """main promoted its model; promoting it again makes no second version; a worse model is
-    registered, refused and recorded, and the alias stays, as the registry tables show."""
+    """main promoted its model; promoting it again makes no second version and keeps the record
+    of the move; a worse model is registered, refused and recorded, and the alias stays, as the
+    registry tables show."""
     client = MlflowClient(tracking_uri=server.url)
     champion = client.get_model_version_by_alias("unet-person", "champion")
     assert str(champion.version) == "1"
@@ -277,9 +137,9 @@ def test_promotion_through_the_server(
         "promote", {"model_uri": champion.source, "data_dir": split, "min_dice": "0"}, env
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert client.get_model_version("unet-person", "1").tags["unet_person.decision"] == (
-        "unchanged"
-    )
+    kept = client.get_model_version("unet-person", "1").tags
+    assert kept["unet_person.decision"] == "promoted"  # a no-op never erases the move
+    assert kept["unet_person.promote_run_id"] == pipeline_run["promote"]
 
     mlflow.set_tracking_uri(server.url)
     worse = log_model(constant_net(-20.0))  # calls nobody a person: Dice 0
@@ -294,7 +154,7 @@ def test_promotion_through_the_server(
         "ON t.name = v.name AND t.version = v.version "
         "WHERE v.name = 'unet-person' AND t.key = 'unet_person.decision' ORDER BY v.version"
     )
-    assert versions == [(1, "unchanged"), (2, "rejected")]
+    assert versions == [(1, "promoted"), (2, "rejected")]
     lost = client.get_model_version("unet-person", "2").tags
     assert float(lost["unet_person.candidate_dice"]) == 0.0
     assert lost["unet_person.champion_version"] == "1"
@@ -330,8 +190,8 @@ def test_parallel_writers_do_not_deadlock(server: Server) -> None:
 
 
 @pytest.fixture(scope="module")
-def auth_server(tmp_path_factory, s3) -> Iterator[Server]:
-    generators = [fresh_database(), fresh_database()]
+def auth_server(tmp_path_factory, role: Role, s3) -> Iterator[Server]:
+    generators = [fresh_database(role), fresh_database(role)]
     tracking, users = (next(generator) for generator in generators)
     started = start_server(
         tmp_path_factory.mktemp("auth-server"),
@@ -374,3 +234,80 @@ def test_basic_auth_refuses_strangers_and_admits_users(auth_server: Server, tmp_
         timeout=10,
     )
     assert "unet-person" in {experiment["name"] for experiment in response.json()["experiments"]}
+
+
+# --- What `ps` shows ------------------------------------------------------------------------
+
+
+def process_group(pgid: int) -> dict[int, str]:
+    """The command line of every process in process group `pgid`, as `ps` shows it."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid:
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+def server_secrets(server: Server) -> set[str]:
+    names = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD")
+    return {
+        server.env[name]
+        for name in (*names, "MLFLOW_FLASK_SERVER_SECRET_KEY")
+        if name in server.env
+    }
+
+
+@pytest.mark.parametrize("name", ["server", "auth_server"])
+def test_no_server_process_shows_a_secret(name: str, request) -> None:
+    server: Server = request.getfixturevalue(name)
+    secrets = server_secrets(server)
+    assert server.env["PGPASSWORD"] in secrets and len(secrets) == (
+        4 if name == "auth_server" else 2
+    )
+    processes = process_group(server.process.pid)
+    assert len(processes) >= 3, processes  # mlflow server, uvicorn, its workers
+    assert any("uvicorn" in cmdline for cmdline in processes.values()), processes
+    for pid, cmdline in processes.items():
+        assert not [secret for secret in secrets if secret in cmdline], f"pid {pid}: {cmdline}"
+    # Nor does any file it wrote under its TMPDIR (the auth config is its user's alone).
+    folder = Path(server.env["TMPDIR"])
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert not [s for s in secrets if s.encode() in path.read_bytes()], path
+            if path.name.startswith("mlflow-basic-auth"):
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_server_refuses_to_listen_beyond_loopback_without_auth(
+    tmp_path: Path, database: Database, s3
+) -> None:
+    port = free_port()
+    env = server_environment(tmp_path, database, s3, port, MLFLOW_HOST="0.0.0.0")
+    refused = subprocess.run(
+        ["sh", str(SERVER_SCRIPT), "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "0.0.0.0" in refused.stderr and "MLFLOW_AUTH=true" in refused.stderr
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+@pytest.mark.fault
+def test_tracking_server_under_load_loses_no_row(server: Server, database: Database) -> None:
+    """benchmarks/tracking_load.py, smaller: 8 training clients and a UI-like reader at once,
+    without retries. No client sees an error, and every row is in PostgreSQL."""
+    load = Load(clients=8, steps=25, metrics=3)
+    figures = run_load(server.url, {"dbname": database.name, **POSTGRES}, load)
+    assert figures["errors"] == 0, figures["error_samples"]
+    assert figures["metric_rows"] == {"sent": 8 * 25 * 3, "stored": 8 * 25 * 3, "lost": 0}
+    rows = figures["rows"]
+    assert rows["finished_runs"] == 8
+    assert (rows["latest_metrics"], rows["params"]) == (8 * 3, 8 * PARAMS)
+    assert figures["reads"]["requests"] >= 1 + 8, "the reader saw every run at least once"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -119,3 +120,31 @@ def test_unreachable_tracking_server_fails_fast_before_any_work(tmp_path: Path) 
     assert f"cannot reach the MLflow tracking server at {url}" in result.stderr
     assert "MLFLOW_TRACKING_URI" in result.stderr
     assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize(
+    ("entry_point", "argv", "message"),
+    [
+        ("train", ["--precision", "16"], "parameter precision='16' is not one of auto, 32-true"),
+        ("train", ["--accelerator", "gpus"], "parameter accelerator='gpus' is not one of auto"),
+        ("train", ["--max_time", "2h"], "parameter max_time='2h' is not DD:HH:MM:SS"),
+        ("train", ["--devices", "0;1"], "parameter devices='0;1' is not auto, a count"),
+        ("train", ["--recipe", "foo"], "parameter recipe='foo' is not one of paper, default"),
+        ("train", ["--loss", "l2"], "parameter loss='l2' is not one of bce, bce_dice"),
+        ("main", ["--recipe", "foo"], "parameter recipe='foo' is not one of paper, default"),
+        ("main", ["--max_time", "soon"], "parameter max_time='soon' is not DD:HH:MM:SS"),
+        ("ablate", ["--variants", "nope"], "nope"),
+    ],
+)
+def test_bad_parameters_stop_before_any_run_or_work(
+    entry_point: str, argv: list[str], message: str, tmp_path: Path, capsys
+) -> None:
+    """Before the fix these ran download and preprocess (main) or opened a run that then failed
+    with a Lightning traceback (train)."""
+    module = importlib.import_module(f"pipeline.entrypoints.{entry_point}")
+    assert module.main([*argv, "--source", "synthetic:3"] if entry_point != "train" else argv) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error
+    assert not (tmp_path / "mlflow.db").exists()  # no run was opened, not even a failed one
+    assert not (tmp_path / "data").exists()

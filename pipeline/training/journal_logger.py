@@ -1,0 +1,69 @@
+"""Lightning's side of the journal: a logger that records into it, and the checkpoint hook that
+releases what a saved checkpoint covers.
+
+Lightning's MLFlowLogger sends each metric straight to the server: an outage longer than the
+client's retries ends the fit, and a fit resumed from its last checkpoint logs the steps after
+it a second time. Recording into the run's journal (pipeline/tracking/journal.py) instead
+keeps training independent of the server and the record free of repeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from PIL import Image
+
+from pipeline.tracking.journal import Journal
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+class JournalLogger(Logger):
+    """Records metrics and images of one MLflow run into its journal."""
+
+    def __init__(self, journal: Journal | None) -> None:
+        """`journal` is None in the other ranks of a distributed fit, which log nothing."""
+        super().__init__()
+        self.journal = journal
+
+    @property
+    def name(self) -> str:
+        return "journal"
+
+    @property
+    def version(self) -> str:
+        return self.journal.run_id if self.journal else ""
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Nothing: the run's params are logged by the entry point in the MLproject's spelling."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.journal.record_metrics(dict(metrics), step or 0)
+
+    @rank_zero_only
+    def log_image(self, image: Image.Image, key: str, step: int, position: int) -> None:
+        """`step` is what the UI shows (an epoch); `position` the training step it belongs to."""
+        self.journal.record_image(key, image, step, position)
+
+
+class ReleasingCheckpointIO(TorchCheckpointIO):
+    """Saves checkpoints as Lightning does; once `last.ckpt` is on disk, the journal may deliver
+    everything up to its step, since a resumed fit starts after it and never logs that again."""
+
+    def __init__(self, journal: Journal | None) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        super().save_checkpoint(checkpoint, path, storage_options)
+        if self.journal and Path(path).name == LAST_CHECKPOINT:
+            self.journal.release(checkpoint["global_step"])
