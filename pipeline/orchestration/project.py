@@ -25,6 +25,7 @@ from pipeline.tracking.code_version import PACKAGE_ROOT
 
 PARENT_PID_VARIABLE = "UNET_PERSON_PARENT_PID"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_DIED_SIGNAL = signal.SIGUSR2
 
 
 def project_dir() -> Path:
@@ -48,25 +49,37 @@ def die_with_parent() -> None:
     """End this step when the `main` that started it ends, however `main` ends.
 
     Killed by SIGKILL, `main` cannot pass anything on, and its step would go on training alone.
-    On Linux the kernel sends SIGTERM to the step when its parent dies (PR_SET_PDEATHSIG), so the
-    step stops as after `docker stop`: its run is marked failed, its checkpoints kept. Elsewhere
-    a thread watches for the parent to change.
+    On Linux the kernel signals the step when its parent dies (PR_SET_PDEATHSIG), and the step
+    stops as after `docker stop`: one SIGTERM, so its run is marked failed, its checkpoints kept.
+    The kernel's signal is not SIGTERM itself because it comes once per thread of the dying
+    parent, and a second SIGTERM after Lightning's handler is gone would kill the step before it
+    ends its run. Elsewhere a thread watches for the parent to change.
     """
     parent = os.environ.pop(PARENT_PID_VARIABLE, None)
     if parent is None:
         return
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        signal.signal(PARENT_DIED_SIGNAL, _stop_once)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, PARENT_DIED_SIGNAL)
     else:
         threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
     if os.getppid() != int(parent):  # it died before the kernel was asked to tell
+        _stop_once()
+
+
+_stopping = threading.Event()
+
+
+def _stop_once(*_) -> None:
+    if not _stopping.is_set():
+        _stopping.set()
         os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1)
-    os.kill(os.getpid(), signal.SIGTERM)
+    _stop_once()
 
 
 class StepInterrupted(PipelineError):

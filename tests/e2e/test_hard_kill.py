@@ -38,17 +38,16 @@ def runs_by_entry_point(folder: Path) -> dict[str, list]:
 def test_a_hard_killed_main_resumes_its_training_into_the_same_run(tmp_path: Path) -> None:
     first = main_process(tmp_path, new_session=True)
     checkpoint = wait_for_checkpoint(tmp_path, first, timeout=240, min_epoch=3)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait(timeout=30)
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait(timeout=30)
     train_id = checkpoint.parent.name
     killed = {name: runs[0] for name, runs in runs_by_entry_point(tmp_path).items()}
     # Before leases, these two stayed RUNNING forever and the next main trained from epoch 1.
     assert (killed["main"].info.status, killed["train"].info.status) == ("RUNNING", "RUNNING")
     restored_epoch = checkpoint_epoch(checkpoint.parent / "last.ckpt")
 
-    second = main_process(tmp_path)
-    output, _ = second.communicate(timeout=600)
-    assert second.returncode == 0, output
+    returncode, output = main_process(tmp_path).finish(timeout=600)
+    assert returncode == 0, output
     assert f"run {train_id} was left RUNNING, but its process is gone" in output
     assert f"train: resuming interrupted run {train_id}" in output
     trained_again = [int(epoch) for epoch in re.findall(r"epoch (\d+)/", output)]
@@ -80,13 +79,13 @@ def test_killing_main_alone_stops_its_training_step(tmp_path: Path) -> None:
     checkpoint = wait_for_checkpoint(tmp_path, first, timeout=240)
     train_id = checkpoint.parent.name
     assert locks.is_held(lease_file(train_id)) is True
-    first.send_signal(signal.SIGKILL)  # main only: its step is in no process group of the kill
-    first.wait(timeout=30)
+    first.process.send_signal(signal.SIGKILL)  # main only: its step is not in the kill
+    first.process.wait(timeout=30)
 
     deadline = time.monotonic() + 60
     while locks.is_held(lease_file(train_id)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not locks.is_held(lease_file(train_id)), "the step went on training without main"
     stopped = client_for(tmp_path).get_run(train_id)
-    assert stopped.info.status == "FAILED"
+    assert stopped.info.status == "FAILED", first.output()[-4000:]
     assert "stopped (SIGTERM)" in stopped.data.tags["unet_person.error"]

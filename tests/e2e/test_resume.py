@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,25 @@ pytestmark = pytest.mark.e2e
 MAX_EPOCHS = 60  # epochs take tens of milliseconds: enough of them to stop one mid-run
 
 
+@dataclass
+class Started:
+    """A command started in the background; its output goes to a file, never to a pipe that a
+    test might not drain (a full pipe would stall the command and its steps)."""
+
+    process: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        self.process.wait(timeout=timeout)
+        return self.process.returncode, self.output()
+
+
 def main_process(
     folder: Path, entry_point: str = "main", new_session: bool = False, **overrides: str
-) -> subprocess.Popen:
+) -> Started:
     """`main` (or `entry_point`) on a tiny synthetic set; `new_session` gives it its own process
     group, as `setsid` does, so the whole group can be killed at once."""
     params = {
@@ -43,24 +60,24 @@ def main_process(
         **overrides,
     }
     command = shlex.split(step_command(entry_point, params))
-    return subprocess.Popen(
+    log = folder / f"{entry_point}-{len(list(folder.glob(f'{entry_point}-*.log')))}.log"
+    process = subprocess.Popen(
         [sys.executable, *command[1:]],
         cwd=project_dir(),
         env=isolated_environment(folder),
-        stdout=subprocess.PIPE,
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=new_session,
     )
+    return Started(process, log)
 
 
 def checkpoint_epoch(path: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=False)["epoch"]
 
 
-def wait_for_checkpoint(
-    folder: Path, process: subprocess.Popen, timeout: float, min_epoch: int = 1
-) -> Path:
+def wait_for_checkpoint(folder: Path, started: Started, timeout: float, min_epoch: int = 1) -> Path:
     """The last checkpoint, once it is past `min_epoch` (so resuming must skip epochs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -70,7 +87,7 @@ def wait_for_checkpoint(
                     return found
             except (OSError, RuntimeError, EOFError):  # caught mid-write
                 pass
-        assert process.poll() is None, process.stdout.read()
+        assert started.process.poll() is None, started.output()
         time.sleep(0.05)
     raise AssertionError(f"no checkpoint past epoch {min_epoch} appeared")
 
@@ -78,9 +95,9 @@ def wait_for_checkpoint(
 def test_stopped_training_is_resumed_by_the_next_main(tmp_path: Path) -> None:
     first = main_process(tmp_path)
     checkpoint = wait_for_checkpoint(tmp_path, first, timeout=240)
-    first.send_signal(signal.SIGTERM)
-    output, _ = first.communicate(timeout=120)
-    assert first.returncode == 2, output
+    first.process.send_signal(signal.SIGTERM)
+    returncode, output = first.finish(timeout=120)
+    assert returncode == 2, output
     assert "stopped (SIGTERM)" in output
     run_id = checkpoint.parent.name
     client = MlflowClient(tracking_uri=isolated_environment(tmp_path)["MLFLOW_TRACKING_URI"])
@@ -91,9 +108,8 @@ def test_stopped_training_is_resumed_by_the_next_main(tmp_path: Path) -> None:
     restored_epoch = checkpoint_epoch(checkpoint)
     assert restored_epoch >= 1
 
-    second = main_process(tmp_path)
-    output, _ = second.communicate(timeout=600)
-    assert second.returncode == 0, output
+    returncode, output = main_process(tmp_path).finish(timeout=600)
+    assert returncode == 0, output
     assert f"train: resuming interrupted run {run_id}" in output
     assert "Restoring states from the checkpoint path" in output
     resumed = client.get_run(run_id)
@@ -110,9 +126,9 @@ def test_a_stopped_study_stops_instead_of_going_on_to_the_next_variant(tmp_path:
         tmp_path, "ablate", variants="paper", seeds="1,2", output_dir=str(tmp_path / "study")
     )
     wait_for_checkpoint(tmp_path, study, timeout=240)
-    study.send_signal(signal.SIGTERM)
-    output, _ = study.communicate(timeout=120)
-    assert study.returncode == 2, output
+    study.process.send_signal(signal.SIGTERM)
+    returncode, output = study.finish(timeout=120)
+    assert returncode == 2, output
     assert "ablate: error: step train was stopped (SIGTERM" in output
     client = MlflowClient(tracking_uri=isolated_environment(tmp_path)["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("unet-person")

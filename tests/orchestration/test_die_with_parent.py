@@ -1,0 +1,59 @@
+"""A step whose `main` is killed gets exactly one SIGTERM: the kernel's parent-death signal comes
+once per thread of the dying parent, and a second SIGTERM after Lightning has put back the
+default handler would kill the step before it ends its run (it then stayed RUNNING)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+
+STEP = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pipeline.orchestration.project import die_with_parent
+    terms = []
+    signal.signal(signal.SIGTERM, lambda *_: terms.append(time.monotonic()))
+    die_with_parent()
+    open(sys.argv[1] + ".ready", "w").close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (terms and time.monotonic() - terms[0] > 2):
+        time.sleep(0.05)
+    open(sys.argv[1] + ".part", "w").write(str(len(terms)))
+    os.replace(sys.argv[1] + ".part", sys.argv[1])
+    """
+)
+
+# A `main` stand-in with several threads alive, as the real one has (heartbeat, MLflow's own).
+PARENT = textwrap.dedent(
+    """
+    import os, subprocess, sys, threading, time
+    for _ in range(4):
+        threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+    env = {**os.environ, "UNET_PERSON_PARENT_PID": str(os.getpid())}
+    subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], env=env)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_killed_parent_stops_its_step_with_one_sigterm(tmp_path: Path) -> None:
+    report = tmp_path / "terms"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, STEP, str(report)], cwd=os.getcwd())
+    deadline = time.monotonic() + 60
+    while not Path(f"{report}.ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert Path(f"{report}.ready").exists()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    while not report.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert report.read_text() == "1"
