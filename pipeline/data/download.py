@@ -16,6 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.console import progress
 from pipeline.data import folders, layout
 from pipeline.errors import PipelineError
 
@@ -213,7 +214,6 @@ def _kaggle_download(handle: str) -> Path:
 def _http_download(url: str, cache_dir: Path) -> Path:
     """Fetch a zip once into the cache, with a progress bar; a killed fetch leaves only a .part."""
     import requests
-    from tqdm import tqdm
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / (hashlib.sha256(url.encode()).hexdigest()[:24] + ".zip")
@@ -226,11 +226,11 @@ def _http_download(url: str, cache_dir: Path) -> Path:
             total = int(response.headers.get("content-length", 0)) or None
             with (
                 partial.open("wb") as sink,
-                tqdm(total=total, unit="B", unit_scale=True, desc=f"download {url}") as progress,
+                progress(total=total, unit="B", unit_scale=True, desc=f"download {url}") as bar,
             ):
                 for block in response.iter_content(chunk_size=1 << 20):
                     sink.write(block)
-                    progress.update(len(block))
+                    bar.update(len(block))
     except requests.RequestException as error:
         partial.unlink(missing_ok=True)
         raise PipelineError(

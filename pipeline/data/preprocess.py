@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
+from pipeline.console import progress
 from pipeline.data import folders, layout
 from pipeline.data.cache import MANIFEST_FILE, SPLITS, array_writer, split_paths
 from pipeline.errors import PipelineError
@@ -252,12 +251,8 @@ def _write_splits(
                 array_writer(images_path, (image_size, image_size, 3), digest) as images,
                 array_writer(masks_path, (image_size, image_size), digest) as masks,
             ):
-                decoded = tqdm(
-                    imap(_decode, tasks),
-                    total=len(tasks),
-                    desc=f"preprocess {split}",
-                    unit="img",
-                    disable=not sys.stderr.isatty(),
+                decoded = progress(
+                    imap(_decode, tasks), total=len(tasks), desc=f"preprocess {split}", unit="img"
                 )
                 for row, rgb, binary, rescaled, reason in decoded:
                     image, mask = by_row[row].image_name, by_row[row].mask_name

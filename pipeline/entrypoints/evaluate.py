@@ -40,10 +40,11 @@ def run(params: EvaluateParams) -> None:
             EVALUATED_MODEL_ID_TAG: predictor.metadata.model_id,
         }
     )
-    log_split_inputs(cache, record, ("test",))
+    test_split = log_split_inputs(cache, record, ("test",))["test"]
     result = evaluate(segmenter, cache, params.batch_size)
-    # Linking the metrics to the logged model shows them on its page in the MLflow UI.
-    mlflow.log_metrics(result.metrics, model_id=predictor.metadata.model_id)
+    # Linked to the logged model and to the test split, the metrics show on the model's page in
+    # the MLflow UI, under the dataset they were measured on ("Datasets used").
+    mlflow.log_metrics(result.metrics, model_id=predictor.metadata.model_id, dataset=test_split)
     log.info(
         "test Dice %.4f, IoU %.4f, loss %.4f on %d images",
         result.metrics["test_dice"],

@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+import mlflow
+
+from pipeline.orchestration.summary import pipeline_summary
 from pipeline.orchestration.workflow import run_pipeline
 from pipeline.params import MainParams
-from pipeline.tracking.runs import log, run_entry_point
+from pipeline.tracking.runs import run_entry_point
 from pipeline.training.recipes import resolve_settings
 
 
 def run(params: MainParams) -> None:
-    metrics = run_pipeline(params)
-    log.info("pipeline done: test Dice %.4f", metrics["test_dice"])
+    outcome = run_pipeline(params)
+    print(pipeline_summary(outcome, params, mlflow.active_run()), flush=True)
 
 
 def check(params: MainParams) -> None:

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipeline.console import progress
 from pipeline.data.cache import MANIFEST_FILE, open_split
 from pipeline.errors import PipelineError
-from pipeline.evaluation.figures import prediction_grid
+from pipeline.evaluation.figures import Section, captioned_sheet
 from pipeline.evaluation.metrics import hard_predictions, per_image_dice, segmentation_metrics
 from pipeline.serving.segmenter import Segmenter
 
@@ -43,7 +44,7 @@ def evaluate(segmenter: Segmenter, cache: Path, batch_size: int) -> Evaluation:
     pooled = segmentation_metrics("test_", full=True)
     loss_sum = 0.0
     dice = []
-    for start in range(0, len(images), batch_size):
+    for start in progress(range(0, len(images), batch_size), desc="evaluate", unit="batch"):
         logits = segmenter.logits(np.array(images[start : start + batch_size]))
         target = torch.from_numpy(np.array(masks[start : start + batch_size])).unsqueeze(1)
         pooled.update(hard_predictions(logits), target)
@@ -66,10 +67,31 @@ def evaluate(segmenter: Segmenter, cache: Path, batch_size: int) -> Evaluation:
 
 
 def _best_and_worst(segmenter: Segmenter, images, masks, per_image: pd.DataFrame) -> Image.Image:
-    """The best images on the top rows, the worst below, each beside its error overlay."""
-    order = per_image.sort_values("dice", ascending=False)["index"].to_numpy()
-    count = min(EXTREMES, len(order) // 2) or 1
-    chosen = np.concatenate([order[:count], order[-count:]]) if len(order) > 1 else order
+    """The best images in the top section, the worst below, each beside its error overlay and
+    captioned with its Dice and name."""
+    ranked = per_image.sort_values("dice", ascending=False, kind="stable")
+    total = len(ranked)
+    count = min(EXTREMES, total // 2) or 1
+    picks = [(f"best {count} of {total} test images (highest Dice first)", ranked[:count])]
+    if total > 1:
+        worst = ranked[::-1][:count]
+        picks.append((f"worst {count} of {total} test images (lowest Dice first)", worst))
+    chosen = np.concatenate([rows["index"].to_numpy() for _, rows in picks])
     chosen_images = np.array(images[chosen])
+    chosen_masks = np.array(masks[chosen])
     predictions = hard_predictions(segmenter.logits(chosen_images)).squeeze(1).numpy()
-    return prediction_grid(chosen_images, np.array(masks[chosen]), predictions, columns=count)
+    sections = []
+    start = 0
+    for title, rows in picks:
+        picked = slice(start, start + len(rows))
+        start += len(rows)
+        captions = [
+            f"Dice {dice:.3f}  {Path(str(name)).stem}"
+            for dice, name in zip(rows["dice"], rows["image"], strict=True)
+        ]
+        sections.append(
+            Section(
+                title, chosen_images[picked], chosen_masks[picked], predictions[picked], captions
+            )
+        )
+    return captioned_sheet(sections, columns=EXTREMES // 2)

@@ -30,6 +30,7 @@ from pipeline.params import (
     PreprocessParams,
     PromoteParams,
     RuntimeParams,
+    TrainingParams,
     TrainParams,
     as_text,
 )
@@ -47,18 +48,12 @@ log = logging.getLogger("unet_person")
 
 RESUMED_TAG = "unet_person.resumed_after"
 
-# main's params that train takes under the same name and meaning (not so num_workers and seed
-# for preprocess: those are spelt out below).
-MAIN_TRAINING_PARAMS = (
-    "recipe",
-    "max_epochs",
-    "batch_size",
-    "lr",
-    "base_channels",
-    "depth",
-    "patience",
-    "seed",
-)
+
+@dataclass(frozen=True)
+class StepDone:
+    entry_point: str
+    run_id: str
+    how: str  # reused, resumed or new
 
 
 class Workflow:
@@ -70,6 +65,7 @@ class Workflow:
         self.experiment_id = self.parent.info.experiment_id
         self.reuse = reuse
         self.checkpoint_dir = checkpoint_dir
+        self.done: list[StepDone] = []  # what each step did, for main's summary
 
     def run(self, request: StepRequest) -> Run:
         wait_for_server(f"step {request.entry_point}")
@@ -77,6 +73,7 @@ class Workflow:
         if self.reuse and request.reusable and (done := finished_run(candidates)):
             log.info("%s: reusing finished run %s", request.entry_point, done.info.run_id)
             mlflow.set_tag(f"unet_person.reused.{request.entry_point}", done.info.run_id)
+            self.done.append(StepDone(request.entry_point, done.info.run_id, "reused"))
             return done
         resumed = None
         if request.entry_point == "train":
@@ -111,6 +108,7 @@ class Workflow:
                 f"step {request.entry_point} failed with exit code {exit_code} (run {run_id}); "
                 "its message is above. Finished steps are kept and reused on the next run"
             )
+        self.done.append(StepDone(request.entry_point, run_id, "resumed" if resumed else "new"))
         return self.client.get_run(run_id)
 
     def _close_if_running(self, run_id: str, status: int) -> None:
@@ -205,6 +203,11 @@ def train_params(data: PreparedData, runtime: RuntimeParams, **settings: Any) ->
     return TrainParams(data_dir=data.processed_dir, **options, **settings)
 
 
+def training_settings(params: TrainingParams) -> dict[str, Any]:
+    """The recipe and its overrides, as `main` passes them on to its train step."""
+    return {spec.name: getattr(params, spec.name) for spec in dataclasses.fields(TrainingParams)}
+
+
 def train_and_evaluate(
     workflow: Workflow,
     params: TrainParams,
@@ -235,20 +238,32 @@ def train_and_evaluate(
     return TrainedModel(train, evaluate, model_uri, metrics)
 
 
-def run_pipeline(params: MainParams) -> dict[str, float]:
-    """download → preprocess → train → evaluate → promote; returns the test metrics."""
+@dataclass(frozen=True)
+class PipelineOutcome:
+    steps: list[StepDone]
+    test_metrics: dict[str, float]
+    best_val_dice: float
+    promotion: dict[str, str]  # the promote run's decision tags; empty without promote
+
+
+def run_pipeline(params: MainParams) -> PipelineOutcome:
+    """download → preprocess → train → evaluate → promote, told on the parent run as well, so
+    its one row in the UI shows the test metrics, best val Dice and the promotion decision."""
     workflow = Workflow(params.reuse, Path(absolute_path(params.checkpoint_dir)))
     data = prepare_data(workflow, params)
-    settings = {name: getattr(params, name) for name in MAIN_TRAINING_PARAMS}
-    trained = train_and_evaluate(workflow, train_params(data, params, **settings), data)
+    trained = train_and_evaluate(
+        workflow, train_params(data, params, **training_settings(params)), data
+    )
+    best_val_dice = trained.train.data.metrics["best_val_dice"]
     mlflow.set_tag(MODEL_URI_TAG, trained.model_uri)
-    mlflow.log_metrics(trained.test_metrics)
-    if params.promote:
-        _promote(workflow, params, trained.model_uri, data)
-    return trained.test_metrics
+    mlflow.log_metrics({**trained.test_metrics, "best_val_dice": best_val_dice})
+    promotion = _promote(workflow, params, trained.model_uri, data) if params.promote else {}
+    return PipelineOutcome(workflow.done, trained.test_metrics, best_val_dice, promotion)
 
 
-def _promote(workflow: Workflow, params: MainParams, model_uri: str, data: PreparedData) -> None:
+def _promote(
+    workflow: Workflow, params: MainParams, model_uri: str, data: PreparedData
+) -> dict[str, str]:
     """Never reused: who holds the alias may have changed since any earlier promote run."""
     promote = workflow.run(
         StepRequest(
@@ -265,12 +280,6 @@ def _promote(workflow: Workflow, params: MainParams, model_uri: str, data: Prepa
             reusable=False,
         )
     )
-    tags = promote.data.tags
-    mlflow.set_tags({key: tags[key] for key in (DECISION_TAG, MODEL_VERSION_TAG)})
-    log.info(
-        "promote: %s version %s %s (%s)",
-        params.model_name,
-        tags[MODEL_VERSION_TAG],
-        tags[DECISION_TAG],
-        tags[REASON_TAG],
-    )
+    decision = {key: promote.data.tags[key] for key in (DECISION_TAG, MODEL_VERSION_TAG)}
+    mlflow.set_tags(decision)
+    return {**decision, REASON_TAG: promote.data.tags[REASON_TAG]}

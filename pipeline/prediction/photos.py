@@ -9,14 +9,13 @@ pixel limit (the model's own, UNET_PERSON_MAX_PIXELS): it is refused from its he
 from __future__ import annotations
 
 import base64
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import pandas as pd
-from tqdm import tqdm
 
+from pipeline.console import progress
 from pipeline.errors import PipelineError
 from pipeline.serving.images import (
     ImageError,
@@ -84,7 +83,7 @@ def predict_folder(
     files = photo_files(input_dir, output_dir)
     report = FolderReport(output_dir / TABLE)
     claimed: dict[Path, Path] = {}
-    for path in tqdm(files, desc="predict", unit="photo", disable=not sys.stderr.isatty()):
+    for path in progress(files, desc="predict", unit="photo"):
         name = path.relative_to(input_dir)
         row = dict.fromkeys(COLUMNS, "") | {"file": str(name), "status": SKIPPED}
         report.rows.append(row)

@@ -14,7 +14,7 @@ transactional across calls, so two guards keep them to one version and consisten
   the others then find the candidate holding the alias and say `unchanged`;
 - processes on different machines share no lock, so the registry side converges by itself:
   a duplicate version is deleted by the process that made it (`register_once`) and setting the
-  alias survives a concurrent insert of the same alias (`set_alias`).
+  alias or a version tag survives a concurrent insert of the same row (`write_despite_races`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from pipeline.registry.versions import (
     model_id_of,
     register_once,
     set_alias,
+    set_version_tags,
     versions_of,
 )
 from pipeline.tracking.artifacts import cache_root, local_input
@@ -82,12 +83,16 @@ class Promotion:
         }
 
 
-def check(params: PromoteParams) -> None:
-    if not params.model_name or "'" in params.model_name:
+def check_name(model_name: str) -> None:
+    """Names go into search filters in quotes."""
+    if not model_name or "'" in model_name:
         raise PipelineError(
-            f"parameter model_name={params.model_name!r} must be a name without quotes, "
-            "e.g. unet-person"
+            f"parameter model_name={model_name!r} must be a name without quotes, e.g. unet-person"
         )
+
+
+def check(params: PromoteParams) -> None:
+    check_name(params.model_name)
     check_alias(params.alias)
     if params.min_improvement < 0:
         raise PipelineError(
@@ -154,8 +159,7 @@ def promote(params: PromoteParams, run_id: str) -> Promotion:
             set_alias(client, name, params.alias, version)
         if changes_the_record(client, name, version, decision):
             # After the alias moved, so a version never says `promoted` without having held it.
-            for key, value in promotion.tags(run_id).items():
-                client.set_model_version_tag(name, version, key, value)
+            set_version_tags(client, name, version, promotion.tags(run_id))
     return promotion
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -16,10 +17,10 @@ from pipeline.tracking.runs import log
 # MLflow's rule for alias names; checked before any work, since the alias is set last.
 ALIAS_PATTERN = re.compile(r"^[\w\-]+$")
 RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
-# Setting an alias that another process inserts at the same moment: tries, and the pause
+# A registry write that another process inserts at the same moment: tries, and the pause
 # before try n is n times this (2 s in all), ample for a clash that lasts one transaction.
-ALIAS_ATTEMPTS = 5
-ALIAS_RETRY_SECONDS = 0.2
+WRITE_ATTEMPTS = 5
+WRITE_RETRY_SECONDS = 0.2
 
 
 def check_alias(alias: str) -> None:
@@ -123,29 +124,48 @@ def alias_holder(client: MlflowClient, name: str, alias: str) -> str | None:
 
 
 def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
-    """Point `name@alias` at `version`, also when another process sets the alias at once.
+    """Point `name@alias` at `version`, also when another process sets the alias at once; accept
+    the alias when the other process pointed it at `version` too."""
+    write_despite_races(
+        f"point {name}@{alias} at version {version}",
+        lambda: client.set_registered_model_alias(name, alias, version),
+        settled=lambda: alias_holder(client, name, alias) == version,
+    )
 
-    MLflow 3.17's SQL store sets an alias with `session.merge`: it reads the alias's row, then
-    inserts or updates it, so two processes that both find no row both insert and one fails on
-    the table's primary key. The store wraps that IntegrityError in an MlflowException
-    (BAD_REQUEST; through the server, HTTP 400 naming psycopg2's UniqueViolation, which
-    MLflow's HTTP client does not retry). The failed write changed nothing: accept when the
-    alias already points at `version` (the other process wanted the same), else try again,
-    when the row exists and the write becomes an update.
+
+def set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+    """Tag version `version` of `name`, also when another process tags it at once."""
+    for key, value in tags.items():
+        write_despite_races(
+            f"tag {name} version {version} with {key}",
+            lambda key=key, value=value: client.set_model_version_tag(name, version, key, value),
+            settled=lambda: False,
+        )
+
+
+def write_despite_races(what: str, write: Callable[[], None], settled: Callable[[], bool]) -> None:
+    """Run a registry write that another process may make at the same moment.
+
+    MLflow 3.17's SQL store writes an alias or a version tag with `session.merge`: it reads the
+    row, then inserts or updates it, so two processes that both find no row both insert and one
+    fails on the table's primary key. The store wraps that IntegrityError in an MlflowException
+    (BAD_REQUEST; through the server, HTTP 400 naming psycopg2's UniqueViolation, which MLflow's
+    HTTP client does not retry). The failed write changed nothing: stop when `settled` says the
+    other process already wrote what we wanted, else try again, when the row exists and the write
+    becomes an update.
     """
     failure: MlflowException | None = None
-    for attempt in range(ALIAS_ATTEMPTS):
-        time.sleep(ALIAS_RETRY_SECONDS * attempt)
+    for attempt in range(WRITE_ATTEMPTS):
+        time.sleep(WRITE_RETRY_SECONDS * attempt)
         try:
-            client.set_registered_model_alias(name, alias, version)
+            write()
             return
         except MlflowException as error:
-            if alias_holder(client, name, alias) == version:
-                log.info("%s@%s was set to version %s by another process", name, alias, version)
+            if settled():
+                log.info("another process did %s", what)
                 return
-            log.info("setting %s@%s failed (try %d): %s", name, alias, attempt + 1, error)
+            log.info("could not %s (try %d): %s", what, attempt + 1, error)
             failure = error
     raise PipelineError(
-        f"cannot point {name}@{alias} at version {version} after {ALIAS_ATTEMPTS} tries "
-        f"({failure}); run promote again"
+        f"cannot {what} after {WRITE_ATTEMPTS} tries ({failure}); run promote again"
     ) from failure

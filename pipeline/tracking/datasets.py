@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import mlflow
+from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 
@@ -19,9 +20,13 @@ def _local_source(folder: Path) -> DatasetSource:
         return resolve_dataset_source(folder.resolve().as_uri())
 
 
-def log_split_inputs(cache: Path, record: dict, splits: tuple[str, ...]) -> None:
-    """Log each split as a dataset input of the active run, with its schema, size and digest."""
+def log_split_inputs(cache: Path, record: dict, splits: tuple[str, ...]) -> dict[str, Dataset]:
+    """Log each split as a dataset input of the active run, with its schema, size and digest.
+
+    Returns the datasets by split, to link metrics to the one they were measured on.
+    """
     source = _local_source(cache)
+    datasets = {}
     for split in splits:
         images, masks = open_split(cache, split)
         dataset = mlflow.data.from_numpy(
@@ -32,3 +37,5 @@ def log_split_inputs(cache: Path, record: dict, splits: tuple[str, ...]) -> None
             digest=f"{record['digest'][:12]}-{split}",
         )
         mlflow.log_input(dataset, context=split)
+        datasets[split] = dataset
+    return datasets

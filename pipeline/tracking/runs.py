@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import read_mlflow_creds
 
+from pipeline.console import quiet_libraries
 from pipeline.errors import PipelineError, first_line
 from pipeline.params import as_text, convert, parse
 from pipeline.tracking.code_version import code_digest
@@ -41,6 +43,9 @@ EVALUATED_MODEL_ID_TAG = "unet_person.evaluated_model_id"
 MODEL_VERSION_TAG = "unet_person.model_version"
 RECIPE_TAG = "unet_person.recipe"
 RESOLVED_PREFIX = "resolved."
+# The MLflow UI opens an experiment in its GenAI view unless told this is model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 SERVER_POLL_SECONDS = 2.0
 
 log = logging.getLogger("unet_person")
@@ -118,6 +123,13 @@ def wait_for_server(waiting: str) -> None:
         return
 
 
+def mark_as_model_training(client: MlflowClient, experiment_id: str) -> None:
+    """Have the UI open the experiment in its "Model training" view; a kind someone chose for
+    the experiment is left as it is."""
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
 def log_params_once(params) -> None:
     """Log params not yet on the run; ones already there (from `mlflow run`) must agree by value.
 
@@ -125,7 +137,10 @@ def log_params_once(params) -> None:
     the `1e-05` Python prints, so equal values are left as they were logged.
     """
     run_id = mlflow.active_run().info.run_id
-    logged = MlflowClient().get_run(run_id).data.params
+    logged = {
+        name: shell_unquoted(text)
+        for name, text in MlflowClient().get_run(run_id).data.params.items()
+    }
     params_class = type(params)
     clashes = [
         f"{name}: run has {logged[name]!r}, step got {getattr(params, name)!r}"
@@ -135,6 +150,18 @@ def log_params_once(params) -> None:
     if clashes:
         raise PipelineError(f"run {run_id} was started with other parameters: {'; '.join(clashes)}")
     mlflow.log_params({key: value for key, value in as_text(params).items() if key not in logged})
+
+
+def shell_unquoted(text: str) -> str:
+    """A param as the step got it: `mlflow run` logs each value quoted for the shell, as it
+    puts it in the command (`''` for an empty value, `'my photos'`); values that need no
+    quotes, and everything the steps log themselves, come back as they are."""
+    try:
+        words = shlex.split(text)
+    except ValueError:  # an unbalanced quote: not MLflow's quoting
+        return text
+    value = words[0] if len(words) == 1 else ""
+    return value if len(words) <= 1 and shlex.quote(value) == text else text
 
 
 def log_settings(recipe: str, settings) -> None:
@@ -160,6 +187,7 @@ def step_run(entry_point: str, params) -> Iterator[mlflow.ActiveRun]:
             stack.enter_context(lease(client, run.info.run_id))
         # Runs of killed processes, ours now held: a killed train run becomes resumable.
         close_abandoned_runs(client, run.info.experiment_id)
+        mark_as_model_training(client, run.info.experiment_id)
         tags = run.data.tags
         mlflow.set_tags(
             {
@@ -193,10 +221,11 @@ def run_entry_point(
     away longer than the MLflow client's retries.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    quiet_libraries()
     # The MLflow client's retries each log a warning; an outage is reported once, by us.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
-        params = parse(params_class, argv)
+        params = parse(params_class, argv, prog=f"python -m pipeline {entry_point}")
         if check is not None:
             check(params)
         with step_run(entry_point, params):

@@ -38,9 +38,12 @@ class EpochSummary(L.Callback):
 
 
 class PredictionGrid(L.Callback):
-    """Every `every` epochs, log predictions on the same validation images as a stepped image.
+    """Every `every` epochs (and at the last), log predictions on the same validation images as
+    a stepped image, `val_predictions`.
 
-    Fixed images make the grids comparable from one epoch to the next in the MLflow UI.
+    Fixed images make the grids comparable from one epoch to the next in the MLflow UI. Each
+    image is a row under the headings image / truth / prediction, enlarged to at least
+    `MIN_PANEL` pixels a side, with a legend of the colours (`figures.prediction_grid`).
     """
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, every: int) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from pipeline.evaluation.metrics import hard_predictions, segmentation_metrics
 from pipeline.model.unet import UNet
 from pipeline.training.losses import segmentation_loss
-
-ONECYCLE_WARMUP = 0.1  # share of the steps spent warming the learning rate up
+from pipeline.training.schedule import one_cycle
 
 
 class SegmentationModule(L.LightningModule):
@@ -80,12 +80,12 @@ class SegmentationModule(L.LightningModule):
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
         if self.hparams.schedule == "onecycle":
-            # Warm-up then cosine decay to ~0 over the whole step budget of the run.
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer,
-                max_lr=self.hparams.lr,
-                total_steps=self.trainer.estimated_stepping_batches,
-                pct_start=ONECYCLE_WARMUP,
+            # Warm-up then decay to ~0 over the run's budget of steps, or of time if shorter.
+            timers = [
+                callback for callback in self.trainer.callbacks if isinstance(callback, Timer)
+            ]
+            scheduler = one_cycle(
+                optimizer, self.trainer.estimated_stepping_batches, next(iter(timers), None)
             )
             return {
                 "optimizer": optimizer,

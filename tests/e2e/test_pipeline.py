@@ -7,6 +7,10 @@ run them, in this environment.
 from __future__ import annotations
 
 import base64
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -17,6 +21,7 @@ from mlflow.entities import Run
 
 from pipeline.data.cache import open_split
 from pipeline.model.inputs import to_model_input
+from pipeline.orchestration.project import project_dir
 from pipeline.serving.images import decode_mask, encode_png
 from pipeline.tracking.models import MODEL_URI_TAG, segmenter_of
 from pipeline.training.module import SegmentationModule
@@ -47,11 +52,30 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 
 @pytest.fixture(scope="module")
-def first_main(workspace: Workspace) -> tuple[Run, dict[str, Run]]:
+def first_output(workspace: Workspace) -> subprocess.CompletedProcess:
     result = workspace.run("main", workspace.params())
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def first_main(workspace: Workspace, first_output) -> tuple[Run, dict[str, Run]]:
     (parent,) = [run for run in workspace.runs() if "mlflow.parentRunId" not in run.data.tags]
     return parent, children(workspace, parent)
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [
+        "💡 Tip",  # Lightning's advertisement for its cloud logger
+        "is deprecated",  # e.g. Lightning's use of torch's LeafSpec
+        "exists and is not empty",  # the checkpoint folder, the train run's own on purpose
+        "Downloading artifacts",  # MLflow's bars, two per model load
+    ],
+)
+def test_a_normal_run_prints_no_library_noise(first_output, noise: str) -> None:
+    printed = first_output.stdout + first_output.stderr
+    assert noise not in printed, printed[max(0, printed.find(noise) - 500) :][:1500]
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +91,9 @@ def test_main_is_a_parent_of_five_finished_steps(first_main) -> None:
     assert all(run.info.status == "FINISHED" for run in steps.values())
     assert float(parent.data.params["lr"]) == 1e-3
     assert parent.data.metrics["test_dice"] == steps["evaluate"].data.metrics["test_dice"]
+    # One row in the UI tells the story: best val Dice and the decision are on the parent too.
+    assert parent.data.metrics["best_val_dice"] == steps["train"].data.metrics["best_val_dice"]
+    assert parent.data.tags["unet_person.decision"] == "promoted"
 
 
 def test_steps_log_their_parameters(first_main, workspace: Workspace) -> None:
@@ -230,6 +257,21 @@ def test_second_main_reuses_every_step(first_main, workspace: Workspace) -> None
     assert second.data.tags["unet_person.decision"] == "unchanged"
     versions = workspace.client().search_model_versions("name = 'unet-person'")
     assert [str(version.version) for version in versions] == ["1"]
+    # The no-op leaves the record of the move that gave version 1 the alias.
+    assert versions[0].tags["unet_person.decision"] == "promoted"
+    assert versions[0].tags["unet_person.promote_run_id"] == steps["promote"].info.run_id
+    # The closing summary: each step's run and how it was had, the scores, where to look.
+    summary = result.stdout[result.stdout.index("pipeline done: run ") :]
+    for step in REUSABLE:
+        assert re.search(rf"{step} +{steps[step].info.run_id}  reused", summary), step
+    assert f"test Dice {parent.data.metrics['test_dice']:.4f}" in summary
+    assert "promote: unet-person version 1 unchanged" in summary
+    uri = workspace.env["MLFLOW_TRACKING_URI"]
+    look = summary.split("look at it: ")[1].split()
+    assert look[1:4] == ["ui", "--backend-store-uri", uri]
+    program = project_dir() / look[0]  # relative to the folder main ran in
+    assert program.samefile(Path(sys.executable).parent / "mlflow")  # this venv's
+    assert f"/runs/{second.info.run_id}?workflowType=machine_learning" in summary
 
 
 def test_main_without_promote_stops_at_evaluate(first_main, workspace: Workspace) -> None:

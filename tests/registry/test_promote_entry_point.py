@@ -17,7 +17,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.cache import open_split, read_cache_record
-from pipeline.entrypoints import evaluate, promote
+from pipeline.entrypoints import evaluate, history, promote
 from pipeline.tracking.runs import ENTRY_POINT_TAG, ERROR_TAG
 from tests.segmenters import constant_net, log_model, split_cache
 
@@ -222,3 +222,44 @@ def test_a_model_that_is_not_a_segmenter_is_refused_before_registering(cache: Pa
     assert run_promote(other, cache, "--min_dice", "0") == 2
     assert "is not a segmentation model logged by this pipeline" in capsys.readouterr().err
     assert MlflowClient().search_registered_models() == []
+
+
+def test_history_lists_every_move_of_the_alias_and_nothing_else(
+    cache: Path, everyone: str, nobody: str, capsys
+) -> None:
+    assert history.main([]) == 0
+    assert capsys.readouterr().out.startswith("unet-person@champion points at no version; no ")
+    for model_uri, extra in [
+        (nobody, ["--min_dice", "0"]),  # version 1 takes the free alias
+        (nobody, []),  # unchanged
+        (everyone, []),  # version 2 takes it from version 1
+        (nobody, []),  # rejected
+        (everyone, ["--alias", "staging", "--min_dice", "0"]),  # another alias
+        (everyone, []),  # unchanged
+    ]:
+        assert run_promote(model_uri, cache, *extra) == 0
+    capsys.readouterr()
+    deciders = [
+        run.info.run_id
+        for run in promote_runs()
+        if run.data.tags["unet_person.decision"] == "promoted"
+        and run.data.params["alias"] == "champion"
+    ]
+
+    assert history.main([]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header == "unet-person@champion points at version 2; 2 move(s), oldest first:"
+    assert rows[0].split()[:7] == ["when", "(UTC)", "version", "from", "test", "Dice", "was"]
+    first, second = (row.split() for row in rows[1:])
+    assert first[2:5] == ["1", "none", "0.000000"] and first[6] == deciders[0]
+    assert second[2:4] == ["2", "1"] and second[6] == deciders[1]
+    assert float(second[4]) == pytest.approx(all_person_dice(cache), abs=1e-6)
+    assert second[5] == "0.000000"
+
+    assert history.main(["--alias", "staging"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3  # its one move
+
+
+def test_history_refuses_a_bad_name_before_reading(capsys) -> None:
+    assert history.main(["--model_name", "x' or '1"]) == 2
+    assert "model_name" in capsys.readouterr().err

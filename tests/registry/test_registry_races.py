@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.entrypoints import promote
 from pipeline.errors import PipelineError
 from pipeline.registry import versions
-from pipeline.registry.versions import register_once, set_alias
+from pipeline.registry.versions import register_once, set_alias, set_version_tags
 from pipeline.tracking.runs import ENTRY_POINT_TAG, ERROR_TAG
 from tests.segmenters import constant_net, log_model, split_cache
 
@@ -34,7 +34,7 @@ def model_id() -> str:
 
 @pytest.fixture
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(versions, "ALIAS_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(versions, "WRITE_RETRY_SECONDS", 0.0)
 
 
 def live_versions() -> list[str]:
@@ -119,19 +119,22 @@ def test_writers_that_all_found_no_version_end_with_one(
     assert live_versions() == ["1"]
 
 
-def refuse_once(monkeypatch: pytest.MonkeyPatch, before_refusing=lambda: None) -> list[str]:
-    """Make the next alias write fail as a concurrent insert of the same alias does."""
-    real_set = MlflowClient.set_registered_model_alias
-    calls: list[str] = []
+def refuse_once(
+    monkeypatch: pytest.MonkeyPatch, method: str, before_refusing=lambda: None
+) -> list[tuple]:
+    """Make the next call of a registry write fail as a concurrent insert of the same row does;
+    returns the arguments of every call."""
+    real_write = getattr(MlflowClient, method)
+    calls: list[tuple] = []
 
-    def set_alias_once_refused(self, name: str, alias: str, version: str) -> None:
-        calls.append(version)
+    def once_refused(self, *args: str) -> None:
+        calls.append(args)
         if len(calls) == 1:
             before_refusing()
             raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed")
-        real_set(self, name, alias, version)
+        real_write(self, *args)
 
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", set_alias_once_refused)
+    monkeypatch.setattr(MlflowClient, method, once_refused)
     return calls
 
 
@@ -141,21 +144,58 @@ def test_an_alias_another_process_set_to_our_version_is_accepted(
     client = MlflowClient()
     version = register_once(client, NAME, model_id)
     real_set = MlflowClient.set_registered_model_alias
-    calls = refuse_once(monkeypatch, lambda: real_set(client, NAME, "champion", version))
+    calls = refuse_once(
+        monkeypatch,
+        "set_registered_model_alias",
+        lambda: real_set(client, NAME, "champion", version),
+    )
     set_alias(client, NAME, "champion", version)
-    assert calls == [version]  # accepted on reading it back, not written again
+    assert calls == [(NAME, "champion", version)]  # accepted on reading it back, not written again
     assert str(client.get_registered_model(NAME).aliases["champion"]) == version
 
 
-def test_a_refused_alias_write_is_retried(
-    model_id: str, monkeypatch: pytest.MonkeyPatch, no_waiting: None
+def alias_of(client: MlflowClient) -> dict[str, str]:
+    return {"champion": str(client.get_registered_model(NAME).aliases["champion"])}
+
+
+def tags_of(client: MlflowClient) -> dict[str, str]:
+    tags = client.get_model_version(NAME, "1").tags
+    return {key: tags[key] for key in ("first", "second")}
+
+
+@pytest.mark.parametrize(
+    ("method", "write", "read_back", "wanted_calls"),
+    [
+        (
+            "set_registered_model_alias",
+            lambda client: set_alias(client, NAME, "champion", "1"),
+            lambda client: alias_of(client) == {"champion": "1"},
+            [(NAME, "champion", "1")] * 2,  # the refused write, then the retry
+        ),
+        (
+            "set_model_version_tag",
+            lambda client: set_version_tags(client, NAME, "1", {"first": "a", "second": "b"}),
+            lambda client: tags_of(client) == {"first": "a", "second": "b"},
+            [(NAME, "1", "first", "a"), (NAME, "1", "first", "a"), (NAME, "1", "second", "b")],
+        ),
+    ],
+    ids=["alias", "version tag"],
+)
+def test_a_refused_registry_write_is_retried(
+    model_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    no_waiting: None,
+    method: str,
+    write,
+    read_back,
+    wanted_calls: list[tuple],
 ) -> None:
     client = MlflowClient()
-    version = register_once(client, NAME, model_id)
-    calls = refuse_once(monkeypatch)
-    set_alias(client, NAME, "champion", version)
-    assert calls == [version, version]
-    assert str(client.get_registered_model(NAME).aliases["champion"]) == version
+    assert register_once(client, NAME, model_id) == "1"
+    calls = refuse_once(monkeypatch, method)
+    write(client)
+    assert [tuple(map(str, call)) for call in calls] == wanted_calls
+    assert read_back(client)
 
 
 def test_an_alias_that_cannot_be_set_leaves_no_promoted_record(

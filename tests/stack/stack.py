@@ -1,9 +1,10 @@
 """The stack's runtime parts as real processes, for the tests that need them: a fresh database
-of this machine's PostgreSQL, a moto S3 server, and the MLflow server started by the same script
-compose runs (docker/mlflow-server.sh).
+of the suite's PostgreSQL (PGHOST's, or the session's embedded cluster: tests/conftest.py), a
+moto S3 server, and the MLflow server started by the same script compose runs
+(docker/mlflow-server.sh).
 
 The server's databases belong to a role with a password, given as PGPASSWORD the way compose
-gives it: this machine's PostgreSQL trusts local connections and ignores it, but the server holds
+gives it: the suite's PostgreSQL trusts its connections and ignores it, but the server holds
 a real secret, which no command line of its processes may show.
 """
 
@@ -14,7 +15,7 @@ import shlex
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,22 @@ from benchmarks.tracking_load import SERVER_SCRIPT, admin_sql, postgres_settings
 from pipeline.orchestration.project import project_dir, step_command
 from tests.conftest import free_port, isolated_environment
 
-POSTGRES = postgres_settings()
+
+class _CurrentSettings(Mapping[str, object]):
+    """postgres_settings() as of each use: pytest imports this module (tests/stack/conftest.py)
+    before the session points PG* at its embedded cluster when given a path under tests/stack."""
+
+    def __getitem__(self, key: str) -> object:
+        return postgres_settings()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(postgres_settings())
+
+    def __len__(self) -> int:
+        return len(postgres_settings())
+
+
+POSTGRES: Mapping[str, object] = _CurrentSettings()
 S3_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "test-access-key",
     "AWS_SECRET_ACCESS_KEY": "test-secret-key",

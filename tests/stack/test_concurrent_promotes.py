@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.registry import versions
-from pipeline.registry.versions import register_once, set_alias
+from pipeline.registry.versions import register_once, set_alias, set_version_tags
 from pipeline.tracking.runs import ENTRY_POINT_TAG
 from tests.conftest import isolated_environment
 from tests.segmenters import constant_net, log_model, split_cache
@@ -114,12 +114,13 @@ def test_concurrent_promotes_from_many_machines_converge_on_the_server(
     assert len(client.search_model_versions(f"name = '{NAME}'")) == len(ROUND_LOGITS)
 
 
-def test_registrations_and_alias_writes_that_race_converge_on_the_server(
+def test_registrations_alias_and_tag_writes_that_race_converge_on_the_server(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No lock: every writer finds no version, then all register together and set each alias
-    together. Two inserts of one alias clash on its UNIQUE key about one time in ten here
-    (psycopg2 UniqueViolation, answered as BAD_REQUEST), so several aliases are raced."""
+    """No lock: every writer finds no version, then all register together, set each alias
+    together and write each version tag together. Two inserts of one row clash on its UNIQUE key
+    about one time in ten here (psycopg2 UniqueViolation, answered as BAD_REQUEST), so several
+    aliases and tags are raced."""
     mlflow.set_tracking_uri(server.url)
     model_id = mlflow.models.get_model_info(log_model(constant_net(20.0))).model_id
     name = f"race-{uuid.uuid4().hex[:8]}"
@@ -134,12 +135,14 @@ def test_registrations_and_alias_writes_that_race_converge_on_the_server(
         made.append(real_register(model_name, model))
         return made[-1]
 
-    def promote_without_lock(_: int) -> str:
+    def promote_without_lock(index: int) -> str:
         client = MlflowClient(tracking_uri=server.url)
         version = register_once(client, name, model_id)
         for alias in aliases:
             all_ready.wait(timeout=60)
             set_alias(client, name, alias, version)
+            all_ready.wait(timeout=60)
+            set_version_tags(client, name, version, {alias: str(index)})
         return version
 
     monkeypatch.setattr(versions, "register", register_after_every_check)
@@ -153,3 +156,5 @@ def test_registrations_and_alias_writes_that_race_converge_on_the_server(
     assert {alias: str(version) for alias, version in pointers.items()} == dict.fromkeys(
         aliases, kept[0]
     )
+    tags = client.get_model_version(name, kept[0]).tags
+    assert {tags.get(alias) for alias in aliases} <= {str(index) for index in range(PROMOTERS)}

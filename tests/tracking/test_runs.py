@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.projects._project_spec import EntryPoint
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import PipelineError
@@ -34,6 +35,18 @@ def test_default_store_is_sqlite_in_the_working_folder(monkeypatch, tmp_path: Pa
     assert (tmp_path / "mlflow.db").is_file()
     experiment = MlflowClient().get_experiment(run.info.experiment_id)
     assert experiment.name == DEFAULT_EXPERIMENT
+    # The UI opens it in "Model training" mode, not the GenAI view.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_experiment_kind_chosen_by_someone_is_kept(monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "chosen")
+    experiment_id = mlflow.set_experiment("chosen").experiment_id
+    MlflowClient().set_experiment_tag(experiment_id, "mlflow.experimentKind", "finetuning")
+    with step_run("download", DownloadParams()):
+        pass
+    tags = MlflowClient().get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "finetuning"
 
 
 def test_experiment_name_from_the_environment(monkeypatch) -> None:
@@ -49,19 +62,21 @@ def test_step_logs_into_the_run_named_by_mlflow_run_id(monkeypatch) -> None:
     client = MlflowClient()
     experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
     created = client.create_run(experiment.experiment_id, tags={ENTRY_POINT_TAG: "train"})
-    # `mlflow run` logs the MLproject's spelling of every parameter before the step starts.
-    client.log_param(created.info.run_id, "lr", "1e-5")
-    client.log_param(created.info.run_id, "max_epochs", "100")
-    client.log_param(created.info.run_id, "batch_size", "")  # empty: the recipe's
+    # `mlflow run` logs the MLproject's spelling of every parameter before the step starts,
+    # quoted for the shell as in the command it runs: an empty value (the recipe's) as `''`.
+    given = {"lr": "1e-5", "max_epochs": "100", "batch_size": "", "data_dir": "my data/split"}
+    for name, value in EntryPoint._sanitize_value_dict(given).items():
+        client.log_param(created.info.run_id, name, value)
     monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
-    with step_run("train", parse(TrainParams, ["--lr", "0.00001", "--max_epochs", "100"])) as run:
+    argv = ["--lr", "0.00001", "--max_epochs", "100", "--data_dir", "my data/split"]
+    with step_run("train", parse(TrainParams, argv)) as run:
         assert run.info.run_id == created.info.run_id
     runs = client.search_runs([experiment.experiment_id])
     assert [run.info.run_id for run in runs] == [created.info.run_id]
     finished = client.get_run(created.info.run_id)
     assert finished.info.status == "FINISHED"
     assert finished.data.params["lr"] == "1e-5"  # equal value, left in its own spelling
-    assert finished.data.params["batch_size"] == ""
+    assert finished.data.params["batch_size"] == "''"
     assert finished.data.params["seed"] == "42"  # not logged before: the step added it
     assert finished.data.tags[CODE_TAG]
 

@@ -1,0 +1,42 @@
+"""What a run prints: our own lines, one progress bar per long step where a terminal shows it,
+and none of the libraries' tips and deprecation notices, which say nothing about this run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from typing import Any
+
+from tqdm import tqdm
+
+# Warnings that are noise for a person running the pipeline, each with why.
+SILENCED_WARNINGS = (
+    # Lightning 2.6's own pytree helper uses a torch API that torch 2.13 deprecates.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # The train run's checkpoint folder holds its journal and the checkpoints a resumed run
+    # continues from, on purpose.
+    r"Checkpoint directory .* exists and is not empty",
+)
+# Lightning advertises its cloud logger once per Trainer, on its rank-zero logger.
+LIGHTNING_TIP = "💡 Tip:"
+
+
+def _no_tips(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(LIGHTNING_TIP)
+
+
+def quiet_libraries() -> None:
+    """Silence the noise; called once at the start of every command."""
+    for message in SILENCED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
+    # MLflow draws a bar for every artifact download, two for one model load (its nested
+    # downloads); the step that loads the model has its own. The user's setting wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def progress(iterable: Any = None, **options: Any) -> tqdm:
+    """A tqdm bar on a terminal; nothing in logs (CI, `mlflow run`), where bars are noise."""
+    return tqdm(iterable, disable=not sys.stderr.isatty(), **options)

@@ -1,0 +1,50 @@
+"""The command line a person meets first: `python -m pipeline --help` and each entry point's
+`--help` say what there is, in words, with every parameter's default."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import params
+from pipeline.__main__ import ENTRY_POINTS, main
+from pipeline.orchestration.project import project_dir
+
+
+def test_help_lists_every_entry_point_with_a_line_and_exits_0() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True,
+        cwd=project_dir(), timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for entry_point in ENTRY_POINTS:
+        (line,) = [line for line in lines if line.split()[:1] == [entry_point]]
+        assert len(line.split()) > 3, line  # a description, not just the name
+
+
+def test_an_unknown_entry_point_is_named_and_refused(capsys) -> None:
+    assert main(["trian"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown entry point 'trian'" in error
+    assert "train" in error
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_entry_point_help_describes_it_and_every_parameter(entry_point: str, capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main([entry_point, "--help"])
+    assert stopped.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: python -m pipeline {entry_point} ")
+    description = text.split("\n\n")[1]
+    assert "Params(" not in description and len(description.split()) >= 8, description
+    options = " ".join(text.split("options:")[1].split())  # argparse wraps help lines
+    for spec in dataclasses.fields(getattr(params, f"{entry_point.capitalize()}Params")):
+        assert f"--{spec.name} {spec.name.upper()} " in options, spec.name
+        after = options.split(f"--{spec.name} {spec.name.upper()} ")[1].split(" --")[0]
+        assert "(default: " in after or "(required)" in after, (spec.name, after)
+        assert len(after.split()) >= 4, (spec.name, after)  # words beyond the default
