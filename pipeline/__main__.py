@@ -16,8 +16,10 @@ ENTRY_POINTS = (
     "evaluate",
     "promote",
     "predict",
+    "export",
     "main",
     "ablate",
+    "demo",
 )
 # Commands that only read what the pipeline recorded: no MLflow run, not in the MLproject.
 READING_COMMANDS = ("history",)

@@ -32,6 +32,9 @@ def quiet_libraries() -> None:
     for message in SILENCED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
+    # The ONNX exporter's graph passes log each step at INFO (train and export run them).
+    for name in ("onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # MLflow draws a bar for every artifact download, two for one model load (its nested
     # downloads); the step that loads the model has its own. The user's setting wins.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

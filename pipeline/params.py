@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.export import DEFAULT_OPSET
 from pipeline.serving.images import DEFAULT_MAX_PIXELS
 
 KAGGLE_SOURCE = "tapakah68/supervisely-filtered-segmentation-person-dataset"
@@ -215,6 +216,39 @@ class PredictParams:
         default="predictions", metadata=_help("where masks/, overlays/ and predictions.csv go")
     )
     threshold: float = field(default=0.5, metadata=_help("P(person) above which a pixel is one"))
+    runtime: str = field(
+        default="torch",
+        metadata=_help("torch, or onnx: the model's ONNX export run by ONNX Runtime on the CPU"),
+    )
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """Write a logged model's network as one ONNX file (uint8 photos in, logits out; free batch
+    size, height and width), check it against PyTorch in ONNX Runtime, and log both."""
+
+    model_uri: str = same_as(PredictParams, "model_uri")
+    output_path: str = field(
+        default="unet-person.onnx", metadata=_help("the .onnx file to write (folders are made)")
+    )
+    opset: int = field(default=DEFAULT_OPSET, metadata=_help("ONNX opset of the file, 18 to 23"))
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    """A page in the browser to try a model on your own photos: each photo beside its mask and
+    overlay, with the person's share, the time taken, a threshold slider and the mask to
+    download. It serves until stopped (Ctrl-C) and logs no run."""
+
+    model_uri: str = same_as(PredictParams, "model_uri")
+    host: str = field(
+        default="127.0.0.1",
+        metadata=_help("address the page listens on; 0.0.0.0 opens it to the network"),
+    )
+    port: int = field(default=8000, metadata=_help("port the page listens on"))
+    threshold: float = field(
+        default=0.5, metadata=_help("the slider's first P(person) above which a pixel is one")
+    )
 
 
 @dataclass(frozen=True)

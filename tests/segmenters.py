@@ -16,6 +16,7 @@ from pipeline.data.synthetic import generate_dataset
 from pipeline.model.inputs import to_model_input
 from pipeline.model.unet import UNet
 from pipeline.tracking.models import log_segmentation_model
+from tests.conftest import isolated_environment
 
 IMAGE_SIZE = 32
 ORIENTATION_TAG = 0x0112
@@ -49,6 +50,17 @@ def log_model(net: UNet, image_size: int = IMAGE_SIZE, experiment: str = "unet-p
     with mlflow.start_run(experiment_id=experiment_id, run_name="model"):
         example = photo_pixels((image_size, image_size), 1)
         return log_segmentation_model(net, image_size, example).model_uri
+
+
+def champion_store(folder: Path, net: UNet) -> dict[str, str]:
+    """A fresh store in `folder` whose unet-person@champion is `net`; the environment that
+    points at it (this process tracks into it too)."""
+    env = isolated_environment(folder)
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment("unet-person")
+    version = mlflow.register_model(log_model(net), "unet-person")
+    MlflowClient().set_registered_model_alias("unet-person", "champion", version.version)
+    return env
 
 
 def photo_pixels(size: tuple[int, int], seed: int) -> np.ndarray:

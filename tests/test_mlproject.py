@@ -14,8 +14,10 @@ from pipeline.__main__ import ENTRY_POINTS
 from pipeline.orchestration.project import project_dir, step_command
 from pipeline.params import (
     AblateParams,
+    DemoParams,
     DownloadParams,
     EvaluateParams,
+    ExportParams,
     MainParams,
     PredictParams,
     PreprocessParams,
@@ -31,8 +33,10 @@ PARAMS = {
     "evaluate": EvaluateParams,
     "promote": PromoteParams,
     "predict": PredictParams,
+    "export": ExportParams,
     "main": MainParams,
     "ablate": AblateParams,
+    "demo": DemoParams,
 }
 MLPROJECT_TYPES = {str: "string", int: "int", float: "float", bool: "string"}
 

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 N x 3 x H x W to the float [0, 1] tensor the network takes."""
     return images.float().div_(255)
+
+
+class PixelNetwork(nn.Module):
+    """A network that takes uint8 photos: the input contract above inside the module, so the
+    Segmenter and the ONNX export (which traces this) both start from the photo's bytes."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(to_model_input(images))

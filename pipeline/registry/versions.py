@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -12,15 +10,12 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import PipelineError
+from pipeline.tracking.concurrent_writes import write_despite_races
 from pipeline.tracking.runs import log
 
 # MLflow's rule for alias names; checked before any work, since the alias is set last.
 ALIAS_PATTERN = re.compile(r"^[\w\-]+$")
 RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
-# A registry write that another process inserts at the same moment: tries, and the pause
-# before try n is n times this (2 s in all), ample for a clash that lasts one transaction.
-WRITE_ATTEMPTS = 5
-WRITE_RETRY_SECONDS = 0.2
 
 
 def check_alias(alias: str) -> None:
@@ -141,31 +136,3 @@ def set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[s
             lambda key=key, value=value: client.set_model_version_tag(name, version, key, value),
             settled=lambda: False,
         )
-
-
-def write_despite_races(what: str, write: Callable[[], None], settled: Callable[[], bool]) -> None:
-    """Run a registry write that another process may make at the same moment.
-
-    MLflow 3.17's SQL store writes an alias or a version tag with `session.merge`: it reads the
-    row, then inserts or updates it, so two processes that both find no row both insert and one
-    fails on the table's primary key. The store wraps that IntegrityError in an MlflowException
-    (BAD_REQUEST; through the server, HTTP 400 naming psycopg2's UniqueViolation, which MLflow's
-    HTTP client does not retry). The failed write changed nothing: stop when `settled` says the
-    other process already wrote what we wanted, else try again, when the row exists and the write
-    becomes an update.
-    """
-    failure: MlflowException | None = None
-    for attempt in range(WRITE_ATTEMPTS):
-        time.sleep(WRITE_RETRY_SECONDS * attempt)
-        try:
-            write()
-            return
-        except MlflowException as error:
-            if settled():
-                log.info("another process did %s", what)
-                return
-            log.info("could not %s (try %d): %s", what, attempt + 1, error)
-            failure = error
-    raise PipelineError(
-        f"cannot {what} after {WRITE_ATTEMPTS} tries ({failure}); run promote again"
-    ) from failure

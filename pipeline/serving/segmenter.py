@@ -5,6 +5,10 @@ for the same photo. It holds the U-Net as a state_dict and its shape (artifacts)
 `pipeline.model.unet.UNet`; the `pipeline` package travels with the model (`code_paths`), so
 serving it needs no install of this repository.
 
+The network runs in PyTorch or, from the ONNX export logged beside the weights, in ONNX Runtime
+(`runtime`: predict's --runtime, or UNET_PERSON_RUNTIME for `mlflow models serve`); only the
+network's call differs, so both runtimes share every step around it.
+
 A photo's size is the client's choice, so the memory it costs is bounded twice: photos over the
 server's pixel limit (UNET_PERSON_MAX_PIXELS) are refused from their header, and the mask is made
 at about one byte a pixel beyond the decoded photo (`threshold_upsampled`).
@@ -18,7 +22,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import mlflow
 import numpy as np
@@ -31,7 +35,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
-from pipeline.model.inputs import to_model_input
+from pipeline.errors import PipelineError
+from pipeline.model.inputs import PixelNetwork
 from pipeline.model.unet import UNet
 from pipeline.serving.images import (
     BAND_PIXELS,
@@ -43,12 +48,19 @@ from pipeline.serving.images import (
     upright_photo,
 )
 
+if TYPE_CHECKING:  # imported where used: runtime torch never needs onnxruntime
+    from pipeline.serving.onnx_runtime import OnnxNetwork
+
 INPUT_COLUMN = "image"
 OUTPUT_COLUMN = "mask"
 THRESHOLD = "threshold"
 DEFAULT_THRESHOLD = 0.5
 WEIGHTS = "weights"
 ARCHITECTURE = "architecture"
+ONNX = "onnx"
+RUNTIME = "runtime"
+RUNTIMES = ("torch", "onnx")
+RUNTIME_VARIABLE = "UNET_PERSON_RUNTIME"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 MAX_PIXELS_VARIABLE = "UNET_PERSON_MAX_PIXELS"
 
@@ -84,6 +96,25 @@ def max_pixels_setting() -> int:
             f"{DEFAULT_MAX_PIXELS}"
         )
     return limit
+
+
+class MissingOnnxExport(PipelineError):
+    """runtime onnx for a model logged before train exported the network to ONNX."""
+
+
+def runtime_setting(model_config: dict[str, Any] | None) -> str:
+    """The network's runtime: model_config's `runtime` (what predict passes), else
+    UNET_PERSON_RUNTIME (what `mlflow models serve` can be given), else torch."""
+    runtime = (model_config or {}).get(RUNTIME) or os.environ.get(RUNTIME_VARIABLE, "").strip()
+    if not runtime:
+        return RUNTIMES[0]
+    if runtime not in RUNTIMES:
+        raise ValueError(
+            f"runtime {runtime!r} (model_config or {RUNTIME_VARIABLE}) is not one of "
+            f"{', '.join(RUNTIMES)}: torch runs the network in PyTorch, onnx its ONNX export in "
+            "ONNX Runtime"
+        )
+    return runtime
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -161,13 +192,18 @@ class Segmenter(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         shape = json.loads(Path(context.artifacts[ARCHITECTURE]).read_text())
         self.image_size = int(shape.pop("image_size"))
+        self.max_pixels = max_pixels_setting()
+        self.runtime = runtime_setting(getattr(context, "model_config", None))
+        if self.runtime == "onnx":
+            self.network = _onnx_network(context.artifacts)
+            return
         net = UNet(**shape)
         weights = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
         net.load_state_dict(weights)
         # The CPU everywhere: a GPU's kernels round differently, and predict, serving and
         # evaluate must agree on every pixel wherever they run.
         self.net = net.eval()
-        self.max_pixels = max_pixels_setting()
+        self.network = PixelNetwork(self.net).eval()
 
     def logits(self, pixels: np.ndarray) -> torch.Tensor:
         """Logits at the pixels' own size for uint8 N x H x W x 3 photos of one size.
@@ -187,7 +223,7 @@ class Segmenter(mlflow.pyfunc.PythonModel):
         """N x 1 x S x S logits of uint8 N x S x S x 3 pixels, S being image_size."""
         batch = torch.tensor(pixels).permute(0, 3, 1, 2)  # a copy: decoded photos are read-only
         with torch.inference_mode():
-            return self.net(to_model_input(batch))
+            return self.network(batch)
 
     def mask(self, photo: Image.Image, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
         """The (H, W) bool mask of an upright RGB photo: person where P(person) > threshold.
@@ -215,6 +251,18 @@ class Segmenter(mlflow.pyfunc.PythonModel):
             png = encode_png(np.multiply(mask, np.uint8(255)))
             masks.append(base64.b64encode(png).decode("ascii"))
         return pd.DataFrame({OUTPUT_COLUMN: masks})
+
+
+def _onnx_network(artifacts: dict[str, str]) -> OnnxNetwork:
+    """ONNX Runtime on the model's export; imported here, so runtime torch never needs it."""
+    from pipeline.serving.onnx_runtime import OnnxNetwork
+
+    if ONNX not in artifacts:
+        raise MissingOnnxExport(
+            "it was logged before train exported one; serve it with runtime torch, or write a "
+            ".onnx file for ONNX Runtime with `python -m pipeline export --model_uri <its URI>`"
+        )
+    return OnnxNetwork(Path(artifacts[ONNX]))
 
 
 def _photo(row: int, value: Any, max_pixels: int) -> Image.Image:

@@ -1,4 +1,9 @@
-"""The trained network as an MLflow model: logged as the Segmenter pyfunc, loaded from any URI."""
+"""The trained network as an MLflow model: logged as the Segmenter pyfunc, loaded from any URI.
+
+The network's ONNX export is an artifact of the same logged model (`artifacts/unet.onnx`), not
+a second model: one URI, one registry version and one set of metrics cover both, and the
+Segmenter's runtime onnx finds the file where it finds the weights.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from mlflow.models.model import ModelInfo
 from PIL import Image
 
 from pipeline.errors import PipelineError
+from pipeline.export.onnx_export import export_onnx
 from pipeline.model.unet import UNet
 from pipeline.serving.images import encode_png
 from pipeline.serving.segmenter import (
@@ -24,15 +30,20 @@ from pipeline.serving.segmenter import (
     DEFAULT_THRESHOLD,
     INPUT_COLUMN,
     MODEL_CODE,
+    ONNX,
+    RUNTIME,
+    RUNTIMES,
     SIGNATURE,
     THRESHOLD,
     WEIGHTS,
+    MissingOnnxExport,
     Segmenter,
 )
 from pipeline.tracking.code_version import PACKAGE_ROOT
 
 MODEL_NAME = "model"
 MODEL_URI_TAG = "unet_person.model_uri"
+ONNX_FILE = "unet.onnx"
 EXAMPLE_SIDE = 64
 
 
@@ -41,13 +52,14 @@ def _requirements() -> list[str]:
     return [
         f"mlflow=={mlflow.__version__}",
         f"torch=={torch.__version__.split('+')[0]}",
-        *(f"{name}=={version(name)}" for name in ("numpy", "pandas", "pillow")),
+        *(f"{name}=={version(name)}" for name in ("numpy", "pandas", "pillow", "onnxruntime")),
     ]
 
 
 def log_segmentation_model(net: UNet, image_size: int, example: np.ndarray) -> ModelInfo:
-    """Log `net` into the active run as the Segmenter pyfunc, with `example` (an H x W x 3 uint8
-    photo, shrunk to EXAMPLE_SIDE) as the input example the MLflow UI shows."""
+    """Log `net` into the active run as the Segmenter pyfunc, with its ONNX export and with
+    `example` (an H x W x 3 uint8 photo, shrunk to EXAMPLE_SIDE) as the input example the MLflow
+    UI shows."""
     shrunk = Image.fromarray(example).resize((EXAMPLE_SIDE,) * 2, Image.Resampling.BILINEAR)
     example_input = pd.DataFrame(
         {INPUT_COLUMN: [base64.b64encode(encode_png(np.asarray(shrunk))).decode("ascii")]}
@@ -57,36 +69,60 @@ def log_segmentation_model(net: UNet, image_size: int, example: np.ndarray) -> M
         torch.save(net.cpu().state_dict(), weights)
         architecture = Path(scratch) / "unet.json"
         architecture.write_text(json.dumps({**net.architecture(), "image_size": image_size}))
+        onnx_file = export_onnx(net, image_size, Path(scratch) / ONNX_FILE)
+        artifacts = {WEIGHTS: weights, ARCHITECTURE: architecture, ONNX: onnx_file}
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(MODEL_CODE),
-            artifacts={WEIGHTS: str(weights), ARCHITECTURE: str(architecture)},
+            artifacts={key: str(path) for key, path in artifacts.items()},
             code_paths=[str(PACKAGE_ROOT)],
             signature=SIGNATURE,
             input_example=(example_input, {THRESHOLD: DEFAULT_THRESHOLD}),
             pip_requirements=_requirements(),
+            # Declared so that a loader's model_config reaches the Segmenter at all; empty
+            # leaves the choice to UNET_PERSON_RUNTIME, so `mlflow models serve` can make it.
+            model_config={RUNTIME: ""},
         )
     mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     return info
 
 
-def load_predictor(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
-    """Any MLflow model URI as a pyfunc; a bad URI becomes a message that says where to look."""
+def load_predictor(model_uri: str, runtime: str = RUNTIMES[0]) -> mlflow.pyfunc.PyFuncModel:
+    """Any MLflow model URI as a pyfunc whose network runs in `runtime` (torch or onnx); a bad
+    URI becomes a message that says where to look."""
     try:
-        return mlflow.pyfunc.load_model(model_uri)
+        predictor = mlflow.pyfunc.load_model(model_uri, model_config={RUNTIME: runtime})
+    except MissingOnnxExport:
+        raise _no_export(model_uri, runtime, "its artifacts hold no ONNX file") from None
     except (MlflowException, OSError) as error:
         raise PipelineError(
             f"cannot load model_uri={model_uri} ({error}); use runs:/<run_id>/model, "
             "models:/<model_id> or models:/<name>@<alias> as shown in the MLflow UI"
         ) from error
+    # A model logged before the runtime choice existed ignores model_config: torch, silently.
+    if getattr(_python_model(predictor), "runtime", RUNTIMES[0]) != runtime:
+        raise _no_export(model_uri, runtime, "it was logged before train exported one")
+    return predictor
+
+
+def _no_export(model_uri: str, runtime: str, reason: str) -> PipelineError:
+    return PipelineError(
+        f"runtime={runtime} needs the model's ONNX export, and model_uri={model_uri} has none "
+        f"({reason}): use --runtime torch, or write a .onnx file for ONNX Runtime with "
+        f"`python -m pipeline export --model_uri {model_uri}`"
+    )
+
+
+def _python_model(predictor: mlflow.pyfunc.PyFuncModel) -> object | None:
+    try:
+        return predictor.unwrap_python_model()
+    except MlflowException:
+        return None
 
 
 def segmenter_of(predictor: mlflow.pyfunc.PyFuncModel, model_uri: str) -> Segmenter:
     """The Segmenter inside a loaded model, for scoring whole arrays of photos at once."""
-    try:
-        model = predictor.unwrap_python_model()
-    except MlflowException:
-        model = None
+    model = _python_model(predictor)
     if not isinstance(model, Segmenter):
         raise PipelineError(
             f"model_uri={model_uri} is not a segmentation model logged by this pipeline's train "

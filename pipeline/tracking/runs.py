@@ -27,6 +27,7 @@ from pipeline.console import quiet_libraries
 from pipeline.errors import PipelineError, first_line
 from pipeline.params import as_text, convert, parse
 from pipeline.tracking.code_version import code_digest
+from pipeline.tracking.concurrent_writes import write_despite_races
 from pipeline.tracking.journal import is_lasting_refusal
 from pipeline.tracking.lease import close_abandoned_runs, lease
 
@@ -126,8 +127,18 @@ def wait_for_server(waiting: str) -> None:
 def mark_as_model_training(client: MlflowClient, experiment_id: str) -> None:
     """Have the UI open the experiment in its "Model training" view; a kind someone chose for
     the experiment is left as it is."""
-    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+    def kind_is_set() -> bool:
+        return EXPERIMENT_KIND_TAG in client.get_experiment(experiment_id).tags
+
+    if not kind_is_set():  # several steps may start at once on a fresh experiment
+        write_despite_races(
+            f"tag experiment {experiment_id} with {EXPERIMENT_KIND_TAG}",
+            lambda: client.set_experiment_tag(
+                experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+            ),
+            settled=kind_is_set,
+        )
 
 
 def log_params_once(params) -> None:

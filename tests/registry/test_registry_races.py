@@ -20,6 +20,7 @@ from pipeline.entrypoints import promote
 from pipeline.errors import PipelineError
 from pipeline.registry import versions
 from pipeline.registry.versions import register_once, set_alias, set_version_tags
+from pipeline.tracking import concurrent_writes
 from pipeline.tracking.runs import ENTRY_POINT_TAG, ERROR_TAG
 from tests.segmenters import constant_net, log_model, split_cache
 
@@ -34,7 +35,7 @@ def model_id() -> str:
 
 @pytest.fixture
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(versions, "WRITE_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(concurrent_writes, "WRITE_RETRY_SECONDS", 0.0)
 
 
 def live_versions() -> list[str]:

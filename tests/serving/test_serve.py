@@ -18,12 +18,11 @@ import mlflow
 import numpy as np
 import pytest
 import requests
-from mlflow.tracking import MlflowClient
 
 from pipeline.entrypoints import predict
 from pipeline.serving.images import decode_mask
-from tests.conftest import free_port, isolated_environment
-from tests.segmenters import blank_png, log_model, photo_file, varied_net
+from tests.conftest import free_port
+from tests.segmenters import blank_png, champion_store, photo_file, varied_net
 
 pytestmark = pytest.mark.e2e
 
@@ -62,11 +61,7 @@ def served_masks(response: requests.Response) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("serve")
-    env = isolated_environment(folder)
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    mlflow.set_experiment("unet-person")
-    version = mlflow.register_model(log_model(varied_net()), "unet-person")
-    MlflowClient().set_registered_model_alias("unet-person", "champion", version.version)
+    env = champion_store(folder, varied_net())
     port = free_port()
     log = folder / "serve.log"
     process = subprocess.Popen(

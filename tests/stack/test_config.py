@@ -309,6 +309,7 @@ EXPECTED_DEPENDENCIES = {
     },
     "trainer": {"mlflow": HEALTHY},
     "trainer-cpu": {"mlflow": HEALTHY},
+    "demo": {"mlflow": HEALTHY},
 }
 
 
@@ -568,6 +569,20 @@ def trainer_runs_the_pipeline(svc: dict) -> None:
     mounts = dict(reversed(volume.split(":")[:2]) for volume in svc["volumes"])
     assert mounts == {f"{WORKDIR}/data": "./data", f"{WORKDIR}/checkpoints": "./checkpoints"}
     assert svc["build"]["dockerfile"] == "docker/Dockerfile"
+
+
+def test_demo_serves_the_champion_from_the_stack_on_loopback() -> None:
+    svc, trainer = service("demo"), service("trainer")
+    assert svc.get("profiles"), "the demo is no part of `docker compose up`"
+    assert svc["image"] == trainer["image"] and svc["build"] == trainer["build"]
+    env = environment(svc)
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(env)
+    command = svc["command"]
+    assert command[:4] == ["python", "-m", "pipeline", "demo"]
+    port = command[command.index("--port") + 1]
+    assert command[command.index("--host") + 1] == "0.0.0.0", "else unreachable from the host"
+    assert published_ports(svc) == [("127.0.0.1", sample_env()["DEMO_PORT"], port)]
 
 
 def test_trainer_image_is_the_mlproject_image_of_this_version() -> None:

@@ -6,6 +6,8 @@ import importlib
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -21,6 +23,7 @@ from pipeline.tracking.runs import (
     ENTRY_POINT_TAG,
     ERROR_TAG,
     configure_tracking,
+    mark_as_model_training,
     run_entry_point,
     step_run,
 )
@@ -47,6 +50,25 @@ def test_an_experiment_kind_chosen_by_someone_is_kept(monkeypatch) -> None:
         pass
     tags = MlflowClient().get_experiment(experiment_id).tags
     assert tags["mlflow.experimentKind"] == "finetuning"
+
+
+def test_steps_starting_at_once_on_a_fresh_experiment_all_tag_its_kind() -> None:
+    """Four steps (concurrent promotes, say) find the kind missing and all write it: on SQLite
+    one in three such rounds had a step fail on the tag's primary key before the retry."""
+    client = MlflowClient()
+    for round_ in range(10):
+        experiment_id = client.create_experiment(f"fresh-{round_}")
+        all_checked = threading.Barrier(4)
+
+        def mark(experiment_id: str = experiment_id, barrier=all_checked) -> None:
+            barrier.wait(timeout=30)
+            mark_as_model_training(MlflowClient(), experiment_id)
+
+        with ThreadPoolExecutor(4) as pool:
+            for started in [pool.submit(mark) for _ in range(4)]:
+                started.result()  # raises what the step would have died of
+        tags = client.get_experiment(experiment_id).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_experiment_name_from_the_environment(monkeypatch) -> None:
