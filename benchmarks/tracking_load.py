@@ -267,9 +267,50 @@ def admin_sql(sql: str) -> None:
         connection.close()
 
 
+# Run beside the owner, in a session of its own: when the owner dies without stopping the process
+# group it started (kill -9 of a test run), end the group; when the group ends first, end too.
+# Argv: owner pid, process group id.
+GROUP_WATCHDOG = """
+import os, signal, sys, time
+owner, group = int(sys.argv[1]), int(sys.argv[2])
+def alive(kill):
+    try:
+        kill(0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+def group_alive():
+    return alive(lambda s: os.killpg(group, s))
+while group_alive() and alive(lambda s: os.kill(owner, s)):
+    time.sleep(1)
+if group_alive():
+    os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while group_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if group_alive():
+        os.killpg(group, signal.SIGKILL)
+"""
+
+
+def end_with_this_process(group: int) -> subprocess.Popen:
+    """Have process group `group` ended when this process dies, however it dies, so that no
+    server outlives a killed test run or benchmark; returns the watchdog."""
+    return subprocess.Popen(
+        [sys.executable, "-c", GROUP_WATCHDOG, str(os.getpid()), str(group)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def serve_script(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    """`docker/mlflow-server.sh serve` with `env`, in its own process group, once it answers
-    /health: the process and its URL. The stack tests start their servers this way too."""
+    """`docker/mlflow-server.sh serve` with `env`, in its own process group (ended with this
+    process), once it answers /health: the process and its URL. The stack tests start their
+    servers this way too."""
     server = subprocess.Popen(
         ["sh", str(SERVER_SCRIPT), "serve"],
         env=env,
@@ -277,6 +318,7 @@ def serve_script(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    end_with_this_process(server.pid)
     url = f"http://127.0.0.1:{env['MLFLOW_PORT']}"
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while True:
