@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,22 +25,6 @@ from benchmarks.tracking_load import SERVER_SCRIPT, admin_sql, postgres_settings
 from pipeline.orchestration.project import project_dir, step_command
 from tests.conftest import free_port, isolated_environment
 
-
-class _CurrentSettings(Mapping[str, object]):
-    """postgres_settings() as of each use: pytest imports this module (tests/stack/conftest.py)
-    before the session points PG* at its embedded cluster when given a path under tests/stack."""
-
-    def __getitem__(self, key: str) -> object:
-        return postgres_settings()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(postgres_settings())
-
-    def __len__(self) -> int:
-        return len(postgres_settings())
-
-
-POSTGRES: Mapping[str, object] = _CurrentSettings()
 S3_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "test-access-key",
     "AWS_SECRET_ACCESS_KEY": "test-secret-key",
@@ -62,11 +46,12 @@ class Database:
     @property
     def uri(self) -> str:
         """The server's URI: as the owner, with no password in it (libpq reads PGPASSWORD)."""
-        user = self.owner.name if self.owner else POSTGRES["user"]
-        return f"postgresql+psycopg2://{user}@{POSTGRES['host']}:{POSTGRES['port']}/{self.name}"
+        server = postgres_settings()  # read at each use: the session may set PG* after import
+        user = self.owner.name if self.owner else server["user"]
+        return f"postgresql+psycopg2://{user}@{server['host']}:{server['port']}/{self.name}"
 
     def query(self, sql: str, *args) -> list[tuple]:
-        connection = psycopg2.connect(dbname=self.name, **POSTGRES)
+        connection = psycopg2.connect(dbname=self.name, **postgres_settings())
         try:
             with connection.cursor() as cursor:
                 cursor.execute(sql, args)

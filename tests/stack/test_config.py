@@ -36,7 +36,7 @@ from mlflow.projects.utils import MLFLOW_DOCKER_WORKDIR_PATH
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tests.stack.stack import POSTGRES
+from benchmarks.tracking_load import postgres_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
@@ -1581,7 +1581,8 @@ def test_compose_v2_stops_naming_a_missing_credential(tmp_path: Path) -> None:
 
 
 def psql(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    server = ("-h", POSTGRES["host"], "-p", str(POSTGRES["port"]), "-U", POSTGRES["user"])
+    settings = postgres_settings()
+    server = ("-h", settings["host"], "-p", str(settings["port"]), "-U", settings["user"])
     return subprocess.run(
         ["psql", *server, *args],
         env={**os.environ, **(env or {})},
@@ -1595,10 +1596,11 @@ def test_postgres_init_script_creates_the_auth_database_once() -> None:
     # The suite's PostgreSQL: PGHOST's, or the session's embedded cluster (tests/conftest.py).
     assert psql("-d", "postgres", "-Atc", "select 1").returncode == 0, "PostgreSQL is not running"
     name = f"unet_person_auth_{uuid.uuid4().hex[:8]}"
+    settings = postgres_settings()
     env = {
-        "PGHOST": POSTGRES["host"],
-        "PGPORT": str(POSTGRES["port"]),
-        "POSTGRES_USER": POSTGRES["user"],
+        "PGHOST": settings["host"],
+        "PGPORT": str(settings["port"]),
+        "POSTGRES_USER": settings["user"],
         "POSTGRES_DB": "postgres",
         "MLFLOW_AUTH_DB": name,
     }

@@ -24,11 +24,10 @@ import requests
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from benchmarks.tracking_load import PARAMS, Load, run_load
+from benchmarks.tracking_load import PARAMS, Load, postgres_settings, run_load
 from tests.conftest import free_port
 from tests.segmenters import constant_net, log_model
 from tests.stack.stack import (
-    POSTGRES,
     S3_CREDENTIALS,
     SERVER_SCRIPT,
     Database,
@@ -304,7 +303,7 @@ def test_tracking_server_under_load_loses_no_row(server: Server, database: Datab
     """benchmarks/tracking_load.py, smaller: 8 training clients and a UI-like reader at once,
     without retries. No client sees an error, and every row is in PostgreSQL."""
     load = Load(clients=8, steps=25, metrics=3)
-    figures = run_load(server.url, {"dbname": database.name, **POSTGRES}, load)
+    figures = run_load(server.url, {"dbname": database.name, **postgres_settings()}, load)
     assert figures["errors"] == 0, figures["error_samples"]
     assert figures["metric_rows"] == {"sent": 8 * 25 * 3, "stored": 8 * 25 * 3, "lost": 0}
     rows = figures["rows"]
