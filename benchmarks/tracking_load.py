@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from benchmarks.embedded_postgres import embedded_postgres
+from benchmarks.measure import end_with_this_process, free_port
 
 TITLE = "Tracking server under load"
 SERVER_START_TIMEOUT_S = 180
@@ -250,12 +250,6 @@ def postgres_settings() -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def admin_sql(sql: str) -> None:
     """One statement as the machine's PostgreSQL superuser, outside any transaction."""
     connection = psycopg2.connect(dbname="postgres", **postgres_settings())
@@ -265,46 +259,6 @@ def admin_sql(sql: str) -> None:
             cursor.execute(sql)
     finally:
         connection.close()
-
-
-# Run beside the owner, in a session of its own: when the owner dies without stopping the process
-# group it started (kill -9 of a test run), end the group; when the group ends first, end too.
-# Argv: owner pid, process group id.
-GROUP_WATCHDOG = """
-import os, signal, sys, time
-owner, group = int(sys.argv[1]), int(sys.argv[2])
-def alive(kill):
-    try:
-        kill(0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-def group_alive():
-    return alive(lambda s: os.killpg(group, s))
-while group_alive() and alive(lambda s: os.kill(owner, s)):
-    time.sleep(1)
-if group_alive():
-    os.killpg(group, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while group_alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if group_alive():
-        os.killpg(group, signal.SIGKILL)
-"""
-
-
-def end_with_this_process(group: int) -> subprocess.Popen:
-    """Have process group `group` ended when this process dies, however it dies, so that no
-    server outlives a killed test run or benchmark; returns the watchdog."""
-    return subprocess.Popen(
-        [sys.executable, "-c", GROUP_WATCHDOG, str(os.getpid()), str(group)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
 
 
 def serve_script(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
@@ -343,7 +297,7 @@ def stack(workers: int) -> Iterator[tuple[str, dict]]:
 
     name = f"unet_person_load_{uuid.uuid4().hex[:8]}"
     admin_sql(f'CREATE DATABASE "{name}"')
-    s3_port, port = _free_port(), _free_port()
+    s3_port, port = free_port(), free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port)
     moto.start()
     endpoint = f"http://127.0.0.1:{s3_port}"

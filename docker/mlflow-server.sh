@@ -12,6 +12,7 @@
 #   MLFLOW_ARTIFACTS_DESTINATION  s3://bucket/prefix (required for serve)
 #   MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   the S3 API (MinIO)
 #   MLFLOW_HOST (0.0.0.0), MLFLOW_PORT (5000), MLFLOW_WORKERS (2)
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION (false: no GenAI job runner, which nothing here uses)
 #   MLFLOW_EXPOSED_ON             where others reach the server (default MLFLOW_HOST); compose
 #                                 sets the host address it publishes the port on. Anything but
 #                                 loopback needs MLFLOW_AUTH=true.
@@ -103,6 +104,10 @@ INI
         export MLFLOW_AUTH_CONFIG_PATH="$config"
         set -- "$@" --app-name basic-auth
     fi
+    # MLflow 3.17 starts a job runner and seven worker processes for its GenAI jobs, which
+    # burn ~20 s of CPU at start and then keep polling; no part of this pipeline uses them.
+    # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true turns them back on.
+    export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
     exec mlflow "$@"
     ;;
 *)

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import inspect
 import re
+import shlex
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,16 @@ PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 MAX_TIME = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
 DEVICES = re.compile(r"^(auto|-1|\d+|\d+(,\d+)*,?)$")
+# Lightning's launchers that start one process per device and keep the trainer in it. ddp_spawn
+# and ddp_fork are left out: spawn pickles the trainer with its MLflow journal, and fork breaks
+# CUDA and MLflow's threads.
+STRATEGIES = ("auto", "ddp")
+AUTO = "auto"
+# torch.compile's modes (all with the inductor backend); aot_eager traces the network, forward
+# and backward, as inductor does but runs the traced graphs as they are: no compiler needed,
+# for checking on any machine that the network compiles.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("aot_eager",)
 
 
 def check_runtime(params: Any) -> None:
@@ -90,6 +101,15 @@ def check_runtime(params: Any) -> None:
             f"parameter devices={params.devices!r} is not auto, a count (1, or -1 for all) or a "
             "list of device indices like 0,1"
         )
+    if params.strategy not in STRATEGIES:
+        raise PipelineError(
+            f"parameter strategy={params.strategy!r} is not one of {', '.join(STRATEGIES)}"
+        )
+    if params.num_nodes < 1:
+        raise PipelineError(f"parameter num_nodes={params.num_nodes} must be at least 1")
+    for name in ("channels_last", "cudnn_benchmark"):
+        resolve_switch(name, getattr(params, name), auto=False)
+    compile_options(params.compile)
     if params.max_time and not MAX_TIME.match(params.max_time):
         raise PipelineError(
             f"parameter max_time={params.max_time!r} is not DD:HH:MM:SS (e.g. 00:12:00:00 for 12 "
@@ -107,7 +127,12 @@ class TrainingParams:
         metadata=_help("paper (the reference exactly) or default; the settings below override it"),
     )
     max_epochs: int | None = field(default=None, metadata=_help("upper bound on epochs"))
-    batch_size: int | None = field(default=None, metadata=_help("images per step"))
+    batch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "images per step on each device; the global batch is batch_size x devices x num_nodes"
+        ),
+    )
     lr: float | None = field(default=None, metadata=_help("peak learning rate"))
     weight_decay: float | None = field(default=None, metadata=_help("optimizer weight decay"))
     optimizer: str | None = field(default=None, metadata=_help("adam or adamw"))
@@ -142,7 +167,45 @@ class RuntimeParams:
         default="auto", metadata=_help("32-true, 16-mixed, bf16-mixed or auto (best the card has)")
     )
     accelerator: str = field(default="auto", metadata=_help("auto, cpu, gpu, ..."))
-    devices: str = field(default="auto", metadata=_help("auto, a count, or a list like 0,1"))
+    devices: str = field(
+        default="auto",
+        metadata=_help(
+            "devices per node, one process each: auto (all GPUs, else 1), a count, or a list "
+            "like 0,1"
+        ),
+    )
+    num_nodes: int = field(
+        default=1,
+        metadata=_help(
+            "machines of a distributed fit; each starts the same command (torchrun, srun); "
+            "checkpoint_dir must be on storage all of them see"
+        ),
+    )
+    strategy: str = field(
+        default="auto",
+        metadata=_help(
+            "auto (DDP when there are several devices) or ddp: one process per device, only the "
+            "first logs to MLflow; the global batch is batch_size x devices x num_nodes"
+        ),
+    )
+    channels_last: str = field(
+        default=AUTO,
+        metadata=_help("auto (on for CUDA), true or false: NHWC layout, faster on tensor cores"),
+    )
+    compile: str = field(
+        default="false",
+        metadata=_help(
+            "torch.compile the U-Net: false, true (mode default), a mode (reduce-overhead, "
+            "max-autotune, max-autotune-no-cudagraphs) or aot_eager (traced, not compiled)"
+        ),
+    )
+    cudnn_benchmark: str = field(
+        default=AUTO,
+        metadata=_help(
+            "auto (on for CUDA: image sizes are fixed), true or false: cuDNN times its "
+            "algorithms first and keeps the fastest"
+        ),
+    )
     num_workers: int = field(default=-1, metadata=_help("data loader workers; -1 = automatic"))
     max_time: str = field(
         default="", metadata=_help("wall-clock budget DD:HH:MM:SS; empty = no limit")
@@ -297,7 +360,9 @@ class AblateParams(DataSourceParams, RuntimeParams):
     patience: int | None = field(
         default=None, metadata=_help("early-stopping patience of every variant")
     )
-    batch_size: int | None = field(default=None, metadata=_help("batch size of every variant"))
+    batch_size: int | None = field(
+        default=None, metadata=_help("batch size of every variant, per device")
+    )
     base_channels: int | None = field(
         default=None, metadata=_help("baseline width; width variants halve and double it")
     )
@@ -316,6 +381,33 @@ def parse_bool(name: str, text: str) -> bool:
     if lowered in FALSE_WORDS:
         return False
     raise PipelineError(f"parameter {name}={text!r} is not a boolean: use true or false")
+
+
+def resolve_switch(name: str, text: str, auto: bool) -> bool:
+    """An auto/true/false parameter's value, `auto` standing for what suits this machine."""
+    if str(text).strip().lower() == AUTO:
+        return auto
+    try:
+        return parse_bool(name, text)
+    except PipelineError:
+        raise PipelineError(f"parameter {name}={text!r} is not auto, true or false") from None
+
+
+def compile_options(text: str) -> dict[str, str] | None:
+    """torch.compile's backend and mode for the `compile` parameter; None to run eagerly."""
+    value = str(text).strip().lower()
+    if value in FALSE_WORDS:
+        return None
+    if value in TRUE_WORDS:
+        return {"backend": "inductor", "mode": "default"}
+    if value in COMPILE_BACKENDS:
+        return {"backend": value}
+    if value in COMPILE_MODES:
+        return {"backend": "inductor", "mode": value}
+    raise PipelineError(
+        f"parameter compile={text!r} is not false, true, a torch.compile mode "
+        f"({', '.join(COMPILE_MODES)}) or {', '.join(COMPILE_BACKENDS)}"
+    )
 
 
 def convert(params_class: type, name: str, text: Any) -> Any:
@@ -360,7 +452,23 @@ def parse(params_class: type, argv: list[str] | None = None, prog: str | None = 
             help=f"{spec.metadata.get('help', '')} ({shown})",
         )
     raw = vars(parser.parse_args(argv))
-    return params_class(**{name: convert(params_class, name, text) for name, text in raw.items()})
+    # MLflow's Kubernetes backend runs the command without a shell, each word still quoted for
+    # one (mlflow/projects/kubernetes.py, _get_run_command): `''` for an empty value.
+    return params_class(
+        **{name: convert(params_class, name, shell_unquoted(text)) for name, text in raw.items()}
+    )
+
+
+def shell_unquoted(text: str) -> str:
+    """A param as the step got it: `mlflow run` logs each value quoted for the shell, as it
+    puts it in the command (`''` for an empty value, `'my photos'`); values that need no
+    quotes, and everything the steps log themselves, come back as they are."""
+    try:
+        words = shlex.split(text)
+    except ValueError:  # an unbalanced quote: not MLflow's quoting
+        return text
+    value = words[0] if len(words) == 1 else ""
+    return value if len(words) <= 1 and shlex.quote(value) == text else text
 
 
 def as_text(params) -> dict[str, str]:

@@ -22,6 +22,7 @@ from pipeline.params import (
     PredictParams,
     PreprocessParams,
     PromoteParams,
+    RuntimeParams,
     TrainParams,
     convert,
 )
@@ -107,9 +108,27 @@ def test_main_accepts_every_setting_train_does_and_passes_it_on() -> None:
         "optimizer": "adam", "schedule": "plateau", "loss": "bce", "augment": False,
         "base_channels": 4, "depth": 2, "batch_norm": True, "skip_connections": False,
         "upsampling": "bilinear", "patience": 9, "seed": 7, "grid_every": 2,
-        "max_time": "00:00:01:00",
+        "max_time": "00:00:01:00", **RUNTIME_CHANGED,
     }  # fmt: skip
     main = MainParams(**changed)
     step = train_params(PreparedData("cache", "digest"), main, **training_settings(main))
     passed = {name: getattr(step, name) for name in changed}
     assert passed == changed
+
+
+# Where and how each train step runs: main and ablate pass all of it on.
+RUNTIME_CHANGED = {
+    "precision": "bf16-mixed", "accelerator": "gpu", "devices": "0,1", "num_nodes": 2,
+    "strategy": "ddp", "channels_last": "false", "compile": "max-autotune",
+    "cudnn_benchmark": "false", "num_workers": 3,
+}  # fmt: skip
+
+
+def test_ablate_passes_every_runtime_setting_to_its_train_steps() -> None:
+    from pipeline.orchestration.workflow import PreparedData, train_params
+
+    runtime = {spec.name for spec in dataclasses.fields(RuntimeParams)}
+    assert set(RUNTIME_CHANGED) | {"max_time", "checkpoint_dir"} == runtime
+    ablate = AblateParams(**RUNTIME_CHANGED)
+    step = train_params(PreparedData("cache", "digest"), ablate, recipe="paper", seed=1)
+    assert {name: getattr(step, name) for name in RUNTIME_CHANGED} == RUNTIME_CHANGED

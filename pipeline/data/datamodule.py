@@ -8,11 +8,15 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.data.cache import open_split
+from pipeline.errors import PipelineError
 from pipeline.model.inputs import to_model_input
 from pipeline.training.augment import augmentation
+
+PREFETCH_BATCHES = 4
 
 
 class SplitDataset(Dataset):
@@ -47,7 +51,8 @@ class SplitDataset(Dataset):
 class PersonDataModule(L.LightningDataModule):
     """Train, val and test loaders; batches stay uint8 until they reach the device (4x less
     to copy), where they become floats and, with `augment`, training batches are augmented:
-    on the GPU when there is one, instead of in CPU workers."""
+    on the GPU when there is one, instead of in CPU workers. With `channels_last` the images
+    reach the network in NHWC layout, as its weights are then."""
 
     def __init__(
         self,
@@ -56,6 +61,7 @@ class PersonDataModule(L.LightningDataModule):
         num_workers: int,
         pin_memory: bool,
         augment: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.cache = cache
@@ -63,6 +69,7 @@ class PersonDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.augment = augment
+        self.channels_last = channels_last
         self.augmentation: Callable | None = None
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -70,6 +77,8 @@ class PersonDataModule(L.LightningDataModule):
         images, masks = to_model_input(images), masks.float()
         if self.augmentation is not None and self.trainer is not None and self.trainer.training:
             images, masks = self.augmentation(images, masks)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return images, masks
 
     def setup(self, stage: str | None = None) -> None:
@@ -77,15 +86,42 @@ class PersonDataModule(L.LightningDataModule):
         if self.augment:
             height, width = open_split(self.cache, "train")[0].shape[1:3]
             self.augmentation = augmentation((height, width))
+            ranks = self._ranks()
+            if ranks:
+                # Every rank starts from the same seed (the model's weights must agree); each
+                # then draws its own flips and crops rather than the same ones as its peers.
+                torch.manual_seed(torch.initial_seed() + ranks["rank"])
+
+    def _ranks(self) -> dict[str, int] | None:
+        """num_replicas and rank of a distributed fit, None in a single process."""
+        kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        return kwargs if kwargs and kwargs["num_replicas"] > 1 else None
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.splits[split]
+        ranks = self._ranks()
+        sampler = None
+        if ranks and not shuffle:
+            # Lightning's DistributedSampler would pad the split to a multiple of the ranks by
+            # repeating images, and pooled Dice would count them twice: each rank takes every
+            # num_replicas-th image instead, some ranks one fewer.
+            if len(dataset) < ranks["num_replicas"]:
+                raise PipelineError(
+                    f"the {split} split has {len(dataset)} images, fewer than the "
+                    f"{ranks['num_replicas']} processes of this fit, and each needs one"
+                )
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks)
         return DataLoader(
-            self.splits[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # Batches each worker keeps ready (torch's default is 2): a GPU step takes less time
+            # than a cold read from network storage, so more of them ride such reads out.
+            prefetch_factor=PREFETCH_BATCHES if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -16,12 +16,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.projects import _project_spec
 
 from pipeline.errors import PipelineError
 from pipeline.tracking.code_version import PACKAGE_ROOT
+from pipeline.tracking.lease import is_rank_zero
 
 PARENT_PID_VARIABLE = "UNET_PERSON_PARENT_PID"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -54,17 +56,25 @@ def die_with_parent() -> None:
     The kernel's signal is not SIGTERM itself because it comes once per thread of the dying
     parent, and a second SIGTERM after Lightning's handler is gone would kill the step before it
     ends its run. Elsewhere a thread watches for the parent to change.
+
+    A rank of a distributed fit that Lightning started (its parent is the first rank) holds no
+    run and writes no checkpoint, and may be blocked in a collective, where no Python signal
+    handler runs: the kernel kills it outright.
     """
     parent = os.environ.pop(PARENT_PID_VARIABLE, None)
     if parent is None:
         return
+    first = is_rank_zero()
+    stop = _stop_once if first else _kill
     if sys.platform.startswith("linux"):
-        signal.signal(PARENT_DIED_SIGNAL, _stop_once)
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, PARENT_DIED_SIGNAL)
+        if first:
+            signal.signal(PARENT_DIED_SIGNAL, _stop_once)
+        died = PARENT_DIED_SIGNAL if first else signal.SIGKILL
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, died)
     else:
-        threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
+        threading.Thread(target=_watch_parent, args=(int(parent), stop), daemon=True).start()
     if os.getppid() != int(parent):  # it died before the kernel was asked to tell
-        _stop_once()
+        stop()
 
 
 _stopping = threading.Event()
@@ -76,10 +86,14 @@ def _stop_once(*_) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _watch_parent(parent: int) -> None:
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _watch_parent(parent: int, stop: Callable[[], None]) -> None:
     while os.getppid() == parent:
         time.sleep(1)
-    _stop_once()
+    stop()
 
 
 class StepInterrupted(PipelineError):

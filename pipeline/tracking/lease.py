@@ -54,6 +54,13 @@ def is_rank_zero() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
 
 
+def rank_variables() -> str:
+    """The launcher's variables that make this process other than the first, e.g. `RANK=1`."""
+    return ", ".join(
+        f"{name}={os.environ[name]}" for name in RANK_VARIABLES if os.environ.get(name, "0") != "0"
+    )
+
+
 @contextmanager
 def lease(client: MlflowClient, run_id: str) -> Iterator[None]:
     """Hold the run's lease for the body of the `with`: its lock, and a heartbeat meanwhile."""

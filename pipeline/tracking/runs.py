@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,11 +24,11 @@ from mlflow.utils.credentials import read_mlflow_creds
 
 from pipeline.console import quiet_libraries
 from pipeline.errors import PipelineError, first_line
-from pipeline.params import as_text, convert, parse
+from pipeline.params import as_text, convert, parse, shell_unquoted
 from pipeline.tracking.code_version import code_digest
 from pipeline.tracking.concurrent_writes import write_despite_races
 from pipeline.tracking.journal import is_lasting_refusal
-from pipeline.tracking.lease import close_abandoned_runs, lease
+from pipeline.tracking.lease import close_abandoned_runs, is_rank_zero, lease, rank_variables
 
 DEFAULT_EXPERIMENT = "unet-person"
 DEFAULT_STORE = "mlflow.db"
@@ -163,18 +162,6 @@ def log_params_once(params) -> None:
     mlflow.log_params({key: value for key, value in as_text(params).items() if key not in logged})
 
 
-def shell_unquoted(text: str) -> str:
-    """A param as the step got it: `mlflow run` logs each value quoted for the shell, as it
-    puts it in the command (`''` for an empty value, `'my photos'`); values that need no
-    quotes, and everything the steps log themselves, come back as they are."""
-    try:
-        words = shlex.split(text)
-    except ValueError:  # an unbalanced quote: not MLflow's quoting
-        return text
-    value = words[0] if len(words) == 1 else ""
-    return value if len(words) <= 1 and shlex.quote(value) == text else text
-
-
 def log_settings(recipe: str, settings) -> None:
     """Tag the recipe and log every setting it resolved to as `resolved.<name>` params, so a
     run's UI row shows what trained it even where its own params said "the recipe's"."""
@@ -224,12 +211,17 @@ def run_entry_point(
     body: Callable,
     argv: list[str] | None = None,
     check: Callable | None = None,
+    other_ranks: Callable | None = None,
 ) -> int:
     """Parse and `check` the params, open the run, do the step.
 
     Bad params stop before any run opens, so a typo leaves no failed run behind. A
     PipelineError becomes one clear line and exit code 2, as does a tracking store that stays
     away longer than the MLflow client's retries.
+
+    Launchers of a distributed fit start every rank with the same command: the first does the
+    step in its run; the others do `other_ranks` instead and open, end and log nothing (a step
+    without `other_ranks` does not run distributed).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     quiet_libraries()
@@ -239,6 +231,15 @@ def run_entry_point(
         params = parse(params_class, argv, prog=f"python -m pipeline {entry_point}")
         if check is not None:
             check(params)
+        if not is_rank_zero():
+            if other_ranks is None:
+                raise PipelineError(
+                    f"{entry_point} runs in one process, but was started as another rank of "
+                    f"several ({rank_variables()}); only train runs distributed"
+                )
+            mlflow.set_tracking_uri(tracking_uri())  # to read inputs given as artifact URIs
+            other_ranks(params)
+            return 0
         with step_run(entry_point, params):
             body(params)
     except PipelineError as error:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pipeline.evaluation.figures import prediction_grid
 from pipeline.evaluation.metrics import hard_predictions
@@ -23,7 +25,9 @@ class EpochTimer(L.Callback):
         self._started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        module.log("epoch_time_s", time.perf_counter() - self._started, on_epoch=True)
+        # Across the ranks of a distributed fit, the slowest one's: the others wait for it.
+        elapsed = time.perf_counter() - self._started
+        module.log("epoch_time_s", elapsed, on_epoch=True, sync_dist=True, reduce_fx="max")
 
 
 class EpochSummary(L.Callback):
@@ -32,6 +36,8 @@ class EpochSummary(L.Callback):
     KEYS = ("train_loss_epoch", "val_loss", "val_dice", "lr", "epoch_time_s")
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
         metrics = trainer.callback_metrics
         shown = " ".join(f"{key}={float(metrics[key]):.4g}" for key in self.KEYS if key in metrics)
         log.info("epoch %d/%d %s", trainer.current_epoch + 1, trainer.max_epochs, shown)
@@ -54,7 +60,9 @@ class PredictionGrid(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         last = epoch + 1 >= trainer.max_epochs
-        if trainer.sanity_checking or not (epoch % self.every == 0 or last):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if not (epoch % self.every == 0 or last):
             return
         batch = torch.from_numpy(self.images).permute(0, 3, 1, 2).to(module.device)
         with torch.no_grad():
@@ -63,3 +71,35 @@ class PredictionGrid(L.Callback):
         trainer.logger.log_image(
             grid, key="val_predictions", step=epoch, position=trainer.global_step
         )
+
+
+class StopTogether(L.Callback):
+    """SIGTERM (`docker stop`, a stopped `main`, a preempting scheduler) stops every rank of a
+    distributed fit after the same training step: the signal only sets a flag, and after each
+    training batch the ranks agree whether any of them got one. A single process stops the same
+    way, after the batch at hand.
+
+    Lightning 2.6's own handler broadcasts from inside the signal handler, which can meet the
+    broadcast each rank makes before every step and leave both ranks waiting for ever (seen with
+    two CPU ranks; Lightning issue 20806).
+    """
+
+    def __init__(self) -> None:
+        self.signalled = False
+
+    def on_sanity_check_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._take_over()
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._take_over()
+
+    def _take_over(self) -> None:
+        """Replace Lightning's handler, which it installs as the fit starts."""
+        signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum: int, frame) -> None:
+        self.signalled = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *_) -> None:
+        if trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+            raise SIGTERMException

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
+from torchmetrics import MeanMetric
 
 from pipeline.evaluation.metrics import hard_predictions, segmentation_metrics
 from pipeline.model.unet import UNet
@@ -46,8 +47,13 @@ class SegmentationModule(L.LightningModule):
             upsampling=upsampling,
         )
         self.loss = segmentation_loss(loss)
+        # Metrics keep sums (pixel counts, weighted losses) that a distributed fit adds up over
+        # its ranks at the end of each epoch: every epoch figure is exact over the whole split,
+        # not an average of the ranks' own.
         self.train_metrics = segmentation_metrics("train_")
         self.val_metrics = segmentation_metrics("val_")
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -61,7 +67,8 @@ class SegmentationModule(L.LightningModule):
         loss, logits, masks = self._shared_step(batch)
         self.train_metrics.update(hard_predictions(logits), masks.to(torch.uint8))
         batch_size = len(masks)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.train_loss(loss.detach(), weight=batch_size)  # the step's value, and the epoch's sum
+        self.log("train_loss", self.train_loss, on_step=True, on_epoch=True, batch_size=batch_size)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
 
@@ -69,7 +76,8 @@ class SegmentationModule(L.LightningModule):
         loss, logits, masks = self._shared_step(batch)
         self.val_metrics.update(hard_predictions(logits), masks.to(torch.uint8))
         batch_size = len(masks)
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.val_loss.update(loss, weight=batch_size)
+        self.log("val_loss", self.val_loss, on_epoch=True, prog_bar=True, batch_size=batch_size)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True, batch_size=batch_size)
 
     def configure_optimizers(self):

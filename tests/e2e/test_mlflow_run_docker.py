@@ -158,7 +158,12 @@ def tracking_server(folder: Path) -> Iterator[str]:
             *("--host", "127.0.0.1", "--port", uri.rsplit(":", 1)[1], "--workers", "1"),
         ],
         cwd=folder,
-        env={"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(folder)},
+        # Without MLflow's GenAI job runner, as docker/mlflow-server.sh starts the stack's.
+        env={
+            "PATH": f"{BIN}:/usr/bin:/bin",
+            "HOME": str(folder),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )

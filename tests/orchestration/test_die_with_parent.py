@@ -57,3 +57,42 @@ def test_a_killed_parent_stops_its_step_with_one_sigterm(tmp_path: Path) -> None
     while not report.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert report.read_text() == "1"
+
+
+# A rank Lightning started, stuck where no Python handler runs: only the kernel can end it.
+RANK = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pipeline.orchestration.project import die_with_parent
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
+    open(sys.argv[1], "w").write(str(os.getpid()))
+    time.sleep(600)
+    """
+)
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie that only its new parent's reaping would remove."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_killed_first_rank_kills_the_ranks_it_started(tmp_path: Path) -> None:
+    report = tmp_path / "pid"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, RANK, str(report)],
+        cwd=os.getcwd(),
+        env={**os.environ, "LOCAL_RANK": "1"},
+    )
+    deadline = time.monotonic() + 60
+    while not (report.exists() and report.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rank = int(report.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    while not ended(rank) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ended(rank)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data import layout
 from pipeline.data.cache import SPLITS, array_writer, split_paths
 
 SIDE = 16
@@ -24,8 +25,11 @@ def _easy_pair(rng: np.random.Generator, side: int) -> tuple[np.ndarray, np.ndar
     return image.astype(np.uint8), mask
 
 
-def write_cache(root: Path, seed: int = 0, side: int = SIDE) -> Path:
+def write_cache(
+    root: Path, seed: int = 0, side: int = SIDE, counts: dict[str, int] | None = None
+) -> Path:
     """A cache folder in preprocess's format: {split}_images.npy (N,H,W,3), _masks.npy (N,H,W)."""
+    counts = counts or COUNTS
     rng = np.random.default_rng(seed)
     digest = hashlib.sha256()
     for split in SPLITS:
@@ -34,8 +38,17 @@ def write_cache(root: Path, seed: int = 0, side: int = SIDE) -> Path:
             array_writer(images_path, (side, side, 3), digest) as images,
             array_writer(masks_path, (side, side), digest) as masks,
         ):
-            for _ in range(COUNTS[split]):
+            for _ in range(counts[split]):
                 image, mask = _easy_pair(rng, side)
                 images.append(image)
                 masks.append(mask)
+    return root
+
+
+def write_finished_cache(root: Path, side: int, counts: dict[str, int]) -> Path:
+    """A cache with preprocess's record too, as the train entry point takes it as data_dir."""
+    root.mkdir(parents=True, exist_ok=True)
+    write_cache(root, side=side, counts=counts)
+    record = {"digest": f"test-{side}-{sorted(counts.items())}", "image_size": side}
+    layout.write_marker(root, {**record, "splits": counts})
     return root

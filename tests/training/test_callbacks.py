@@ -46,7 +46,9 @@ def validation_pairs(count: int = 8) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([image for image, _ in pairs]), np.stack([mask for _, mask in pairs])
 
 
-def run_epochs(callback: PredictionGrid, max_epochs: int, sanity: bool = False) -> Recorder:
+def run_epochs(
+    callback: PredictionGrid, max_epochs: int, sanity: bool = False, first_rank: bool = True
+) -> Recorder:
     logger = Recorder()
     module = Bright()
     for epoch in range(max_epochs):
@@ -56,6 +58,7 @@ def run_epochs(callback: PredictionGrid, max_epochs: int, sanity: bool = False) 
             sanity_checking=sanity,
             global_step=10 * (epoch + 1),
             logger=logger,
+            is_global_zero=first_rank,
         )
         callback.on_validation_epoch_end(trainer, module)
     return logger
@@ -71,6 +74,8 @@ def test_grids_every_few_epochs_and_at_the_last() -> None:
         ("val_predictions", 7, 80),
     ]
     assert run_epochs(PredictionGrid(images, masks, every=1), 3, sanity=True).logged == []
+    # Other ranks of a distributed fit spend no time on grids only the first may log.
+    assert run_epochs(PredictionGrid(images, masks, every=1), 3, first_rank=False).logged == []
 
 
 def test_the_grid_is_the_labelled_table_of_the_validation_images() -> None:

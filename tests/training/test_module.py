@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -13,7 +14,8 @@ import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from pipeline.data.cache import split_paths
-from pipeline.data.datamodule import PersonDataModule, SplitDataset
+from pipeline.data.datamodule import PREFETCH_BATCHES, PersonDataModule, SplitDataset
+from pipeline.errors import PipelineError
 from pipeline.model.inputs import to_model_input
 from pipeline.training.module import SegmentationModule
 from tests.training.caches import COUNTS, SIDE, write_cache
@@ -250,3 +252,27 @@ def test_batches_become_floats_and_only_training_ones_are_augmented(
             seen = {bytes((image * 255).round().to(torch.uint8).numpy()) for image in images}
             untouched = seen <= raw_images[split]
             assert untouched == (split == "val" or not augment), split
+
+
+def test_loaders_keep_workers_and_batches_ready(cache: Path) -> None:
+    datamodule = PersonDataModule(cache, batch_size=2, num_workers=2, pin_memory=True)
+    datamodule.setup("fit")
+    for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
+        assert loader.persistent_workers and loader.pin_memory
+        assert loader.prefetch_factor == PREFETCH_BATCHES
+
+
+def test_distributed_validation_shows_each_image_to_one_rank_once(cache: Path) -> None:
+    """Lightning's DistributedSampler would pad 4 images over 3 ranks to 6 by repeating two."""
+    seen = []
+    for rank in range(3):
+        datamodule = PersonDataModule(cache, batch_size=1, num_workers=0, pin_memory=False)
+        datamodule.trainer = SimpleNamespace(
+            distributed_sampler_kwargs={"num_replicas": 3, "rank": rank}
+        )
+        datamodule.setup("fit")
+        seen += list(datamodule.val_dataloader().sampler)
+    assert sorted(seen) == list(range(COUNTS["val"]))
+    datamodule.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 5, "rank": 0})
+    with pytest.raises(PipelineError, match="the val split has 4 images, fewer than the 5"):
+        datamodule.val_dataloader()
