@@ -18,7 +18,7 @@ from benchmarks.measure import check_repeats, load_average, median
 from benchmarks.report import Headline
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.model.inputs import to_model_input
-from pipeline.model.unet import UNet
+from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.training.fit import GRADIENT_CLIP
 from pipeline.training.losses import segmentation_loss
 from pipeline.training.recipes import DEFAULT
@@ -104,7 +104,7 @@ class Step:
 
     def __init__(self, options: argparse.Namespace, precision: str, mode: str) -> None:
         torch.manual_seed(0)
-        net = UNet(base_channels=options.width, depth=options.depth, batch_norm=True)
+        net = UNet(NetworkConfig(base_channels=options.width, depth=options.depth, batch_norm=True))
         self.net = net.to(DEVICE, memory_format=torch.channels_last)
         self.model = torch.compile(self.net) if mode == "compile" else self.net
         self.loss = segmentation_loss(DEFAULT.loss)

@@ -20,7 +20,8 @@ from mlflow.tracking import MlflowClient
 from benchmarks.gpu import require_cuda
 from benchmarks.measure import load_average, mlflow_environment
 from benchmarks.report import Headline
-from pipeline.tracking.runs import DEFAULT_EXPERIMENT, ENTRY_POINT_TAG
+from pipeline.tracking.runs import DEFAULT_EXPERIMENT
+from pipeline.tracking.tags import ENTRY_POINT_TAG, TAG_NAMESPACE
 
 TITLE = "The pipeline's `main` on a GPU"
 NEEDS_GPU = True
@@ -109,7 +110,7 @@ def run(options: argparse.Namespace) -> dict:
         "best_val_dice": round(train.data.metrics.get("best_val_dice", float("nan")), 4),
         "test_dice": round(evaluate.data.metrics["test_dice"], 4),
         "train_tags": {
-            key: value for key, value in train.data.tags.items() if key.startswith("unet_person.")
+            key: value for key, value in train.data.tags.items() if key.startswith(TAG_NAMESPACE)
         },
         "load_average": {"before": before, "after": load_average()},
     }

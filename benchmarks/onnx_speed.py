@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from pipeline.export.onnx_export import export_onnx
-from pipeline.export.parity import check_photos
-from pipeline.model.unet import UNet
+from pipeline.model.unet import NetworkConfig, UNet
+from pipeline.serving.parity import check_photos
 from pipeline.serving.segmenter import (
     ARCHITECTURE,
     INPUT_COLUMN,
@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def write_model(folder: Path) -> dict[str, str]:
     """The Segmenter's artifacts, the ONNX export among them, as train logs them."""
     torch.manual_seed(0)
-    net = UNet(**NETWORK).eval()
+    net = UNet(NetworkConfig.from_dict(NETWORK).eval())
     artifacts = {
         WEIGHTS: folder / "unet.pt",
         ARCHITECTURE: folder / "unet.json",

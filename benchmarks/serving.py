@@ -36,8 +36,8 @@ from benchmarks.measure import (
     server,
 )
 from benchmarks.report import Headline, machine_sections
-from pipeline.export.parity import check_photos
-from pipeline.model.unet import UNet
+from pipeline.model.unet import NetworkConfig, UNet
+from pipeline.serving.parity import check_photos
 from pipeline.serving.segmenter import INPUT_COLUMN, OUTPUT_COLUMN
 from pipeline.tracking.models import load_predictor, log_segmentation_model
 
@@ -93,7 +93,7 @@ def log_model(folder: Path, width: int, image_size: int) -> tuple[str, str]:
     mlflow.set_tracking_uri(tracking_uri)
     experiment = MlflowClient().create_experiment("serving", (folder / "mlruns").as_uri())
     torch.manual_seed(0)
-    net = UNet(base_channels=width, depth=4, batch_norm=True)
+    net = UNet(NetworkConfig(base_channels=width, depth=4, batch_norm=True))
     example = check_photos(1, 64, 64)[0].transpose(1, 2, 0)
     with mlflow.start_run(experiment_id=experiment):
         return tracking_uri, log_segmentation_model(net, image_size, example).model_uri

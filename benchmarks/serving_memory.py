@@ -35,8 +35,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageOps
 
-from pipeline.model.unet import UNet
-from pipeline.serving.images import encode_png, upright_photo
+from pipeline.images import encode_png, upright_photo
+from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.serving.segmenter import (
     ARCHITECTURE,
     DEFAULT_THRESHOLD,
@@ -109,7 +109,7 @@ def write_artifacts(folder: Path) -> dict[str, str]:
     """The Segmenter's artifacts for the `default` U-Net with random weights: the network's
     cost does not depend on the photo, nor on what it learned."""
     torch.manual_seed(0)
-    net = UNet(**NETWORK)
+    net = UNet(NetworkConfig.from_dict(NETWORK))
     artifacts = {WEIGHTS: str(folder / "unet.pt"), ARCHITECTURE: str(folder / "unet.json")}
     torch.save(net.state_dict(), artifacts[WEIGHTS])
     Path(artifacts[ARCHITECTURE]).write_text(json.dumps({**NETWORK, "image_size": IMAGE_SIZE}))
@@ -185,7 +185,9 @@ def measure_served(folder: Path, side: int, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
     with mlflow.start_run(experiment_id=experiment):
         example = np.asarray(Image.open(io.BytesIO(photo_jpeg(64, 64))))
-        model_uri = log_segmentation_model(UNet(**NETWORK), IMAGE_SIZE, example).model_uri
+        model_uri = log_segmentation_model(
+            UNet(NetworkConfig.from_dict(NETWORK)), IMAGE_SIZE, example
+        ).model_uri
     with socket.socket() as probe:  # a free port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -43,6 +43,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.embedded_postgres import embedded_postgres
 from benchmarks.measure import end_with_this_process, free_port
+from pipeline.tracking.tags import RECIPE_TAG
 
 TITLE = "Tracking server under load"
 SERVER_START_TIMEOUT_S = 180
@@ -109,7 +110,7 @@ def train_like(url: str, experiment_id: str, index: int, load: Load, start_at: f
     """One training client: a run with tags and params, one log_batch per step, the end."""
     client, timings = MlflowClient(tracking_uri=url), Timings()
     _wait_until(start_at)
-    tags = {"mlflow.runName": f"client-{index}", "unet_person.recipe": "default"}
+    tags = {"mlflow.runName": f"client-{index}", RECIPE_TAG: "default"}
     run = timings.measure("create_run", client.create_run, experiment_id, tags=tags)
     if run is None:
         return timings

@@ -8,7 +8,6 @@ same fit with logging off (see EXPLANATION).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import logging
 import statistics
@@ -33,7 +32,9 @@ from benchmarks.measure import (
 from benchmarks.report import Headline, machine_sections
 from pipeline.data.cache import open_split
 from pipeline.data.datamodule import PersonDataModule
+from pipeline.model.unet import UNet
 from pipeline.params import TrainParams
+from pipeline.settings import with_settings
 from pipeline.tracking.journal import NOTHING, Journal
 from pipeline.training.callbacks import EpochTimer, PredictionGrid
 from pipeline.training.fit import EARLY_STOP_MIN_DELTA, GRADIENT_CLIP, GRID_IMAGES, JOURNAL_FOLDER
@@ -102,8 +103,8 @@ def one_fit(
     options: argparse.Namespace, cache: Path, folder: Path, journal: Journal | None
 ) -> list[float]:
     """Epoch times of one fit as fit.py runs it, with the MLflow side only given a `journal`."""
-    settings = dataclasses.replace(
-        DEFAULT, base_channels=options.width, augment=False, max_epochs=options.epochs
+    settings = with_settings(
+        DEFAULT, {"base_channels": options.width, "augment": False, "max_epochs": options.epochs}
     )
     clock = EpochClock()
     callbacks = [
@@ -154,7 +155,7 @@ def one_fit(
         **logging_parts,
     )
     L.seed_everything(42, verbose=False)
-    module = SegmentationModule(**settings.module_options())
+    module = SegmentationModule(UNet(settings.network), settings.loss, settings.optimization)
     datamodule = PersonDataModule(cache, settings.batch_size, 0, False, settings.augment)
     trainer.fit(module, datamodule=datamodule)
     return clock.seconds()[1:]

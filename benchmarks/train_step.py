@@ -9,7 +9,6 @@ SegmentationModule in a Lightning Trainer) vs a plain-PyTorch reference loop of 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +23,8 @@ from benchmarks.reference_unet import ReferenceTrainer, ReferenceUNet
 from benchmarks.report import Headline, machine_sections
 from pipeline.data.datamodule import PersonDataModule, SplitDataset
 from pipeline.model.inputs import to_model_input
+from pipeline.model.unet import UNet
+from pipeline.settings import with_settings
 from pipeline.training.fit import GRADIENT_CLIP
 from pipeline.training.module import SegmentationModule
 from pipeline.training.recipes import DEFAULT
@@ -100,8 +101,8 @@ def run(options: argparse.Namespace) -> dict:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     cache = options.workspace.cache(options.images, options.image_size)
     images = len(SplitDataset(cache, "train"))
-    settings = dataclasses.replace(
-        DEFAULT, base_channels=options.width, depth=options.depth, augment=False
+    settings = with_settings(
+        DEFAULT, {"base_channels": options.width, "depth": options.depth, "augment": False}
     )
     turns = TakingTurns(reference_epoch(options, cache))
     trainer = L.Trainer(
@@ -120,7 +121,7 @@ def run(options: argparse.Namespace) -> dict:
         default_root_dir=options.workspace.folder / "train-step",
     )
     torch.manual_seed(0)
-    module = SegmentationModule(**settings.module_options())
+    module = SegmentationModule(UNet(settings.network), settings.loss, settings.optimization)
     datamodule = PersonDataModule(cache, settings.batch_size, 0, False, settings.augment)
     before = load_average()
     trainer.fit(module, datamodule=datamodule)

@@ -7,7 +7,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from pipeline.orchestration.project import die_with_parent
+from pipeline.processes import die_with_parent
 
 ENTRY_POINTS = (
     "download",

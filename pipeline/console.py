@@ -11,6 +11,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+# The project's logger: what a step reports, as one line each.
+log = logging.getLogger("unet_person")
+
 # Warnings that are noise for a person running the pipeline, each with why.
 SILENCED_WARNINGS = (
     # Lightning 2.6's own pytree helper uses a torch API that torch 2.13 deprecates.

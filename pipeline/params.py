@@ -1,6 +1,9 @@
-"""Typed parameters of every entry point: one dataclass per step, parsed from the command line.
+"""Typed parameters of every entry point: one dataclass per step, parsed from the command line
+and checked there, so a bad value stops before any MLflow run exists.
 
-The MLproject declares the same names and defaults (a test keeps the two in step); these
+Training's parameters are derived from the configs that declare them (`Recipe`,
+`RuntimeConfig`; pipeline/settings.py); the others are declared here or, for promote, with its
+step. The MLproject declares the same names and defaults (a test keeps the two in step); these
 classes add the types, so values compare as numbers, not as the strings MLflow stores.
 """
 
@@ -9,19 +12,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import re
 import shlex
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.data.download import source_kind
+from pipeline.data.preprocess import check_settings as check_preprocess
 from pipeline.errors import PipelineError
-from pipeline.export import DEFAULT_OPSET
-from pipeline.serving.images import DEFAULT_MAX_PIXELS
+from pipeline.export import DEFAULT_OPSET, check_opset
+from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.registry.promote import PromoteParams, check_promotion
+from pipeline.serving.segmenter import RUNTIMES
+from pipeline.settings import declared, parameter_fields, parse_bool
+from pipeline.study.variants import PlannedVariant, parse_seeds, plan_variants
+from pipeline.training.recipes import Recipe, recipe_overrides, resolve_recipe
+from pipeline.training.runtime import RuntimeConfig
 
 KAGGLE_SOURCE = "tapakah68/supervisely-filtered-segmentation-person-dataset"
-TRUE_WORDS = {"true", "1", "yes", "on"}
-FALSE_WORDS = {"false", "0", "no", "off"}
+MAX_PORT = 65535
+# The settings an architecture study sets for every variant alike.
+STUDY_OVERRIDES = ("max_epochs", "patience", "batch_size", "base_channels")
 
 
 def _help(text: str) -> dict:
@@ -48,6 +60,9 @@ class DownloadParams:
         default=True, metadata=_help("log the dataset as run artifacts, so others can use its URI")
     )
 
+    def __post_init__(self) -> None:
+        source_kind(self.source)
+
 
 @dataclass(frozen=True)
 class PreprocessParams:
@@ -68,154 +83,76 @@ class PreprocessParams:
         metadata=_help("images or masks with more pixels are bad rows, never decoded"),
     )
 
-
-PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-MAX_TIME = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
-DEVICES = re.compile(r"^(auto|-1|\d+|\d+(,\d+)*,?)$")
-# Lightning's launchers that start one process per device and keep the trainer in it. ddp_spawn
-# and ddp_fork are left out: spawn pickles the trainer with its MLflow journal, and fork breaks
-# CUDA and MLflow's threads.
-STRATEGIES = ("auto", "ddp")
-AUTO = "auto"
-# torch.compile's modes (all with the inductor backend); aot_eager traces the network, forward
-# and backward, as inductor does but runs the traced graphs as they are: no compiler needed,
-# for checking on any machine that the network compiles.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-COMPILE_BACKENDS = ("aot_eager",)
-
-
-def check_runtime(params: Any) -> None:
-    """The Lightning settings of a train step, checked before any run opens or any step runs:
-    Lightning would only refuse them after download, preprocess and data loading."""
-    if params.precision not in PRECISIONS:
-        raise PipelineError(
-            f"parameter precision={params.precision!r} is not one of {', '.join(PRECISIONS)}"
-        )
-    if params.accelerator not in ACCELERATORS:
-        raise PipelineError(
-            f"parameter accelerator={params.accelerator!r} is not one of {', '.join(ACCELERATORS)}"
-        )
-    if not DEVICES.match(params.devices.replace(" ", "")):
-        raise PipelineError(
-            f"parameter devices={params.devices!r} is not auto, a count (1, or -1 for all) or a "
-            "list of device indices like 0,1"
-        )
-    if params.strategy not in STRATEGIES:
-        raise PipelineError(
-            f"parameter strategy={params.strategy!r} is not one of {', '.join(STRATEGIES)}"
-        )
-    if params.num_nodes < 1:
-        raise PipelineError(f"parameter num_nodes={params.num_nodes} must be at least 1")
-    for name in ("channels_last", "cudnn_benchmark"):
-        resolve_switch(name, getattr(params, name), auto=False)
-    compile_options(params.compile)
-    if params.max_time and not MAX_TIME.match(params.max_time):
-        raise PipelineError(
-            f"parameter max_time={params.max_time!r} is not DD:HH:MM:SS (e.g. 00:12:00:00 for 12 "
-            "hours); leave it empty for no limit"
-        )
-
-
-@dataclass(frozen=True)
-class TrainingParams:
-    """The recipe and the settings that override it: what `train` fits, and what `main` passes
-    on to its train step under the same names."""
-
-    recipe: str = field(
-        default="default",
-        metadata=_help("paper (the reference exactly) or default; the settings below override it"),
-    )
-    max_epochs: int | None = field(default=None, metadata=_help("upper bound on epochs"))
-    batch_size: int | None = field(
-        default=None,
-        metadata=_help(
-            "images per step on each device; the global batch is batch_size x devices x num_nodes"
-        ),
-    )
-    lr: float | None = field(default=None, metadata=_help("peak learning rate"))
-    weight_decay: float | None = field(default=None, metadata=_help("optimizer weight decay"))
-    optimizer: str | None = field(default=None, metadata=_help("adam or adamw"))
-    schedule: str | None = field(default=None, metadata=_help("plateau (on val loss) or onecycle"))
-    loss: str | None = field(default=None, metadata=_help("bce or bce_dice"))
-    augment: bool | None = field(default=None, metadata=_help("random flips, crops and colour"))
-    base_channels: int | None = field(
-        default=None, metadata=_help("width of the first U-Net level")
-    )
-    depth: int | None = field(default=None, metadata=_help("number of down-sampling levels"))
-    batch_norm: bool | None = field(
-        default=None, metadata=_help("batch normalisation after each convolution")
-    )
-    skip_connections: bool | None = field(
-        default=None, metadata=_help("encoder-to-decoder skip connections")
-    )
-    upsampling: str | None = field(default=None, metadata=_help("transposed or bilinear"))
-    patience: int | None = field(
-        default=None, metadata=_help("epochs without val Dice gain before stop")
-    )
-    seed: int = field(default=42, metadata=_help("seed of weights and data order"))
-    grid_every: int = field(
-        default=5, metadata=_help("epochs between prediction grids of fixed val images")
-    )
-
-
-@dataclass(frozen=True)
-class RuntimeParams:
-    """Where and how long train steps run; passed to every train step under the same names."""
-
-    precision: str = field(
-        default="auto", metadata=_help("32-true, 16-mixed, bf16-mixed or auto (best the card has)")
-    )
-    accelerator: str = field(default="auto", metadata=_help("auto, cpu, gpu, ..."))
-    devices: str = field(
-        default="auto",
-        metadata=_help(
-            "devices per node, one process each: auto (all GPUs, else 1), a count, or a list "
-            "like 0,1"
-        ),
-    )
-    num_nodes: int = field(
-        default=1,
-        metadata=_help(
-            "machines of a distributed fit; each starts the same command (torchrun, srun); "
-            "checkpoint_dir must be on storage all of them see"
-        ),
-    )
-    strategy: str = field(
-        default="auto",
-        metadata=_help(
-            "auto (DDP when there are several devices) or ddp: one process per device, only the "
-            "first logs to MLflow; the global batch is batch_size x devices x num_nodes"
-        ),
-    )
-    channels_last: str = field(
-        default=AUTO,
-        metadata=_help("auto (on for CUDA), true or false: NHWC layout, faster on tensor cores"),
-    )
-    compile: str = field(
-        default="false",
-        metadata=_help(
-            "torch.compile the U-Net: false, true (mode default), a mode (reduce-overhead, "
-            "max-autotune, max-autotune-no-cudagraphs) or aot_eager (traced, not compiled)"
-        ),
-    )
-    cudnn_benchmark: str = field(
-        default=AUTO,
-        metadata=_help(
-            "auto (on for CUDA: image sizes are fixed), true or false: cuDNN times its "
-            "algorithms first and keeps the fastest"
-        ),
-    )
-    num_workers: int = field(default=-1, metadata=_help("data loader workers; -1 = automatic"))
-    max_time: str = field(
-        default="", metadata=_help("wall-clock budget DD:HH:MM:SS; empty = no limit")
-    )
-    checkpoint_dir: str = field(
-        default="checkpoints", metadata=_help("local folder for resumable checkpoints")
-    )
-
     def __post_init__(self) -> None:
-        check_runtime(self)
+        check_preprocess(self.image_size, self.val_fraction, self.test_fraction, self.max_pixels)
+
+
+def _check_recipe(params: Any) -> None:
+    params.recipe_config()
+
+
+def _recipe_config(params: Any) -> Recipe:
+    """The recipe these params name, with their settings in place of its own."""
+    return resolve_recipe(params.recipe, recipe_overrides(params))
+
+
+# The recipe's settings are declared once, in the configs they belong to (pipeline/settings.py);
+# here each becomes an optional parameter of the same name and help, None taking the recipe's.
+TrainingParams = dataclasses.make_dataclass(
+    "TrainingParams",
+    [
+        (
+            "recipe",
+            str,
+            field(
+                default="default",
+                metadata=_help(
+                    "paper (the reference exactly) or default; the settings below override it"
+                ),
+            ),
+        ),
+        *parameter_fields(Recipe, optional=True),
+        ("seed", int, field(default=42, metadata=_help("seed of weights and data order"))),
+        (
+            "grid_every",
+            int,
+            field(
+                default=5,
+                metadata=_help("epochs between prediction grids of fixed val images"),
+            ),
+        ),
+    ],
+    frozen=True,
+    namespace={
+        "__module__": __name__,
+        "__doc__": "The recipe and the settings that override it: what `train` fits, and what "
+        "`main` passes on to its train step under the same names.",
+        "__post_init__": _check_recipe,
+        "recipe_config": _recipe_config,
+    },
+)
+
+
+def _runtime_config(params: Any) -> RuntimeConfig:
+    """The runtime settings among these params."""
+    return RuntimeConfig(**{name: getattr(params, name) for name, _, _ in declared(RuntimeConfig)})
+
+
+def _check_runtime(params: Any) -> None:
+    params.runtime_config()
+
+
+RuntimeParams = dataclasses.make_dataclass(
+    "RuntimeParams",
+    parameter_fields(RuntimeConfig, optional=False),
+    frozen=True,
+    namespace={
+        "__module__": __name__,
+        "__doc__": RuntimeConfig.__doc__,
+        "__post_init__": _check_runtime,
+        "runtime_config": _runtime_config,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -225,6 +162,10 @@ class TrainParams(RuntimeParams, TrainingParams):
     data_dir: str = field(
         default="data/processed", metadata=_help("preprocess output folder or its artifact URI")
     )
+
+    def __post_init__(self) -> None:
+        self.runtime_config()
+        self.recipe_config()
 
 
 @dataclass(frozen=True)
@@ -236,25 +177,9 @@ class EvaluateParams:
     data_dir: str = field(default="data/processed", metadata=_help("cache folder or artifact URI"))
     batch_size: int = field(default=8, metadata=_help("images per forward pass"))
 
-
-@dataclass(frozen=True)
-class PromoteParams:
-    """Register the candidate and give it the alias if it beats the model holding it on the
-    same test split; every decision that moves the alias is kept on the version."""
-
-    model_uri: str = field(metadata=_help("the candidate: runs:/<run>/model or models:/<id>"))
-    model_name: str = field(default="unet-person", metadata=_help("registered model name"))
-    alias: str = field(default="champion", metadata=_help("the alias the better model holds"))
-    min_improvement: float = field(
-        default=0.0, metadata=_help("test Dice gain over the alias holder needed to take it")
-    )
-    min_dice: float = field(
-        default=0.5, metadata=_help("test Dice the first model needs to take a free alias")
-    )
-    data_dir: str = field(
-        default="data/processed", metadata=_help("the split both models are scored on")
-    )
-    batch_size: int = field(default=8, metadata=_help("images per forward pass when scoring"))
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise PipelineError(f"parameter batch_size={self.batch_size} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -284,6 +209,14 @@ class PredictParams:
         metadata=_help("torch, or onnx: the model's ONNX export run by ONNX Runtime on the CPU"),
     )
 
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+        if self.runtime not in RUNTIMES:
+            raise PipelineError(
+                f"parameter runtime={self.runtime!r} is not one of {', '.join(RUNTIMES)}: torch "
+                "runs the network in PyTorch, onnx the model's ONNX export in ONNX Runtime"
+            )
+
 
 @dataclass(frozen=True)
 class ExportParams:
@@ -295,6 +228,9 @@ class ExportParams:
         default="unet-person.onnx", metadata=_help("the .onnx file to write (folders are made)")
     )
     opset: int = field(default=DEFAULT_OPSET, metadata=_help("ONNX opset of the file, 18 to 23"))
+
+    def __post_init__(self) -> None:
+        check_opset(self.opset)
 
 
 @dataclass(frozen=True)
@@ -313,6 +249,11 @@ class DemoParams:
         default=0.5, metadata=_help("the slider's first P(person) above which a pixel is one")
     )
 
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+        if not 0 < self.port <= MAX_PORT:
+            raise PipelineError(f"parameter port={self.port} is not a port: use 1 to {MAX_PORT}")
+
 
 @dataclass(frozen=True)
 class DataSourceParams:
@@ -329,6 +270,10 @@ class DataSourceParams:
     log_data: bool = same_as(DownloadParams, "log_data")
     max_pixels: int = same_as(PreprocessParams, "max_pixels")
 
+    def __post_init__(self) -> None:
+        source_kind(self.source)
+        check_preprocess(self.image_size, self.val_fraction, self.test_fraction, self.max_pixels)
+
 
 @dataclass(frozen=True)
 class MainParams(DataSourceParams, RuntimeParams, TrainingParams):
@@ -342,6 +287,12 @@ class MainParams(DataSourceParams, RuntimeParams, TrainingParams):
     alias: str = same_as(PromoteParams, "alias")
     min_improvement: float = same_as(PromoteParams, "min_improvement")
     min_dice: float = same_as(PromoteParams, "min_dice")
+
+    def __post_init__(self) -> None:
+        DataSourceParams.__post_init__(self)
+        self.runtime_config()
+        self.recipe_config()
+        check_promotion(self.model_name, self.alias, self.min_improvement, self.min_dice)
 
 
 @dataclass(frozen=True)
@@ -373,41 +324,20 @@ class AblateParams(DataSourceParams, RuntimeParams):
         default="ablation", metadata=_help("local folder for the summary table and chart")
     )
 
+    def __post_init__(self) -> None:
+        DataSourceParams.__post_init__(self)
+        self.runtime_config()
+        self.study_plan()
 
-def parse_bool(name: str, text: str) -> bool:
-    lowered = str(text).strip().lower()
-    if lowered in TRUE_WORDS:
-        return True
-    if lowered in FALSE_WORDS:
-        return False
-    raise PipelineError(f"parameter {name}={text!r} is not a boolean: use true or false")
-
-
-def resolve_switch(name: str, text: str, auto: bool) -> bool:
-    """An auto/true/false parameter's value, `auto` standing for what suits this machine."""
-    if str(text).strip().lower() == AUTO:
-        return auto
-    try:
-        return parse_bool(name, text)
-    except PipelineError:
-        raise PipelineError(f"parameter {name}={text!r} is not auto, true or false") from None
+    def study_plan(self) -> tuple[list[PlannedVariant], list[int]]:
+        """The variants and seeds to run."""
+        overrides = {name: getattr(self, name) for name in STUDY_OVERRIDES}
+        return plan_variants(self.variants, self.recipe, overrides), parse_seeds(self.seeds)
 
 
-def compile_options(text: str) -> dict[str, str] | None:
-    """torch.compile's backend and mode for the `compile` parameter; None to run eagerly."""
-    value = str(text).strip().lower()
-    if value in FALSE_WORDS:
-        return None
-    if value in TRUE_WORDS:
-        return {"backend": "inductor", "mode": "default"}
-    if value in COMPILE_BACKENDS:
-        return {"backend": value}
-    if value in COMPILE_MODES:
-        return {"backend": "inductor", "mode": value}
-    raise PipelineError(
-        f"parameter compile={text!r} is not false, true, a torch.compile mode "
-        f"({', '.join(COMPILE_MODES)}) or {', '.join(COMPILE_BACKENDS)}"
-    )
+def check_threshold(threshold: float) -> None:
+    if not 0 < threshold < 1:
+        raise PipelineError(f"parameter threshold={threshold} must be between 0 and 1 (exclusive)")
 
 
 def convert(params_class: type, name: str, text: Any) -> Any:
@@ -471,9 +401,11 @@ def shell_unquoted(text: str) -> str:
     return value if len(words) <= 1 and shlex.quote(value) == text else text
 
 
-def as_text(params) -> dict[str, str]:
-    """Parameters as the strings MLflow logs, with booleans in the MLproject's spelling."""
-    return {name: _text(value) for name, value in dataclasses.asdict(params).items()}
+def as_text(params: Any) -> dict[str, str]:
+    """Parameters (a params object or a mapping) as the strings MLflow logs, with booleans in
+    the MLproject's spelling."""
+    values = params if isinstance(params, Mapping) else dataclasses.asdict(params)
+    return {name: _text(value) for name, value in values.items()}
 
 
 def _text(value: Any) -> str:

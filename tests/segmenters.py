@@ -9,22 +9,21 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
-from PIL import Image
+from PIL import ExifTags, Image
 
 from pipeline.data.preprocess import preprocess
 from pipeline.data.synthetic import generate_dataset
 from pipeline.model.inputs import to_model_input
-from pipeline.model.unet import UNet
+from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.tracking.models import log_segmentation_model
 from tests.conftest import isolated_environment
 
 IMAGE_SIZE = 32
-ORIENTATION_TAG = 0x0112
 
 
 def constant_net(logit: float) -> UNet:
     """A U-Net whose every pixel gets `logit`: all person above 0, no person below."""
-    net = UNet(in_channels=3, base_channels=2, depth=1)
+    net = UNet(NetworkConfig(in_channels=3, base_channels=2, depth=1))
     with torch.no_grad():
         net.outc.weight.zero_()
         net.outc.bias.fill_(logit)
@@ -35,7 +34,7 @@ def varied_net(seed: int = 0) -> UNet:
     """A random U-Net shifted so that about half of a photo's pixels come out as person, so
     mask comparisons have both classes to get wrong."""
     torch.manual_seed(seed)
-    net = UNet(in_channels=3, base_channels=4, depth=2).eval()
+    net = UNet(NetworkConfig(in_channels=3, base_channels=4, depth=2)).eval()
     reference = torch.from_numpy(photo_pixels((IMAGE_SIZE, IMAGE_SIZE), seed)).permute(2, 0, 1)
     with torch.no_grad():
         logits = net(to_model_input(reference[None]))
@@ -90,7 +89,7 @@ def photo_file(
         image.save(buffer, format=fmt)
     else:
         exif = Image.Exif()
-        exif[ORIENTATION_TAG] = orientation
+        exif[ExifTags.Base.Orientation] = orientation
         image.save(buffer, format=fmt, exif=exif.tobytes())
     return buffer.getvalue()
 

@@ -428,8 +428,8 @@ def test_open_run_opens_a_run_the_pipeline_can_close() -> None:
 
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking.lease import HEARTBEAT_TAG
     from pipeline.tracking.runs import DEFAULT_EXPERIMENT
+    from pipeline.tracking.tags import HEARTBEAT_TAG
 
     spec = importlib.util.spec_from_file_location("open_run", ROOT / "slurm" / "open_run.py")
     assert spec and spec.loader

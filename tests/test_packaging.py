@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import re
+import sys
+from importlib.metadata import packages_distributions
+
 import tomllib
 import yaml
 
@@ -22,3 +27,40 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     commands = [line for line in readme_lines if line.startswith(".venv/bin/python -m pytest")]
     assert commands, "README must state the test command"
     assert "README.md" in (root / ".ci" / "run").read_text()
+
+
+def _distribution(requirement: str) -> str:
+    name = re.split(r"[<>=!~\[;\s]", requirement, maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_third_party_import_of_the_package_is_declared() -> None:
+    """Each module pipeline/ imports from outside the standard library comes from a
+    distribution pyproject.toml (and so conda.yaml) declares, not from one that happens to be
+    installed as another's dependency."""
+    root = project_dir()
+    declared = {
+        _distribution(requirement)
+        for requirement in tomllib.loads((root / "pyproject.toml").read_text())["project"][
+            "dependencies"
+        ]
+    }
+    imported: dict[str, set[str]] = {}
+    for path in (root / "pipeline").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                imported.setdefault(name.partition(".")[0], set()).add(path.name)
+    third_party = set(imported) - set(sys.stdlib_module_names) - {"pipeline", "__future__"}
+    providers = packages_distributions()
+    undeclared = {
+        module: sorted(imported[module])
+        for module in sorted(third_party)
+        if not {_distribution(name) for name in providers.get(module, [])} & declared
+    }
+    assert not undeclared, f"imported but not in pyproject.toml's dependencies: {undeclared}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import layout
+from pipeline import folders
 from pipeline.errors import PipelineError
 
 SPLITS = ("train", "val", "test")
@@ -22,10 +22,10 @@ def split_paths(root: Path, split: str) -> tuple[Path, Path]:
 
 def read_cache_record(root: Path) -> dict:
     """The record preprocess wrote last; its absence means the cache is unfinished or not ours."""
-    record = layout.read_marker(root)
+    record = folders.read_marker(root)
     if record is None or "splits" not in record:
         raise PipelineError(
-            f"{root} is not a finished preprocess output (no {layout.MARKER_FILE}): "
+            f"{root} is not a finished preprocess output (no {folders.MARKER_FILE}): "
             "run the preprocess step, or pass its output folder or MLflow artifact URI as data_dir"
         )
     return record

@@ -11,10 +11,10 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.data.augment import augmentation
 from pipeline.data.cache import open_split
 from pipeline.errors import PipelineError
 from pipeline.model.inputs import to_model_input
-from pipeline.training.augment import augmentation
 
 PREFETCH_BATCHES = 4
 

@@ -16,8 +16,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import folders
 from pipeline.console import progress
-from pipeline.data import folders, layout
+from pipeline.data import layout
 from pipeline.errors import PipelineError
 
 KAGGLE_HANDLE = re.compile(r"^[\w.-]+/[\w.-]+(/versions/\d+)?$")
@@ -45,7 +46,9 @@ class Landed:
 
 def source_kind(source: str) -> str:
     """Classify `source`; local paths win over handles so a folder named a/b is a folder."""
-    if SYNTHETIC.match(source):
+    if match := SYNTHETIC.match(source):
+        if match.group(1) and int(match.group(1)) < 1:
+            raise PipelineError(f"source {source}: the synthetic count must be at least 1")
         return "synthetic"
     if source.startswith(("http://", "https://")):
         return "url"
@@ -89,7 +92,7 @@ def land_dataset(source: str, output_dir: Path, cache_dir: Path) -> Landed:
     fingerprint = source_fingerprint(source)
     output_dir = output_dir.expanduser().resolve()
     folders.check_replaceable(output_dir, "output_dir")
-    previous = layout.read_marker(output_dir)
+    previous = folders.read_marker(output_dir)
     landed_index = output_dir / layout.INDEX_FILE
     if previous and previous.get("source_fingerprint") == fingerprint and landed_index.is_file():
         pairs, unusable = layout.read_pairs(landed_index)
@@ -113,7 +116,7 @@ def land_dataset(source: str, output_dir: Path, cache_dir: Path) -> Landed:
                 f"and mask file; first problem: {landed.problems[0][1]}"
             )
         dataset_root = _land_listed(index, pairs, staging / "dataset")
-        layout.write_marker(
+        folders.write_marker(
             dataset_root,
             {"source": source, "source_fingerprint": fingerprint, "digest": landed.digest},
         )
@@ -150,8 +153,6 @@ def _fetch(source: str, kind: str, staging: Path, cache_dir: Path) -> Path:
 
         match = SYNTHETIC.match(source)
         count = int(match.group(1)) if match and match.group(1) else DEFAULT_SYNTHETIC_COUNT
-        if count < 1:
-            raise PipelineError(f"source {source}: the synthetic count must be at least 1")
         return generate_dataset(staging / "generated", count=count, seed=0)
     if kind == "folder":
         return layout.find_index(Path(source).expanduser())

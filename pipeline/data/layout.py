@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,7 +14,6 @@ from pipeline.errors import PipelineError
 
 INDEX_FILE = "df.csv"
 REQUIRED_COLUMNS = ("images", "masks")
-MARKER_FILE = ".unet-person.json"
 
 
 @dataclass(frozen=True)
@@ -147,18 +145,3 @@ def content_digest(index: Path, pairs: Iterable[Pair]) -> str:
                     for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
                         digest.update(block)
     return digest.hexdigest()[:32]
-
-
-def write_marker(folder: Path, record: dict) -> None:
-    """Record what a step left in `folder`; written last, so it only exists for finished output."""
-    temporary = folder / (MARKER_FILE + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2, sort_keys=True))
-    temporary.replace(folder / MARKER_FILE)
-
-
-def read_marker(folder: Path) -> dict | None:
-    """The record a finished step left in `folder`, or None when there is none."""
-    try:
-        return json.loads((folder / MARKER_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None

@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipeline import folders
 from pipeline.console import progress
-from pipeline.data import folders, layout
+from pipeline.data import layout
 from pipeline.data.cache import MANIFEST_FILE, SPLITS, array_writer, split_paths
 from pipeline.errors import PipelineError
-from pipeline.serving.images import (
+from pipeline.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     TooManyPixels,
@@ -142,6 +143,20 @@ def split_rows(rows: list[int], val_fraction: float, test_fraction: float, seed:
     }
 
 
+def check_settings(
+    image_size: int, val_fraction: float, test_fraction: float, max_pixels: int
+) -> None:
+    """The preprocess parameters, checked before any run opens."""
+    if image_size < 8:
+        raise PipelineError(f"parameter image_size={image_size} must be at least 8")
+    if not 1 <= max_pixels <= PILLOW_MAX_PIXELS:
+        raise PipelineError(
+            f"parameter max_pixels={max_pixels} must be between 1 and {PILLOW_MAX_PIXELS} (Pillow "
+            f"refuses larger images); the default is {DEFAULT_MAX_PIXELS}"
+        )
+    check_fractions(val_fraction, test_fraction)
+
+
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 < value < 1:
@@ -176,14 +191,7 @@ def preprocess(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PreprocessReport:
     """Write the split cache for the dataset under `raw_dir` to `output_dir` atomically."""
-    if image_size < 8:
-        raise PipelineError(f"image_size must be at least 8, got {image_size}")
-    if not 1 <= max_pixels <= PILLOW_MAX_PIXELS:
-        raise PipelineError(
-            f"max_pixels must be between 1 and {PILLOW_MAX_PIXELS} (Pillow refuses larger "
-            f"images), got {max_pixels}; the default is {DEFAULT_MAX_PIXELS}"
-        )
-    check_fractions(val_fraction, test_fraction)
+    check_settings(image_size, val_fraction, test_fraction, max_pixels)
     output_dir = output_dir.expanduser().resolve()
     folders.check_replaceable(output_dir, "output_dir")
     index = layout.find_index(raw_dir)
@@ -208,7 +216,7 @@ def preprocess(
         _check_usable(report, index, strict)
         manifest.to_csv(staging / MANIFEST_FILE, index=False)
         report.digest = _finish_digest(report.digest, staging / MANIFEST_FILE)
-        layout.write_marker(
+        folders.write_marker(
             staging,
             {
                 "digest": report.digest,

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import ExifTags, Image, ImageDraw, ImageFilter
 
 NAME_PATTERN = "ds_synth_pexels-{index:05d}"
 SIZE_RANGE = (160, 640)
 MIN_FOREGROUND = 0.015  # above the promised 1%, so soft edges and rescaling cannot undercut it
-ORIENTATION_TAG = 0x0112
 PNG_EFFORT = 1  # zlib level: noisy photos shrink only ~10% more at level 6, for 3x the time
 
 # Rare properties are dealt out per block of images rather than drawn per image, so every block
@@ -479,7 +478,7 @@ def _save_image(image: Image.Image, path: Path, orientation: int | None) -> None
         image.save(path, compress_level=PNG_EFFORT)
         return
     exif = Image.Exif()
-    exif[ORIENTATION_TAG] = orientation
+    exif[ExifTags.Base.Orientation] = orientation
     image.transpose(STORE_TRANSPOSE[orientation]).save(path, compress_level=PNG_EFFORT, exif=exif)
 
 

@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from pipeline.demo.model_card import ModelCard
-from pipeline.serving.images import (
+from pipeline.images import (
     ImageError,
     TooManyPixels,
     decode_mask,

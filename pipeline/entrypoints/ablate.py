@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.orchestration.ablation import run_study, study_plan
+from pipeline.console import log
+from pipeline.entrypoints.runner import run_entry_point
+from pipeline.orchestration.ablation import run_study
 from pipeline.params import AblateParams
 from pipeline.study.summary import markdown_table
-from pipeline.tracking.runs import log, run_entry_point
 
 
 def run(params: AblateParams) -> None:
@@ -16,7 +17,7 @@ def run(params: AblateParams) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("ablate", AblateParams, run, argv, study_plan)
+    return run_entry_point("ablate", AblateParams, run, argv)
 
 
 if __name__ == "__main__":

@@ -8,25 +8,17 @@ import sys
 import uvicorn
 from mlflow.exceptions import MlflowException
 
-from pipeline.console import quiet_libraries
+from pipeline.console import log, quiet_libraries
 from pipeline.demo.app import DemoModel, demo_app
 from pipeline.demo.model_card import model_card
 from pipeline.errors import PipelineError, first_line
 from pipeline.params import DemoParams, parse
 from pipeline.serving.segmenter import max_pixels_setting
 from pipeline.tracking.models import load_predictor, segmenter_of
-from pipeline.tracking.runs import configure_tracking, log
-
-MAX_PORT = 65535
+from pipeline.tracking.runs import configure_tracking
 
 
 def check(params: DemoParams) -> None:
-    if not 0 < params.threshold < 1:
-        raise PipelineError(
-            f"parameter threshold={params.threshold} must be between 0 and 1 (exclusive)"
-        )
-    if not 0 < params.port <= MAX_PORT:
-        raise PipelineError(f"parameter port={params.port} is not a port: use 1 to {MAX_PORT}")
     try:
         max_pixels_setting()
     except ValueError as error:

@@ -9,10 +9,12 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from pipeline.console import log
 from pipeline.data.download import land_dataset
+from pipeline.entrypoints.runner import run_entry_point
 from pipeline.params import DownloadParams
 from pipeline.tracking.artifacts import cache_root
-from pipeline.tracking.runs import OUTPUT_DIGEST_TAG, OUTPUT_PATH_TAG, log, run_entry_point
+from pipeline.tracking.tags import OUTPUT_DIGEST_TAG, OUTPUT_PATH_TAG, SOURCE_KIND_TAG
 
 
 def run(params: DownloadParams) -> None:
@@ -26,7 +28,7 @@ def run(params: DownloadParams) -> None:
     )
     mlflow.set_tags(
         {
-            "unet_person.source_kind": landed.kind,
+            SOURCE_KIND_TAG: landed.kind,
             OUTPUT_DIGEST_TAG: landed.digest,
             OUTPUT_PATH_TAG: str(landed.path),
         }

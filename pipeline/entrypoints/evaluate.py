@@ -11,20 +11,16 @@ import matplotlib
 matplotlib.use("Agg")
 import mlflow
 
+from pipeline.console import log
 from pipeline.data.cache import read_cache_record
+from pipeline.data.run_inputs import log_split_inputs
+from pipeline.entrypoints.runner import run_entry_point
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.evaluation.figures import dice_histogram
 from pipeline.params import EvaluateParams
 from pipeline.tracking.artifacts import local_input
-from pipeline.tracking.datasets import log_split_inputs
 from pipeline.tracking.models import load_predictor, segmenter_of
-from pipeline.tracking.runs import (
-    EVALUATED_MODEL_ID_TAG,
-    EVALUATED_MODEL_TAG,
-    INPUT_DIGEST_TAG,
-    log,
-    run_entry_point,
-)
+from pipeline.tracking.tags import EVALUATED_MODEL_ID_TAG, EVALUATED_MODEL_TAG, INPUT_DIGEST_TAG
 
 
 def run(params: EvaluateParams) -> None:
@@ -46,10 +42,10 @@ def run(params: EvaluateParams) -> None:
     # the MLflow UI, under the dataset they were measured on ("Datasets used").
     mlflow.log_metrics(result.metrics, model_id=predictor.metadata.model_id, dataset=test_split)
     log.info(
-        "test Dice %.4f, IoU %.4f, loss %.4f on %d images",
+        "test Dice %.4f, IoU %.4f, BCE %.4f on %d images",
         result.metrics["test_dice"],
         result.metrics["test_iou"],
-        result.metrics["test_loss"],
+        result.metrics["test_bce"],
         len(result.per_image),
     )
     with tempfile.TemporaryDirectory() as scratch:

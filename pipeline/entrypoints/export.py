@@ -7,15 +7,16 @@ from pathlib import Path
 
 import mlflow
 
+from pipeline.console import log
+from pipeline.entrypoints.runner import run_entry_point
 from pipeline.errors import PipelineError
 from pipeline.export import check_opset
 from pipeline.export.onnx_export import export_onnx, spatial_multiple
-from pipeline.export.parity import ATOL, RTOL, check_photos, onnx_parity
 from pipeline.params import ExportParams
+from pipeline.serving.parity import ATOL, RTOL, check_photos, onnx_parity
 from pipeline.tracking.models import load_predictor, segmenter_of
-from pipeline.tracking.runs import log, run_entry_point
+from pipeline.tracking.tags import EXPORTED_MODEL_TAG
 
-EXPORTED_MODEL_TAG = "unet_person.exported_model_id"
 CHECK_PHOTOS = 4
 
 

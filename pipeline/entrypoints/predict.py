@@ -7,31 +7,24 @@ from pathlib import Path
 
 import mlflow
 
+from pipeline.console import log
+from pipeline.entrypoints.runner import run_entry_point
 from pipeline.errors import PipelineError
 from pipeline.params import PredictParams
 from pipeline.prediction.photos import PREDICTED, SKIPPED, TABLE, predict_folder
-from pipeline.serving.segmenter import RUNTIMES, max_pixels_setting
+from pipeline.serving.segmenter import max_pixels_setting
 from pipeline.tracking.models import load_predictor, segmenter_of
-from pipeline.tracking.runs import log, run_entry_point
+from pipeline.tracking.tags import PREDICTED_WITH_TAG
 
 
 def run(params: PredictParams) -> None:
-    if not 0 < params.threshold < 1:
-        raise PipelineError(
-            f"parameter threshold={params.threshold} must be between 0 and 1 (exclusive)"
-        )
-    if params.runtime not in RUNTIMES:
-        raise PipelineError(
-            f"parameter runtime={params.runtime!r} is not one of {', '.join(RUNTIMES)}: torch runs "
-            "the network in PyTorch, onnx the model's ONNX export in ONNX Runtime"
-        )
     try:
         max_pixels_setting()  # as one line, before loading the model fails on it with a traceback
     except ValueError as error:
         raise PipelineError(str(error)) from None
     model = load_predictor(params.model_uri, params.runtime)
     segmenter = segmenter_of(model, params.model_uri)  # refuse models that take arrays, not photos
-    mlflow.set_tag("unet_person.predicted_with", model.metadata.model_id)
+    mlflow.set_tag(PREDICTED_WITH_TAG, model.metadata.model_id)
     output_dir = Path(params.output_dir).expanduser()
     report = predict_folder(
         model,

@@ -9,18 +9,14 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from pipeline.console import log
 from pipeline.data.cache import MANIFEST_FILE, SPLITS, read_cache_record
 from pipeline.data.preprocess import preprocess
+from pipeline.data.run_inputs import log_split_inputs
+from pipeline.entrypoints.runner import run_entry_point
 from pipeline.params import PreprocessParams
 from pipeline.tracking.artifacts import local_input
-from pipeline.tracking.datasets import log_split_inputs
-from pipeline.tracking.runs import (
-    INPUT_DIGEST_TAG,
-    OUTPUT_DIGEST_TAG,
-    OUTPUT_PATH_TAG,
-    log,
-    run_entry_point,
-)
+from pipeline.tracking.tags import INPUT_DIGEST_TAG, OUTPUT_DIGEST_TAG, OUTPUT_PATH_TAG
 
 
 def run(params: PreprocessParams) -> None:

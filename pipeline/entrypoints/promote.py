@@ -6,9 +6,10 @@ import sys
 
 import mlflow
 
+from pipeline.console import log
+from pipeline.entrypoints.runner import run_entry_point
 from pipeline.params import PromoteParams
 from pipeline.registry.promote import promote
-from pipeline.tracking.runs import log, run_entry_point
 
 
 def run(params: PromoteParams) -> None:

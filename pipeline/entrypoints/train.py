@@ -2,35 +2,37 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
 
+from pipeline.console import log
 from pipeline.data.cache import open_split, read_cache_record
+from pipeline.data.run_inputs import log_split_inputs
+from pipeline.entrypoints.runner import log_settings, run_entry_point
 from pipeline.params import TrainParams
 from pipeline.tracking.artifacts import local_input
-from pipeline.tracking.datasets import log_split_inputs
 from pipeline.tracking.models import log_segmentation_model
-from pipeline.tracking.runs import INPUT_DIGEST_TAG, log, log_settings, run_entry_point
+from pipeline.tracking.tags import INPUT_DIGEST_TAG
 from pipeline.training.fit import checkpoint_root, fit
 from pipeline.training.ranks import run_id_of_launch, sharing_run
-from pipeline.training.recipes import TrainingSettings, resolve_settings
+from pipeline.training.recipes import Recipe
 
 
 def run(params: TrainParams) -> None:
     """The first (or only) process: everything, in the run `run_entry_point` opened."""
     run_id = mlflow.active_run().info.run_id
     # Told first, so other ranks fetch their data while this one logs its inputs.
-    with sharing_run(run_id, checkpoint_root(params)):
+    with sharing_run(run_id, checkpoint_root(params.runtime_config())):
         cache = local_input(params.data_dir, "data_dir")
         record = read_cache_record(cache)
         mlflow.set_tag(INPUT_DIGEST_TAG, record["digest"])
         log_split_inputs(cache, record, ("train", "val"))
-        settings = settings_of(params)
-        log_settings(params.recipe, settings)
-        best, summary = fit(params, settings, cache, run_id)
+        recipe = params.recipe_config()
+        log_settings(params.recipe, recipe.settings())
+        best, summary = fit_with(params, recipe, cache, run_id)
     mlflow.log_metrics(summary)
     example = np.array(open_split(cache, "val")[0][0])
     info = log_segmentation_model(best.net, record["image_size"], example)
@@ -39,16 +41,16 @@ def run(params: TrainParams) -> None:
 
 def run_other_rank(params: TrainParams) -> None:
     """Any other rank of a distributed fit: its share of the training, nothing logged."""
-    run_id = run_id_of_launch(checkpoint_root(params))
-    fit(params, settings_of(params), local_input(params.data_dir, "data_dir"), run_id)
+    run_id = run_id_of_launch(checkpoint_root(params.runtime_config()))
+    fit_with(params, params.recipe_config(), local_input(params.data_dir, "data_dir"), run_id)
 
 
-def settings_of(params: TrainParams) -> TrainingSettings:
-    return resolve_settings(params.recipe, dataclasses.asdict(params))
+def fit_with(params: TrainParams, recipe: Recipe, cache: Path, run_id: str):
+    return fit(recipe, params.runtime_config(), cache, run_id, params.seed, params.grid_every)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("train", TrainParams, run, argv, settings_of, run_other_rank)
+    return run_entry_point("train", TrainParams, run, argv, run_other_rank)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.serving.images import PERSON_TINT as HIT  # person found: predict's green too
-from pipeline.serving.images import tint
+from pipeline.images import PERSON_TINT as HIT  # person found: predict's green too
+from pipeline.images import tint
 
 FALSE_ALARM = np.array([230, 40, 40], dtype=np.float32)  # background called person
 MISS = np.array([40, 90, 240], dtype=np.float32)  # person missed

@@ -1,8 +1,9 @@
 """Segmentation metrics, all pooled over the pixels of a whole split.
 
 Dice here is 2TP / (2TP + FP + FN) from summed pixel counts, the figure the reference report
-quotes; for binary masks it is exactly torchmetrics' global F1 score. An empty prediction of an
-empty mask scores 1: nothing was there and nothing was claimed.
+quotes; for binary masks it is exactly torchmetrics' global F1 score (and per image, its
+samplewise F1 score). An empty prediction of an empty mask scores 1: nothing was there and
+nothing was claimed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torchmetrics.classification import (
     BinaryPrecision,
     BinaryRecall,
 )
+from torchmetrics.functional.classification import binary_f1_score
 
 
 def hard_predictions(logits: torch.Tensor) -> torch.Tensor:
@@ -39,12 +41,13 @@ def segmentation_metrics(prefix: str = "", full: bool = False) -> MetricCollecti
 
 
 def per_image_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dice of each image in a (N, 1, H, W) batch; 1.0 where mask and prediction are both empty."""
-    predicted = hard_predictions(logits).flatten(1).bool()
-    actual = target.flatten(1).bool()
-    tp = (predicted & actual).sum(dim=1)
-    fp = (predicted & ~actual).sum(dim=1)
-    fn = (~predicted & actual).sum(dim=1)
-    denominator = 2 * tp + fp + fn
-    dice = (2 * tp).double() / denominator.clamp(min=1)
-    return torch.where(denominator == 0, torch.ones_like(dice), dice)
+    """Dice of each image in a (N, 1, H, W) batch, as float32 (torchmetrics' F1 score per
+    sample); 1.0 where mask and prediction are both empty. Any non-zero target is the person."""
+    dice = binary_f1_score(
+        hard_predictions(logits).flatten(1),
+        target.flatten(1).bool(),
+        multidim_average="samplewise",
+        zero_division=1.0,
+        validate_args=False,
+    )
+    return dice.reshape(len(logits))  # torchmetrics gives a 0-d tensor for a single image

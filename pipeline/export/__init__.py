@@ -1,6 +1,6 @@
-"""The network outside PyTorch: its ONNX export (`onnx_export`) and the check that ONNX Runtime
-gives PyTorch's answer (`parity`). The opset settings live here, so `pipeline.params` can name
-them without importing torch."""
+"""The network outside PyTorch: its ONNX export (`onnx_export`); the check that ONNX Runtime
+gives PyTorch's answer lives with the runtime (`pipeline/serving/parity.py`). The opset settings
+live here, so `pipeline.params` can name them without importing torch."""
 
 from __future__ import annotations
 

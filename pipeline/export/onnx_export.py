@@ -31,7 +31,7 @@ EXPORTER_LOGGER = "torch.onnx._internal.exporter._registration"
 
 def spatial_multiple(net: UNet) -> int:
     """The step height and width take in the exported graph: 2**depth."""
-    return 2**net.depth
+    return 2**net.config.depth
 
 
 def export_onnx(net: UNet, image_size: int, path: Path, opset: int = DEFAULT_OPSET) -> Path:
@@ -71,7 +71,7 @@ def export_onnx(net: UNet, image_size: int, path: Path, opset: int = DEFAULT_OPS
         net.train(was_training)
     program.model.metadata_props.update(
         {
-            "unet_person.architecture": json.dumps(net.architecture()),
+            "unet_person.architecture": json.dumps(net.config.to_dict()),
             "unet_person.image_size": str(image_size),
             "unet_person.height_and_width": sizes,
             "unet_person.input": "images: uint8 RGB N x 3 x H x W, 0-255; the photo resized "

@@ -7,8 +7,12 @@ from torch import nn
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N x 3 x H x W to the float [0, 1] tensor the network takes."""
-    return images.float().div_(255)
+    """uint8 N x 3 x H x W to the float [0, 1] tensor the network takes.
+
+    Always a new tensor, divided in place only once it is ours: `.float()` of a float32 tensor
+    is that same tensor, and dividing it in place would change the caller's pixels.
+    """
+    return images.to(torch.float32, copy=True).div_(255)
 
 
 class PixelNetwork(nn.Module):

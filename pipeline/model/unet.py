@@ -7,11 +7,15 @@ upsampling in place of the transposed convolution.
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.settings import check_settings, setting
 
 Upsampling = Literal["transposed", "bilinear"]
 UPSAMPLING_MODES: tuple[str, ...] = ("transposed", "bilinear")
@@ -96,32 +100,43 @@ class Up(nn.Module):
         return self.conv(x)
 
 
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The network's settings, the paper's by default: what a UNet is built from, and what a
+    logged model keeps beside its weights to build it again."""
+
+    base_channels: int = setting(64, "width of the first U-Net level", minimum=1)
+    depth: int = setting(4, "number of down-sampling levels", minimum=1)
+    batch_norm: bool = setting(False, "batch normalisation after each convolution")
+    skip_connections: bool = setting(True, "encoder-to-decoder skip connections")
+    upsampling: str = setting("transposed", "transposed or bilinear", choices=UPSAMPLING_MODES)
+    in_channels: int = 3  # RGB photos; not a setting
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> NetworkConfig:
+        """The config a logged model stored, ignoring its other keys (such as image_size)."""
+        names = {spec.name for spec in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in names})
+
+
 class UNet(nn.Module):
     """Encoder of `depth` Down blocks, a bottleneck, and a mirrored decoder; one logit channel.
 
     `base_channels` is the width of the first level; each level below doubles it.
     """
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        base_channels: int = 64,
-        depth: int = 4,
-        batch_norm: bool = False,
-        skip_connections: bool = True,
-        upsampling: Upsampling = "transposed",
-    ) -> None:
+    def __init__(self, config: NetworkConfig | None = None) -> None:
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        if base_channels < 1:
-            raise ValueError(f"base_channels must be >= 1, got {base_channels}")
-        self.in_channels = in_channels
-        self.base_channels = base_channels
-        self.depth = depth
-        self.batch_norm = batch_norm
-        self.skip_connections = skip_connections
-        self.upsampling = upsampling
+        self.config = config = config or NetworkConfig()
+        base_channels, depth, batch_norm = config.base_channels, config.depth, config.batch_norm
+        in_channels = config.in_channels
+        skip_connections, upsampling = config.skip_connections, config.upsampling
         widths = [base_channels * 2**level for level in range(depth + 1)]
         self.inc = DoubleConv(in_channels, widths[0], batch_norm)
         self.downs = nn.ModuleList(Down(widths[i], widths[i + 1], batch_norm) for i in range(depth))
@@ -130,17 +145,6 @@ class UNet(nn.Module):
             for i in reversed(range(depth))
         )
         self.outc = nn.Conv2d(widths[0], 1, kernel_size=1)
-
-    def architecture(self) -> dict[str, int | bool | str]:
-        """The constructor arguments that rebuild this network around a state_dict."""
-        return {
-            "in_channels": self.in_channels,
-            "base_channels": self.base_channels,
-            "depth": self.depth,
-            "batch_norm": self.batch_norm,
-            "skip_connections": self.skip_connections,
-            "upsampling": self.upsampling,
-        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = [self.inc(x)]

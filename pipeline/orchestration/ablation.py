@@ -7,14 +7,13 @@ more seeds or variants) trains only what is missing when started again.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
 
+from pipeline.console import log
 from pipeline.errors import PipelineError
 from pipeline.orchestration.project import StepInterrupted
 from pipeline.orchestration.workflow import (
@@ -27,30 +26,15 @@ from pipeline.orchestration.workflow import (
 )
 from pipeline.params import AblateParams
 from pipeline.study.summary import write_summary
-from pipeline.study.variants import PlannedVariant, parse_seeds, plan_variants
+from pipeline.study.variants import PlannedVariant
+from pipeline.tracking.tags import SEED_TAG, STUDY_TAG, VARIANT_TAG
 
-log = logging.getLogger("unet_person")
-
-VARIANT_TAG = "unet_person.variant"
-SEED_TAG = "unet_person.seed"
-STUDY_TAG = "unet_person.study"
 ARTIFACT_FOLDER = "ablation"
-
-
-def study_plan(params: AblateParams) -> tuple[list[PlannedVariant], list[int]]:
-    """The variants and seeds to run; a bad name or value fails here, before any work."""
-    overrides = {
-        "max_epochs": params.max_epochs,
-        "patience": params.patience,
-        "batch_size": params.batch_size,
-        "base_channels": params.base_channels,
-    }
-    return plan_variants(params.variants, params.recipe, overrides), parse_seeds(params.seeds)
 
 
 def run_study(params: AblateParams) -> pd.DataFrame:
     """Train and evaluate every variant for every seed; return the per-variant summary."""
-    plan, seeds = study_plan(params)
+    plan, seeds = params.study_plan()
     log.info(
         "ablate: %d variants x %d seeds: %s", len(plan), len(seeds), ", ".join(v.name for v in plan)
     )
@@ -68,7 +52,7 @@ def run_study(params: AblateParams) -> pd.DataFrame:
                         params,
                         recipe=variant.recipe,
                         seed=seed,
-                        **dataclasses.asdict(variant.settings),
+                        **variant.settings,
                     ),
                     data,
                     run_name=name,

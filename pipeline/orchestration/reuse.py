@@ -18,13 +18,19 @@ from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.data import layout
+from pipeline import folders
 from pipeline.params import same_values
 from pipeline.tracking.code_version import code_digest
-from pipeline.tracking.models import MODEL_URI_TAG
-from pipeline.tracking.runs import CODE_TAG, ENTRY_POINT_TAG, OUTPUT_DIGEST_TAG, OUTPUT_PATH_TAG
+from pipeline.tracking.tags import (
+    CODE_TAG,
+    ENTRY_POINT_TAG,
+    INPUT_TAG,
+    MODEL_URI_TAG,
+    OUTPUT_DIGEST_TAG,
+    OUTPUT_PATH_TAG,
+)
 
-INPUT_TAG = "unet_person.input_fingerprint"
+# The tag a finished run of each step must carry for what it produced to be there at all.
 PRODUCT_TAG = {
     "download": OUTPUT_DIGEST_TAG,
     "preprocess": OUTPUT_DIGEST_TAG,
@@ -77,7 +83,7 @@ def outputs_intact(run: Run) -> bool:
     if product and product not in tags:
         return False
     if OUTPUT_PATH_TAG in tags:
-        marker = layout.read_marker(Path(tags[OUTPUT_PATH_TAG]))
+        marker = folders.read_marker(Path(tags[OUTPUT_PATH_TAG]))
         if marker is None or marker.get("digest") != tags.get(OUTPUT_DIGEST_TAG):
             return False
     if MODEL_URI_TAG in tags:

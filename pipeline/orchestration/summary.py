@@ -9,8 +9,7 @@ import mlflow
 
 from pipeline.orchestration.workflow import PipelineOutcome
 from pipeline.params import MainParams
-from pipeline.registry.promote import DECISION_TAG, REASON_TAG
-from pipeline.tracking.runs import MODEL_VERSION_TAG
+from pipeline.tracking.tags import DECISION_TAG, MODEL_VERSION_TAG, REASON_TAG
 
 UI_ADDRESS = "http://127.0.0.1:5000"
 # MLflow 3.17's UI opens every page in its GenAI view unless the page's address asks for the

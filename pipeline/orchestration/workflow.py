@@ -34,19 +34,22 @@ from pipeline.params import (
     TrainParams,
     as_text,
 )
-from pipeline.registry.promote import DECISION_TAG, REASON_TAG
-from pipeline.tracking.lease import CLOSED_TAG, heartbeat_tag
-from pipeline.tracking.models import MODEL_URI_TAG
-from pipeline.tracking.runs import (
+from pipeline.tracking.artifacts import is_artifact_uri
+from pipeline.tracking.lease import heartbeat_tag
+from pipeline.tracking.runs import wait_for_server
+from pipeline.tracking.tags import (
+    CLOSED_TAG,
+    DECISION_TAG,
     ERROR_TAG,
+    MODEL_URI_TAG,
     MODEL_VERSION_TAG,
     OUTPUT_DIGEST_TAG,
-    wait_for_server,
+    REASON_TAG,
+    RESUMED_TAG,
+    reused_tag,
 )
 
 log = logging.getLogger("unet_person")
-
-RESUMED_TAG = "unet_person.resumed_after"
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class Workflow:
         candidates = matching_runs(self.client, self.experiment_id, request)
         if self.reuse and request.reusable and (done := finished_run(candidates)):
             log.info("%s: reusing finished run %s", request.entry_point, done.info.run_id)
-            mlflow.set_tag(f"unet_person.reused.{request.entry_point}", done.info.run_id)
+            mlflow.set_tag(reused_tag(request.entry_point), done.info.run_id)
             self.done.append(StepDone(request.entry_point, done.info.run_id, "reused"))
             return done
         resumed = None
@@ -142,7 +145,7 @@ def _how_it_ended(run: Run) -> str:
 
 def absolute_path(location: str) -> str:
     """Paths as absolute ones, since steps run in the project folder; URIs and handles as given."""
-    if "://" in location or location.startswith(("runs:/", "models:/")):
+    if is_artifact_uri(location):
         return location
     return str(Path(location).expanduser().resolve())
 

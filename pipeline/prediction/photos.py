@@ -15,9 +15,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from pipeline.console import progress
+from pipeline.console import log, progress
 from pipeline.errors import PipelineError
-from pipeline.serving.images import (
+from pipeline.images import (
     ImageError,
     TooManyPixels,
     decode_mask,
@@ -30,7 +30,6 @@ from pipeline.serving.segmenter import (
     OUTPUT_COLUMN,
     THRESHOLD,
 )
-from pipeline.tracking.runs import log
 
 MASKS = "masks"
 OVERLAYS = "overlays"

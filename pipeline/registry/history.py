@@ -14,16 +14,17 @@ import mlflow
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from pipeline.registry.promote import (
+from pipeline.registry.promote import NONE
+from pipeline.registry.versions import alias_holder
+from pipeline.tracking.tags import (
     CANDIDATE_DICE_TAG,
     CHAMPION_DICE_TAG,
     CHAMPION_VERSION_TAG,
     DECISION_TAG,
-    NONE,
+    ENTRY_POINT_TAG,
+    MODEL_VERSION_TAG,
     REASON_TAG,
 )
-from pipeline.registry.versions import alias_holder
-from pipeline.tracking.runs import ENTRY_POINT_TAG, MODEL_VERSION_TAG
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ transactional across calls, so two guards keep them to one version and consisten
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -31,7 +31,6 @@ from mlflow.utils.time import get_current_time_millis
 from pipeline.data.cache import read_cache_record
 from pipeline.errors import PipelineError
 from pipeline.locks import hold
-from pipeline.params import PromoteParams
 from pipeline.registry.decision import UNCHANGED, Decision, decide
 from pipeline.registry.scores import Score, score
 from pipeline.registry.versions import (
@@ -44,17 +43,20 @@ from pipeline.registry.versions import (
     versions_of,
 )
 from pipeline.tracking.artifacts import cache_root, local_input
-from pipeline.tracking.runs import INPUT_DIGEST_TAG, MODEL_VERSION_TAG
+from pipeline.tracking.tags import (
+    CANDIDATE_DICE_TAG,
+    CANDIDATE_SOURCE_TAG,
+    CHAMPION_DICE_TAG,
+    CHAMPION_SOURCE_TAG,
+    CHAMPION_VERSION_TAG,
+    DECISION_TAG,
+    INPUT_DIGEST_TAG,
+    MODEL_VERSION_TAG,
+    PROMOTE_RUN_TAG,
+    REASON_TAG,
+    SPLIT_DIGEST_TAG,
+)
 
-DECISION_TAG = "unet_person.decision"
-REASON_TAG = "unet_person.reason"
-CANDIDATE_DICE_TAG = "unet_person.candidate_dice"
-CANDIDATE_SOURCE_TAG = "unet_person.candidate_dice_from"
-CHAMPION_VERSION_TAG = "unet_person.champion_version"
-CHAMPION_DICE_TAG = "unet_person.champion_dice"
-CHAMPION_SOURCE_TAG = "unet_person.champion_dice_from"
-SPLIT_DIGEST_TAG = "unet_person.split_digest"
-PROMOTE_RUN_TAG = "unet_person.promote_run_id"
 NONE = "none"
 
 
@@ -83,6 +85,35 @@ class Promotion:
         }
 
 
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class PromoteParams:
+    """Register the candidate and give it the alias if it beats the model holding it on the
+    same test split; every decision that moves the alias is kept on the version."""
+
+    model_uri: str = field(metadata=_help("the candidate: runs:/<run>/model or models:/<id>"))
+    model_name: str = field(default="unet-person", metadata=_help("registered model name"))
+    alias: str = field(default="champion", metadata=_help("the alias the better model holds"))
+    min_improvement: float = field(
+        default=0.0, metadata=_help("test Dice gain over the alias holder needed to take it")
+    )
+    min_dice: float = field(
+        default=0.5, metadata=_help("test Dice the first model needs to take a free alias")
+    )
+    data_dir: str = field(
+        default="data/processed", metadata=_help("the split both models are scored on")
+    )
+    batch_size: int = field(default=8, metadata=_help("images per forward pass when scoring"))
+
+    def __post_init__(self) -> None:
+        check_promotion(self.model_name, self.alias, self.min_improvement, self.min_dice)
+        if self.batch_size < 1:
+            raise PipelineError(f"parameter batch_size={self.batch_size} must be at least 1")
+
+
 def check_name(model_name: str) -> None:
     """Names go into search filters in quotes."""
     if not model_name or "'" in model_name:
@@ -91,17 +122,16 @@ def check_name(model_name: str) -> None:
         )
 
 
-def check(params: PromoteParams) -> None:
-    check_name(params.model_name)
-    check_alias(params.alias)
-    if params.min_improvement < 0:
+def check_promotion(model_name: str, alias: str, min_improvement: float, min_dice: float) -> None:
+    """The promotion's parameters, checked before any run opens (promote's and main's)."""
+    check_name(model_name)
+    check_alias(alias)
+    if min_improvement < 0:
         raise PipelineError(
-            f"parameter min_improvement={params.min_improvement} must be 0 or more (a Dice gain)"
+            f"parameter min_improvement={min_improvement} must be 0 or more (a Dice gain)"
         )
-    if not 0 <= params.min_dice <= 1:
-        raise PipelineError(f"parameter min_dice={params.min_dice} must be between 0 and 1")
-    if params.batch_size < 1:
-        raise PipelineError(f"parameter batch_size={params.batch_size} must be at least 1")
+    if not 0 <= min_dice <= 1:
+        raise PipelineError(f"parameter min_dice={min_dice} must be between 0 and 1")
 
 
 def promotion_lock(name: str) -> Path:
@@ -128,7 +158,6 @@ def promote(params: PromoteParams, run_id: str) -> Promotion:
     once both models have been scored, so a model that cannot be scored leaves the registry as
     it was.
     """
-    check(params)
     cache = local_input(params.data_dir, "data_dir")
     digest = read_cache_record(cache)["digest"]
     client = MlflowClient()

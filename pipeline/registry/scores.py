@@ -13,9 +13,10 @@ import mlflow
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
+from pipeline.console import log
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.tracking.models import load_predictor, segmenter_of
-from pipeline.tracking.runs import EVALUATED_MODEL_ID_TAG, INPUT_DIGEST_TAG, log
+from pipeline.tracking.tags import EVALUATED_MODEL_ID_TAG, INPUT_DIGEST_TAG
 
 MEASURED_HERE = "this run"
 

@@ -9,9 +9,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from pipeline.console import log
 from pipeline.errors import PipelineError
 from pipeline.tracking.concurrent_writes import write_despite_races
-from pipeline.tracking.runs import log
 
 # MLflow's rule for alias names; checked before any work, since the alias is set last.
 ALIAS_PATTERN = re.compile(r"^[\w\-]+$")

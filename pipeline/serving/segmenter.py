@@ -2,8 +2,9 @@
 
 `mlflow models serve`, `predict` and `evaluate` all run this class, so they give the same mask
 for the same photo. It holds the U-Net as a state_dict and its shape (artifacts), rebuilt with
-`pipeline.model.unet.UNet`; the `pipeline` package travels with the model (`code_paths`), so
-serving it needs no install of this repository.
+`pipeline.model.unet.UNet`; the modules of the `pipeline` package this class imports travel with
+the model (`code_paths`, see `pipeline.tracking.code_paths`), so serving it needs no install of
+this repository.
 
 The network runs in PyTorch or, from the ONNX export logged beside the weights, in ONNX Runtime
 (`runtime`: predict's --runtime, or UNET_PERSON_RUNTIME for `mlflow models serve`); only the
@@ -36,9 +37,7 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
 from pipeline.errors import PipelineError
-from pipeline.model.inputs import PixelNetwork
-from pipeline.model.unet import UNet
-from pipeline.serving.images import (
+from pipeline.images import (
     BAND_PIXELS,
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -47,6 +46,8 @@ from pipeline.serving.images import (
     square_pixels,
     upright_photo,
 )
+from pipeline.model.inputs import PixelNetwork
+from pipeline.model.unet import NetworkConfig, UNet
 
 if TYPE_CHECKING:  # imported where used: runtime torch never needs onnxruntime
     from pipeline.serving.onnx_runtime import OnnxNetwork
@@ -197,7 +198,7 @@ class Segmenter(mlflow.pyfunc.PythonModel):
         if self.runtime == "onnx":
             self.network = _onnx_network(context.artifacts)
             return
-        net = UNet(**shape)
+        net = UNet(NetworkConfig.from_dict(shape))
         weights = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
         net.load_state_dict(weights)
         # The CPU everywhere: a GPU's kernels round differently, and predict, serving and

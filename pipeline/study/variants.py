@@ -7,19 +7,21 @@ A variant that would change nothing (`depth_4` of a depth-4 baseline) is left ou
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.model.unet import UPSAMPLING_MODES
-from pipeline.training.recipes import LOSSES, RECIPES, TrainingSettings, resolve_settings
+from pipeline.settings import with_settings
+from pipeline.training.losses import LOSSES
+from pipeline.training.recipes import RECIPES, Recipe, resolve_recipe
 
 BASELINE = "baseline"
 OPTIMISATION = ("optimizer", "lr", "weight_decay", "schedule")
 
-Change = Callable[[TrainingSettings], dict[str, Any]]
+Settings = dict[str, Any]  # a recipe's settings by parameter name (Recipe.settings())
+Change = Callable[[Settings], Settings]
 
 
 @dataclass(frozen=True)
@@ -35,16 +37,20 @@ class PlannedVariant:
 
     name: str
     recipe: str
-    settings: TrainingSettings
+    config: Recipe
     description: str
+
+    @property
+    def settings(self) -> Settings:
+        return self.config.settings()
 
 
 def _flip(name: str) -> Change:
-    return lambda settings: {name: not getattr(settings, name)}
+    return lambda settings: {name: not settings[name]}
 
 
 def _other(name: str, choices: tuple[str, ...]) -> Change:
-    return lambda settings: {name: next(c for c in choices if c != getattr(settings, name))}
+    return lambda settings: {name: next(c for c in choices if c != settings[name])}
 
 
 VARIANTS: dict[str, Variant] = {
@@ -54,25 +60,24 @@ VARIANTS: dict[str, Variant] = {
         Variant("paper", lambda settings: {}, recipe="paper"),
         Variant("skip", _flip("skip_connections")),
         *(Variant(f"depth_{depth}", lambda _, d=depth: {"depth": d}) for depth in (3, 4, 5)),
-        Variant("width_half", lambda s: {"base_channels": max(1, s.base_channels // 2)}),
-        Variant("width_double", lambda s: {"base_channels": s.base_channels * 2}),
+        Variant("width_half", lambda s: {"base_channels": max(1, s["base_channels"] // 2)}),
+        Variant("width_double", lambda s: {"base_channels": s["base_channels"] * 2}),
         Variant("batch_norm", _flip("batch_norm")),
         Variant("upsampling", _other("upsampling", UPSAMPLING_MODES)),
         Variant("loss", _other("loss", LOSSES)),
         Variant("augment", _flip("augment")),
         Variant(
             "optimisation",
-            lambda _: {key: getattr(RECIPES["paper"], key) for key in OPTIMISATION},
+            lambda _: {key: RECIPES["paper"].settings()[key] for key in OPTIMISATION},
         ),
     )
 }
 
 
-def _describe(baseline: TrainingSettings, settings: TrainingSettings) -> str:
+def _describe(baseline: Recipe, config: Recipe) -> str:
+    before, after = baseline.settings(), config.settings()
     changed = [
-        f"{field.name} {getattr(baseline, field.name)} → {getattr(settings, field.name)}"
-        for field in dataclasses.fields(TrainingSettings)
-        if getattr(baseline, field.name) != getattr(settings, field.name)
+        f"{name} {before[name]} → {after[name]}" for name in before if before[name] != after[name]
     ]
     return "; ".join(changed)
 
@@ -85,21 +90,21 @@ def plan_variants(
     The study's `overrides` (its budget, batch size, width) apply to every variant, including
     one that starts from another recipe, so all are trained on the same budget.
     """
-    baseline = resolve_settings(recipe, overrides)
+    baseline = resolve_recipe(recipe, overrides)
     names = list(VARIANTS) if selection.strip() == "all" else _names(selection)
     if BASELINE not in names:
         names.insert(0, BASELINE)
     planned = []
     for name in names:
         variant = VARIANTS[name]
-        start = baseline if variant.recipe is None else resolve_settings(variant.recipe, overrides)
-        settings = dataclasses.replace(start, **variant.change(start))
-        if name != BASELINE and settings == baseline:
+        start = baseline if variant.recipe is None else resolve_recipe(variant.recipe, overrides)
+        config = with_settings(start, variant.change(start.settings()))
+        if name != BASELINE and config == baseline:
             continue
-        description = "the study's baseline" if name == BASELINE else _describe(baseline, settings)
+        description = "the study's baseline" if name == BASELINE else _describe(baseline, config)
         if variant.recipe:
             description = f"recipe {variant.recipe} at the same budget: {description}"
-        planned.append(PlannedVariant(name, variant.recipe or recipe, settings, description))
+        planned.append(PlannedVariant(name, variant.recipe or recipe, config, description))
     return planned
 
 

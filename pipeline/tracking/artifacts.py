@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from pipeline.data import folders, layout
+from pipeline import folders
 from pipeline.errors import PipelineError
 
 URI_PREFIXES = ("runs:/", "models:/", "mlflow-artifacts:/")
@@ -21,6 +21,8 @@ def cache_root() -> Path:
 
 
 def is_artifact_uri(location: str) -> bool:
+    """Whether `location` names MLflow artifacts (runs:/, models:/, mlflow-artifacts:/, or any
+    scheme://, e.g. s3://) rather than a local path; the one test of it in the pipeline."""
     return location.startswith(URI_PREFIXES) or "://" in location
 
 
@@ -29,7 +31,7 @@ def local_input(location: str, parameter: str) -> Path:
     if not is_artifact_uri(location):
         return Path(location).expanduser()
     target = cache_root() / "artifacts" / hashlib.sha256(location.encode()).hexdigest()[:24]
-    if layout.read_marker(target) is not None:
+    if folders.read_marker(target) is not None:
         return target
     with folders.staging_beside(target) as staging:
         fetched = staging / "fetched"  # apart from the staging folder's own lock file
@@ -43,10 +45,10 @@ def local_input(location: str, parameter: str) -> Path:
             ) from error
         downloaded = list(fetched.iterdir())
         root = downloaded[0] if len(downloaded) == 1 and downloaded[0].is_dir() else fetched
-        if layout.read_marker(root) is None:
+        if folders.read_marker(root) is None:
             raise PipelineError(
                 f"{parameter}={location} is not the output of a finished pipeline step "
-                f"(no {layout.MARKER_FILE} in it)"
+                f"(no {folders.MARKER_FILE} in it)"
             )
         folders.publish(root, target)
     return target

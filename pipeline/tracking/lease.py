@@ -25,15 +25,14 @@ from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from pipeline import locks
+from pipeline.processes import is_rank_zero
 from pipeline.tracking.artifacts import cache_root
+from pipeline.tracking.tags import CLOSED_TAG, HEARTBEAT_TAG
 
 log = logging.getLogger("unet_person")
 
-HEARTBEAT_TAG = "unet_person.heartbeat"
-CLOSED_TAG = "unet_person.closed_because"
 HEARTBEAT_SECONDS = float(os.environ.get("UNET_PERSON_HEARTBEAT_SECONDS", "30"))
 LEASE_SECONDS = 4 * HEARTBEAT_SECONDS
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
 
 def lease_file(run_id: str) -> Path:
@@ -43,22 +42,6 @@ def lease_file(run_id: str) -> Path:
 def heartbeat_tag() -> dict[str, str]:
     """The tag that says "alive now"; also set on runs created for a step about to start."""
     return {HEARTBEAT_TAG: f"{time.time():.0f}"}
-
-
-def is_rank_zero() -> bool:
-    """Whether this is the first process of a distributed training (or the only process).
-
-    Launchers start every rank with the step's command: only the first holds the run's lease,
-    as Lightning's own rank variables tell.
-    """
-    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
-
-
-def rank_variables() -> str:
-    """The launcher's variables that make this process other than the first, e.g. `RANK=1`."""
-    return ", ".join(
-        f"{name}={os.environ[name]}" for name in RANK_VARIABLES if os.environ.get(name, "0") != "0"
-    )
 
 
 @contextmanager

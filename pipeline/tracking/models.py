@@ -23,8 +23,8 @@ from PIL import Image
 
 from pipeline.errors import PipelineError
 from pipeline.export.onnx_export import export_onnx
+from pipeline.images import encode_png
 from pipeline.model.unet import UNet
-from pipeline.serving.images import encode_png
 from pipeline.serving.segmenter import (
     ARCHITECTURE,
     DEFAULT_THRESHOLD,
@@ -39,10 +39,10 @@ from pipeline.serving.segmenter import (
     MissingOnnxExport,
     Segmenter,
 )
-from pipeline.tracking.code_version import PACKAGE_ROOT
+from pipeline.tracking.code_paths import staged_package
+from pipeline.tracking.tags import MODEL_URI_TAG
 
 MODEL_NAME = "model"
-MODEL_URI_TAG = "unet_person.model_uri"
 ONNX_FILE = "unet.onnx"
 EXAMPLE_SIDE = 64
 
@@ -68,14 +68,15 @@ def log_segmentation_model(net: UNet, image_size: int, example: np.ndarray) -> M
         weights = Path(scratch) / "unet.pt"
         torch.save(net.cpu().state_dict(), weights)
         architecture = Path(scratch) / "unet.json"
-        architecture.write_text(json.dumps({**net.architecture(), "image_size": image_size}))
+        architecture.write_text(json.dumps({**net.config.to_dict(), "image_size": image_size}))
         onnx_file = export_onnx(net, image_size, Path(scratch) / ONNX_FILE)
         artifacts = {WEIGHTS: weights, ARCHITECTURE: architecture, ONNX: onnx_file}
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(MODEL_CODE),
             artifacts={key: str(path) for key, path in artifacts.items()},
-            code_paths=[str(PACKAGE_ROOT)],
+            # Only the modules the Segmenter imports, in a pipeline/ folder of their own.
+            code_paths=[str(staged_package(MODEL_CODE, Path(scratch) / "code"))],
             signature=SIGNATURE,
             input_example=(example_input, {THRESHOLD: DEFAULT_THRESHOLD}),
             pip_requirements=_requirements(),

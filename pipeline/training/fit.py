@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -17,13 +16,25 @@ from mlflow.tracking import MlflowClient
 from pipeline.data.cache import open_split
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.errors import PipelineError
-from pipeline.params import TrainParams, compile_options, resolve_switch
+from pipeline.model.unet import UNet
+from pipeline.processes import is_rank_zero
 from pipeline.tracking.journal import NOTHING, Journal
-from pipeline.tracking.lease import is_rank_zero
+from pipeline.tracking.tags import (
+    CHANNELS_LAST_TAG,
+    COMPILE_TAG,
+    CUDNN_BENCHMARK_TAG,
+    DEVICE_TAG,
+    GLOBAL_BATCH_TAG,
+    NUM_WORKERS_TAG,
+    PRECISION_TAG,
+    STRATEGY_TAG,
+    WORLD_SIZE_TAG,
+)
 from pipeline.training.callbacks import EpochSummary, EpochTimer, PredictionGrid, StopTogether
 from pipeline.training.journal_logger import LAST_CHECKPOINT, JournalLogger, ReleasingCheckpointIO
 from pipeline.training.module import SegmentationModule
-from pipeline.training.recipes import TrainingSettings
+from pipeline.training.recipes import Recipe
+from pipeline.training.runtime import RuntimeConfig, compile_tag, resolve_hardware
 
 GRID_IMAGES = 8
 GRADIENT_CLIP = 1.0
@@ -31,70 +42,9 @@ EARLY_STOP_MIN_DELTA = 1e-4
 JOURNAL_FOLDER = "journal"
 
 
-@dataclass(frozen=True)
-class Hardware:
-    accelerator: str
-    devices: int | str | list[int]
-    precision: str
-    num_workers: int
-    on_gpu: bool
-    channels_last: bool
-    compile: dict[str, str] | None  # torch.compile's arguments; None runs eagerly
-    cudnn_benchmark: bool
-
-
-def resolve_hardware(params: TrainParams) -> Hardware:
-    """Turn the `auto` settings into what this machine supports, so the run records real values."""
-    on_gpu = torch.cuda.is_available() and params.accelerator in ("auto", "gpu", "cuda")
-    precision = params.precision
-    if precision == "auto":
-        if on_gpu:
-            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-        else:
-            precision = "32-true"
-    devices: int | str | list[int] = params.devices
-    if params.devices.isdigit():
-        devices = int(params.devices)
-    elif "," in params.devices:
-        devices = [int(device) for device in params.devices.split(",") if device.strip()]
-    workers = params.num_workers
-    if workers < 0:
-        # Reading a memory map is cheap; on a CPU, workers would only steal the cores training
-        # uses. On GPUs, each process of the node gets its share of half the cores.
-        processes = _processes_per_node(devices) if on_gpu else 1
-        cores = torch.multiprocessing.cpu_count() or 2
-        workers = max(1, min(8, cores // (2 * processes))) if on_gpu else 0
-    return Hardware(
-        accelerator=params.accelerator,
-        devices=devices,
-        precision=precision,
-        num_workers=workers,
-        on_gpu=on_gpu,
-        # Both pay off on CUDA (tensor cores want NHWC; the image size never changes).
-        channels_last=resolve_switch("channels_last", params.channels_last, auto=on_gpu),
-        compile=compile_options(params.compile),
-        cudnn_benchmark=resolve_switch("cudnn_benchmark", params.cudnn_benchmark, auto=on_gpu),
-    )
-
-
-def _processes_per_node(devices: int | str | list[int]) -> int:
-    if isinstance(devices, list):
-        return len(devices)
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    return max(1, torch.cuda.device_count())  # auto and -1: every GPU
-
-
-def compile_tag(options: dict[str, str] | None) -> str:
-    """The `compile` setting as the run records it: false, or backend:mode."""
-    if options is None:
-        return "false"
-    return ":".join(options.values())
-
-
-def checkpoint_root(params: TrainParams) -> Path:
+def checkpoint_root(runtime: RuntimeConfig) -> Path:
     """The folder of every run's checkpoints, each in a subfolder named by its run id."""
-    return Path(params.checkpoint_dir).expanduser().resolve()
+    return Path(runtime.checkpoint_dir).expanduser().resolve()
 
 
 def checkpoint_step(path: Path) -> int:
@@ -111,32 +61,38 @@ def open_journal(checkpoint_dir: Path, run_id: str, last: Path) -> Journal:
 
 
 def fit(
-    params: TrainParams, settings: TrainingSettings, cache: Path, run_id: str
+    recipe: Recipe,
+    runtime: RuntimeConfig,
+    cache: Path,
+    run_id: str,
+    seed: int,
+    grid_every: int,
 ) -> tuple[SegmentationModule, dict] | None:
-    """Train as `settings` say and return the best module by val Dice with a summary of the fit.
+    """Train as `recipe` says and return the best module by val Dice with a summary of the fit;
+    `seed` seeds weights and data order, `grid_every` spaces the prediction grids (epochs).
 
     Checkpoints live in checkpoint_dir/<run_id>; a run started again with the same id resumes
     from its last epoch instead of starting over. In a distributed fit every rank calls this;
     only the first records into the run and returns the result, the others return None.
     """
-    L.seed_everything(params.seed, workers=True)
-    hardware = resolve_hardware(params)
+    L.seed_everything(seed, workers=True)
+    hardware = resolve_hardware(runtime)
     datamodule = PersonDataModule(
         cache,
-        settings.batch_size,
+        recipe.batch_size,
         hardware.num_workers,
         hardware.on_gpu,
-        settings.augment,
+        recipe.augment,
         hardware.channels_last,
     )
-    module = SegmentationModule(**settings.module_options())
+    module = SegmentationModule(UNet(recipe.network), recipe.loss, recipe.optimization)
     if hardware.channels_last:
         module.net.to(memory_format=torch.channels_last)
     if hardware.compile is not None:
         # In place: the parameters keep their names, so checkpoints and the logged network (a
         # fresh UNet loaded from the best checkpoint) are those of the plain module.
         module.net.compile(**hardware.compile)
-    checkpoint_dir = checkpoint_root(params) / run_id
+    checkpoint_dir = checkpoint_root(runtime) / run_id
     best_checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best",
@@ -160,14 +116,14 @@ def fit(
         EarlyStopping(
             monitor="val_dice",
             mode="max",
-            patience=settings.patience,
+            patience=recipe.patience,
             min_delta=EARLY_STOP_MIN_DELTA,
         ),
         LearningRateMonitor(logging_interval="epoch"),
         EpochTimer(),
         StopTogether(),
         PredictionGrid(
-            np.array(val_images[:GRID_IMAGES]), np.array(val_masks[:GRID_IMAGES]), params.grid_every
+            np.array(val_images[:GRID_IMAGES]), np.array(val_masks[:GRID_IMAGES]), grid_every
         ),
         *([] if interactive else [EpochSummary()]),
     ]
@@ -176,12 +132,12 @@ def fit(
     first = is_rank_zero()  # the other ranks of a distributed fit record nothing
     journal = open_journal(checkpoint_dir, run_id, last) if first else None
     trainer = L.Trainer(
-        max_epochs=settings.max_epochs,
-        max_time=params.max_time or None,
+        max_epochs=recipe.max_epochs,
+        max_time=runtime.max_time or None,
         accelerator=hardware.accelerator,
         devices=hardware.devices,
-        num_nodes=params.num_nodes,
-        strategy=params.strategy,
+        num_nodes=runtime.num_nodes,
+        strategy=runtime.strategy,
         precision=hardware.precision,
         benchmark=hardware.cudnn_benchmark,
         gradient_clip_val=GRADIENT_CLIP,
@@ -192,21 +148,21 @@ def fit(
         default_root_dir=checkpoint_dir,
     )
     # Each process takes its share of the training images: about once an epoch at least.
-    per_process = train_images // (settings.batch_size * trainer.world_size)
+    per_process = train_images // (recipe.batch_size * trainer.world_size)
     trainer.log_every_n_steps = max(1, min(50, per_process))
     if first:
         # Tags, not params: a run resumed on another machine may resolve them differently.
         mlflow.set_tags(
             {
-                "unet_person.precision": hardware.precision,
-                "unet_person.num_workers": hardware.num_workers,
-                "unet_person.device": torch.cuda.get_device_name() if hardware.on_gpu else "cpu",
-                "unet_person.channels_last": str(hardware.channels_last).lower(),
-                "unet_person.compile": compile_tag(hardware.compile),
-                "unet_person.cudnn_benchmark": str(hardware.cudnn_benchmark).lower(),
-                "unet_person.strategy": type(trainer.strategy).__name__,
-                "unet_person.world_size": trainer.world_size,
-                "unet_person.global_batch": settings.batch_size * trainer.world_size,
+                PRECISION_TAG: hardware.precision,
+                NUM_WORKERS_TAG: hardware.num_workers,
+                DEVICE_TAG: torch.cuda.get_device_name() if hardware.on_gpu else "cpu",
+                CHANNELS_LAST_TAG: str(hardware.channels_last).lower(),
+                COMPILE_TAG: compile_tag(hardware.compile),
+                CUDNN_BENCHMARK_TAG: str(hardware.cudnn_benchmark).lower(),
+                STRATEGY_TAG: type(trainer.strategy).__name__,
+                WORLD_SIZE_TAG: trainer.world_size,
+                GLOBAL_BATCH_TAG: recipe.batch_size * trainer.world_size,
             }
         )
     try:
@@ -232,9 +188,7 @@ def fit(
             "training ended before its first validation, so there is no model: raise max_epochs "
             "or max_time"
         )
-    best = SegmentationModule.load_from_checkpoint(
-        best_checkpoint.best_model_path, map_location="cpu"
-    )
+    best = SegmentationModule.from_checkpoint(best_checkpoint.best_model_path)
     summary = {
         "best_val_dice": float(best_checkpoint.best_model_score),
         "epochs_trained": trainer.current_epoch,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+LOSSES = ("bce", "bce_dice")
+
 
 class SoftDiceLoss(nn.Module):
     """1 - Dice of the probabilities, pooled over the whole batch like the monitored metric.

@@ -1,6 +1,9 @@
-"""The LightningModule: loss, metrics and optimisation around the plain U-Net."""
+"""The LightningModule: loss, metrics and optimisation around a plain network."""
 
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -8,44 +11,38 @@ from lightning.pytorch.callbacks import Timer
 from torchmetrics import MeanMetric
 
 from pipeline.evaluation.metrics import hard_predictions, segmentation_metrics
-from pipeline.model.unet import UNet
+from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.training.losses import segmentation_loss
-from pipeline.training.schedule import one_cycle
+from pipeline.training.optimization import OptimizationConfig
 
 
 class SegmentationModule(L.LightningModule):
-    """Training of a U-Net as a recipe describes it, monitored by Dice, one metric per stage.
+    """Training of a network as a recipe describes it, monitored by Dice, one metric per stage.
 
-    Batches arrive as float images in [0, 1] and float masks (PersonDataModule converts and
-    augments them on the device).
+    It is given the network, the loss's name and the optimisation's config, and builds
+    nothing of its own from a list of settings. Batches arrive as float images in [0, 1] and
+    float masks (PersonDataModule converts and augments them on the device).
     """
 
     def __init__(
         self,
-        base_channels: int = 64,
-        depth: int = 4,
-        batch_norm: bool = False,
-        skip_connections: bool = True,
-        upsampling: str = "transposed",
+        net: UNet,
         loss: str = "bce",
-        optimizer: str = "adam",
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        schedule: str = "plateau",
-        plateau_factor: float = 0.5,
-        plateau_patience: int = 5,
+        optimization: OptimizationConfig | None = None,
     ) -> None:
         super().__init__()
-        # Not sent to the logger: MLflow already holds these params in the run's own spelling.
-        self.save_hyperparameters(logger=False)
-        self.net = UNet(
-            in_channels=3,
-            base_channels=base_channels,
-            depth=depth,
-            batch_norm=batch_norm,
-            skip_connections=skip_connections,
-            upsampling=upsampling,
+        self.optimization = optimization or OptimizationConfig()
+        # Plain values, so a checkpoint rebuilds the module (from_checkpoint) without
+        # unpickling code. Not sent to the logger: MLflow holds them as the run's params.
+        self.save_hyperparameters(
+            {
+                "network": net.config.to_dict(),
+                "loss": loss,
+                "optimization": dataclasses.asdict(self.optimization),
+            },
+            logger=False,
         )
+        self.net = net
         self.loss = segmentation_loss(loss)
         # Metrics keep sums (pixel counts, weighted losses) that a distributed fit adds up over
         # its ranks at the end of each epoch: every epoch figure is exact over the whole split,
@@ -54,6 +51,19 @@ class SegmentationModule(L.LightningModule):
         self.val_metrics = segmentation_metrics("val_")
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str) -> SegmentationModule:
+        """The module a Lightning checkpoint of this class holds, on the CPU."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        options = checkpoint["hyper_parameters"]
+        module = cls(
+            UNet(NetworkConfig.from_dict(options["network"])),
+            options["loss"],
+            OptimizationConfig(**options["optimization"]),
+        )
+        module.load_state_dict(checkpoint["state_dict"])
+        return module
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -81,31 +91,9 @@ class SegmentationModule(L.LightningModule):
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True, batch_size=batch_size)
 
     def configure_optimizers(self):
-        optimizer_class = (
-            torch.optim.AdamW if self.hparams.optimizer == "adamw" else torch.optim.Adam
-        )
-        optimizer = optimizer_class(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        if self.hparams.schedule == "onecycle":
-            # Warm-up then decay to ~0 over the run's budget of steps, or of time if shorter.
-            timers = [
-                callback for callback in self.trainer.callbacks if isinstance(callback, Timer)
-            ]
-            scheduler = one_cycle(
-                optimizer, self.trainer.estimated_stepping_batches, next(iter(timers), None)
-            )
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
-            }
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="min",
-            factor=self.hparams.plateau_factor,
-            patience=self.hparams.plateau_patience,
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "name": "lr"},
-        }
+        return self.optimization.configure(self.parameters(), self._budget)
+
+    def _budget(self) -> tuple[float, Timer | None]:
+        """The fit's total optimiser steps, and its Timer when it has a time limit."""
+        timers = [callback for callback in self.trainer.callbacks if isinstance(callback, Timer)]
+        return self.trainer.estimated_stepping_batches, next(iter(timers), None)

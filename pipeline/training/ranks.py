@@ -26,8 +26,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from pipeline.errors import PipelineError
-from pipeline.orchestration.project import PARENT_PID_VARIABLE
-from pipeline.tracking.lease import rank_variables
+from pipeline.processes import PARENT_PID_VARIABLE, rank_variables
 
 RUN_ID_VARIABLE = "MLFLOW_RUN_ID"
 LAUNCH_FOLDER = "launches"
@@ -43,7 +42,7 @@ def sharing_run(run_id: str, checkpoint_root: Path) -> Iterator[None]:
     """On the first rank: tell this launch's other ranks the run, for as long as the `with` lasts.
 
     Ranks that Lightning's launcher starts inherit the environment: they get the run id, and the
-    parent-death watch (pipeline/orchestration/project.py) that ends them if this process is
+    parent-death watch (pipeline/processes.py) that ends them if this process is
     killed, rather than leaving them waiting in a collective for a peer that is gone.
     """
     exported = {RUN_ID_VARIABLE: run_id, PARENT_PID_VARIABLE: str(os.getpid())}

@@ -1,5 +1,9 @@
 """Training recipes: every setting that decides how a model is trained, under one name.
 
+A recipe nests the network's config and the optimisation's, and holds the loss, the
+augmentation and the loop's budget itself; each setting is declared once, in the config it
+belongs to, and the train, main and ablate parameters are derived from these declarations.
+
 `paper` is the reference lab report, setting for setting (plain U-Net, BCE, Adam at 1e-5,
 batch 4, plateau schedule). `default` is what the architecture study (`ablate`) supports:
 batch normalisation, BCE + Dice, on-the-fly augmentation, and AdamW with a one-cycle
@@ -11,100 +15,74 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.model.unet import UPSAMPLING_MODES
-
-LOSSES = ("bce", "bce_dice")
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("plateau", "onecycle")
+from pipeline.model.unet import NetworkConfig
+from pipeline.settings import check_settings, flat_settings, setting, with_settings
+from pipeline.training.losses import LOSSES
+from pipeline.training.optimization import OptimizationConfig
 
 
 @dataclass(frozen=True)
-class TrainingSettings:
-    """The settings a recipe fixes; train and main params of the same names override them."""
+class Recipe:
+    """The settings a recipe fixes; train and main params of the same names override them.
+    The defaults are the reference report's."""
 
-    base_channels: int
-    depth: int
-    batch_norm: bool
-    skip_connections: bool
-    upsampling: str
-    loss: str
-    augment: bool
-    optimizer: str
-    lr: float
-    weight_decay: float
-    schedule: str
-    batch_size: int
-    max_epochs: int
-    patience: int
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    loss: str = setting("bce", "bce or bce_dice", choices=LOSSES)
+    augment: bool = setting(False, "random flips, crops and colour")
+    batch_size: int = setting(
+        4,
+        "images per step on each device; the global batch is batch_size x devices x num_nodes",
+        minimum=1,
+    )
+    max_epochs: int = setting(100, "upper bound on epochs", minimum=1)
+    patience: int = setting(15, "epochs without val Dice gain before stop", minimum=1)
 
     def __post_init__(self) -> None:
-        choices = {
-            "upsampling": UPSAMPLING_MODES,
-            "loss": LOSSES,
-            "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise PipelineError(
-                    f"parameter {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
-                )
-        for name in ("base_channels", "depth", "batch_size", "max_epochs", "patience"):
-            if getattr(self, name) < 1:
-                raise PipelineError(f"parameter {name}={getattr(self, name)} must be at least 1")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise PipelineError(
-                f"parameters lr={self.lr} and weight_decay={self.weight_decay} must be > 0 and >= 0"
-            )
+        check_settings(self)
 
-    def module_options(self) -> dict[str, Any]:
-        """What the LightningModule takes: all but the data's batch size and augmentation and
-        the loop's stopping."""
-        loop = {"batch_size", "augment", "max_epochs", "patience"}
-        return {key: value for key, value in dataclasses.asdict(self).items() if key not in loop}
+    def settings(self) -> dict[str, Any]:
+        """Every setting by its parameter name, the nested configs' too."""
+        return flat_settings(self)
 
 
-PAPER = TrainingSettings(
-    base_channels=64,
-    depth=4,
-    batch_norm=False,
-    skip_connections=True,
-    upsampling="transposed",
-    loss="bce",
-    augment=False,
-    optimizer="adam",
-    lr=1e-5,
-    weight_decay=0.0,
-    schedule="plateau",
-    batch_size=4,
-    max_epochs=100,
-    patience=15,
-)
+PAPER = Recipe()
 # The same network and budget; what changes is what the study and common practice support.
-DEFAULT = dataclasses.replace(
+DEFAULT = with_settings(
     PAPER,
-    batch_norm=True,
-    loss="bce_dice",
-    augment=True,
-    optimizer="adamw",
-    lr=1e-3,
-    weight_decay=1e-4,
-    schedule="onecycle",
-    batch_size=8,
-    patience=25,
+    {
+        "batch_norm": True,
+        "loss": "bce_dice",
+        "augment": True,
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "schedule": "onecycle",
+        "batch_size": 8,
+        "patience": 25,
+    },
 )
-RECIPES: dict[str, TrainingSettings] = {"paper": PAPER, "default": DEFAULT}
-SETTING_NAMES = tuple(field.name for field in dataclasses.fields(TrainingSettings))
+RECIPES: dict[str, Recipe] = {"paper": PAPER, "default": DEFAULT}
 
 
-def resolve_settings(recipe: str, overrides: Mapping[str, Any]) -> TrainingSettings:
-    """The recipe's settings with every setting in `overrides` that is not None in its place;
-    other keys are ignored, so a whole params dict can be passed."""
-    if recipe not in RECIPES:
-        raise PipelineError(f"parameter recipe={recipe!r} is not one of {', '.join(RECIPES)}")
-    given = {name: overrides[name] for name in SETTING_NAMES if overrides.get(name) is not None}
-    return dataclasses.replace(RECIPES[recipe], **given)
+def resolve_recipe(name: str, overrides: Mapping[str, Any]) -> Recipe:
+    """Recipe `name` with each setting in `overrides` that is not None in its place; a name
+    that is no setting is an error."""
+    if name not in RECIPES:
+        raise PipelineError(f"parameter recipe={name!r} is not one of {', '.join(RECIPES)}")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return with_settings(RECIPES[name], given)
+
+
+def recipe_overrides(params: Any) -> dict[str, Any]:
+    """The recipe settings among a params object's fields (None: the recipe's own)."""
+    names = PAPER.settings().keys()
+    return {
+        spec.name: getattr(params, spec.name)
+        for spec in dataclasses.fields(params)
+        if spec.name in names
+    }

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from data_helpers import LocalServer, file_state, leftovers, make_dataset, zip_folder
 
-from pipeline.data import download, layout
+from pipeline import folders
+from pipeline.data import download
 from pipeline.data.download import land_dataset, source_fingerprint, source_kind
 from pipeline.errors import PipelineError
 
@@ -74,7 +75,7 @@ def test_synthetic_lands_n_rows_with_marker_and_a_stable_digest(tmp_path: Path) 
     assert first.reused is False
     assert len(pd.read_csv(tmp_path / "one" / "df.csv", index_col=0)) == 3
     assert all(path.is_file() for path in _listed_files(tmp_path / "one"))
-    marker = layout.read_marker(tmp_path / "one")
+    marker = folders.read_marker(tmp_path / "one")
     assert marker == {
         "source": "synthetic:3",
         "source_fingerprint": source_fingerprint("synthetic:3"),
@@ -108,7 +109,7 @@ def test_local_folder_lands_with_df_csv_at_output_dir(dataset: Path, tmp_path: P
     assert (out / "df.csv").read_bytes() == dataset.read_bytes()
     for path in _listed_files(out):
         assert path.read_bytes() == (dataset.parent / path.relative_to(out)).read_bytes()
-    assert layout.read_marker(out)["digest"] == landed.digest
+    assert folders.read_marker(out)["digest"] == landed.digest
     assert leftovers(tmp_path) == []
 
 
@@ -118,7 +119,7 @@ def test_local_zip_nested_two_deep_lands_flat(dataset: Path, tmp_path: Path) -> 
     out = tmp_path / "out"
     assert (landed.kind, landed.rows, landed.usable_rows) == ("zip", 20, 20)
     assert sorted(p.name for p in out.iterdir()) == [
-        layout.MARKER_FILE,
+        folders.MARKER_FILE,
         "df.csv",
         "images",
         "masks",
@@ -197,7 +198,7 @@ def test_a_changed_local_folder_is_landed_again(dataset: Path, tmp_path: Path) -
     assert after_edit.reused is False
     assert after_edit.digest != first.digest
     assert (out / "masks" / "p007.png").read_bytes() == (source / "masks" / "p008.png").read_bytes()
-    assert layout.read_marker(out)["digest"] == after_edit.digest
+    assert folders.read_marker(out)["digest"] == after_edit.digest
     assert leftovers(tmp_path) == []
 
 
@@ -436,5 +437,5 @@ def test_a_download_cut_off_half_way_keeps_the_previous_output(
     assert sent == [1024, 1024, 1024]
     assert list(cache.glob("*")) == []  # neither a .part nor a truncated .zip
     assert file_state(out) == before
-    assert layout.read_marker(out)["source"] == str(dataset.parent)
+    assert folders.read_marker(out)["source"] == str(dataset.parent)
     assert leftovers(tmp_path) == []

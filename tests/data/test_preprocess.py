@@ -17,9 +17,9 @@ from data_helpers import (
     make_dataset,
     pair_pictures,
 )
-from PIL import Image
+from PIL import ExifTags, Image
 
-from pipeline.data import folders, layout
+from pipeline import folders
 from pipeline.data import preprocess as preprocess_module
 from pipeline.data.cache import MANIFEST_FILE, SPLITS, split_paths
 from pipeline.data.preprocess import BadRow, load_pair, preprocess, split_rows
@@ -28,7 +28,6 @@ from pipeline.errors import PipelineError
 from tests.conftest import last_run
 
 SIZE = 32
-ORIENTATION_TAG = 0x0112
 
 
 def _run(raw: Path, out: Path, **overrides: object):
@@ -101,7 +100,7 @@ def test_arrays_have_the_promised_shapes_types_and_values(dataset: Path, tmp_pat
         assert report.splits[split].rows == counts[split]
         assert report.splits[split].foreground_fraction == pytest.approx(masks.mean())
     assert report.bad_rows == [] and report.resized_masks == 0
-    record = layout.read_marker(tmp_path / "out")
+    record = folders.read_marker(tmp_path / "out")
     assert record["splits"] == counts and record["digest"] == report.digest
     assert record["image_size"] == SIZE
 
@@ -196,11 +195,11 @@ def test_exif_rotated_image_lines_up_with_its_upright_mask(
     upright[2:10, 3:15] = 255
     picture = Image.fromarray(upright).convert("RGB")
     exif = Image.Exif()
-    exif[ORIENTATION_TAG] = orientation
+    exif[ExifTags.Base.Orientation] = orientation
     image = _save(picture.transpose(STORE_TURNED[orientation]), tmp_path / "i.png", exif=exif)
     mask = _save(Image.fromarray(upright), tmp_path / "m.png")
     stored = Image.open(image)
-    assert stored.getexif()[ORIENTATION_TAG] == orientation
+    assert stored.getexif()[ExifTags.Base.Orientation] == orientation
     assert not np.array_equal(np.asarray(stored.convert("L")), upright)  # really stored turned
 
     rgb, binary, rescaled = load_pair(image, mask, SIZE)
@@ -488,7 +487,7 @@ def test_a_rerun_replaces_the_previous_output_in_one_swap(
     def checking_publish(folder: Path, destination: Path) -> None:
         # Up to the swap the old output is whole, and the new one is complete beside it.
         assert file_state(destination) == before_with_stale
-        assert layout.read_marker(folder) is not None
+        assert folders.read_marker(folder) is not None
         staged = file_state(folder)
         staged.pop(folders.STAGING_LOCK)  # the staging folder's lock, which publish drops
         seen.append(staged)
@@ -499,7 +498,7 @@ def test_a_rerun_replaces_the_previous_output_in_one_swap(
     assert len(seen) == 1
     assert file_state(out) == seen[0]
     assert second.digest != first.digest
-    assert layout.read_marker(out)["digest"] == second.digest
+    assert folders.read_marker(out)["digest"] == second.digest
     assert not (out / "stale.txt").exists()
     assert file_state(out).keys() == before.keys()
     assert leftovers(tmp_path) == []

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from data_helpers import leftovers, make_dataset
 
-from pipeline.data import folders, layout
+from pipeline import folders
 from pipeline.data.preprocess import preprocess
 
 # A step that has begun to write its output, then waits (to be killed, or to be left running).
 STAGING_STEP = """
 import sys, time
 from pathlib import Path
-from pipeline.data import folders
+from pipeline import folders
 with folders.staging_beside(Path(sys.argv[1])) as staging:
     (staging / "train_images.npy").write_bytes(b"half written")
     print(staging, flush=True)
@@ -70,7 +70,7 @@ def test_a_killed_steps_staging_is_removed_and_a_live_ones_kept(
 
     _preprocess(raw, out)
 
-    assert layout.read_marker(out) is not None
+    assert folders.read_marker(out) is not None
     assert not killed_staging.exists()
     assert (live_staging / "train_images.npy").read_bytes() == b"half written"
     assert leftovers(tmp_path) == [live_staging.name]
@@ -118,7 +118,7 @@ def test_a_retired_output_left_by_a_killed_swap_is_removed_once_the_output_exist
     out = tmp_path / "processed"
     retired = tmp_path / ".processed.retired-4242"
     retired.mkdir()
-    layout.write_marker(retired, {"digest": "an older output"})
+    folders.write_marker(retired, {"digest": "an older output"})
     _preprocess(raw, out)  # no output yet: the retired one may be the last good one, so kept
     assert retired.is_dir()
     _preprocess(raw, out)

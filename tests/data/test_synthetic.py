@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageFilter, ImageOps
+from PIL import ExifTags, Image, ImageFilter, ImageOps
 
 from pipeline.data.synthetic import generate_dataset
 
 COUNT = 60
-ORIENTATION_TAG = 0x0112
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +112,7 @@ def test_exif_rotated_images_turn_upright_onto_their_mask(
     rotated = 0
     for image_rel, mask_rel, collage_rel in rows.itertuples(index=False):
         raw = Image.open(dataset.parent / image_rel)
-        orientation = raw.getexif().get(ORIENTATION_TAG)
+        orientation = raw.getexif().get(ExifTags.Base.Orientation)
         if orientation is None:
             continue
         rotated += 1

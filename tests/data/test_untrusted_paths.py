@@ -25,6 +25,7 @@ from data_helpers import (
 )
 from PIL import Image
 
+from pipeline import folders
 from pipeline.data import layout
 from pipeline.data.cache import SPLITS, split_paths
 from pipeline.data.download import land_dataset, source_fingerprint
@@ -32,7 +33,7 @@ from pipeline.data.preprocess import preprocess
 from pipeline.entrypoints import download as download_entry_point
 from pipeline.entrypoints import preprocess as preprocess_entry_point
 from pipeline.errors import PipelineError
-from pipeline.serving.images import square_pixels
+from pipeline.images import square_pixels
 from tests.conftest import last_run
 
 SIZE = 32
@@ -154,7 +155,7 @@ def test_download_lands_no_outside_file_and_logs_none(tmp_path: Path, outside: P
 
     _assert_no_secret(out, outside)
     assert sorted(path.name for path in out.iterdir()) == sorted(
-        [layout.MARKER_FILE, "df.csv", "images", "masks"]
+        [folders.MARKER_FILE, "df.csv", "images", "masks"]
     )
     assert (out / "df.csv").read_bytes() == index.read_bytes()
     run = last_run()
@@ -188,7 +189,7 @@ def test_only_df_csv_and_the_files_it_lists_are_landed(tmp_path: Path) -> None:
         if path.is_file()
     }
     listed = {f"{kind}/p{row:03d}.png" for kind in ("images", "masks") for row in range(4)}
-    assert landed == {"df.csv", layout.MARKER_FILE, *listed}
+    assert landed == {"df.csv", folders.MARKER_FILE, *listed}
 
 
 def test_the_fingerprint_does_not_look_outside(tmp_path: Path, outside: Path) -> None:

@@ -15,9 +15,9 @@ from starlette.testclient import TestClient
 from pipeline.demo.app import DemoModel, demo_app
 from pipeline.demo.model_card import model_card
 from pipeline.entrypoints import demo, predict
-from pipeline.registry.promote import CANDIDATE_DICE_TAG
-from pipeline.serving.images import decode_mask
+from pipeline.images import decode_mask
 from pipeline.tracking.models import load_predictor, segmenter_of
+from pipeline.tracking.tags import CANDIDATE_DICE_TAG
 from tests.conftest import isolated_environment
 from tests.demo.models import steep_net
 from tests.segmenters import blank_png, log_model, photo_file

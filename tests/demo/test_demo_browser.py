@@ -27,7 +27,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from pipeline.entrypoints import predict
-from pipeline.serving.images import decode_mask
+from pipeline.images import decode_mask
 from tests.conftest import free_port
 from tests.demo.models import steep_net
 from tests.segmenters import champion_store, photo_file

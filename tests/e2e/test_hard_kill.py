@@ -15,7 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import locks
-from pipeline.tracking.lease import CLOSED_TAG, lease_file
+from pipeline.tracking.lease import lease_file
+from pipeline.tracking.tags import CLOSED_TAG
 from tests.conftest import isolated_environment
 from tests.e2e.test_resume import MAX_EPOCHS, checkpoint_epoch, main_process, wait_for_checkpoint
 

@@ -20,10 +20,11 @@ import torch
 from mlflow.entities import Run
 
 from pipeline.data.cache import open_split
+from pipeline.images import decode_mask, encode_png
 from pipeline.model.inputs import to_model_input
 from pipeline.orchestration.project import project_dir
-from pipeline.serving.images import decode_mask, encode_png
-from pipeline.tracking.models import MODEL_URI_TAG, segmenter_of
+from pipeline.tracking.models import segmenter_of
+from pipeline.tracking.tags import MODEL_URI_TAG
 from pipeline.training.module import SegmentationModule
 from tests.conftest import isolated_environment
 from tests.e2e.workspace import Workspace, children
@@ -175,7 +176,7 @@ def test_logged_model_computes_like_the_best_checkpoint(first_main, workspace: W
     _, steps = first_main
     train = steps["train"]
     checkpoint = workspace.folder / "checkpoints" / train.info.run_id / "best.ckpt"
-    in_memory = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    in_memory = SegmentationModule.from_checkpoint(checkpoint).eval()
     images = np.array(open_split(workspace.folder / "processed", "test")[0])
     logged = mlflow.pyfunc.load_model(train.data.tags[MODEL_URI_TAG])
     with torch.no_grad():
@@ -202,7 +203,7 @@ def test_evaluate_reports_pooled_and_per_image_results(first_main, workspace: Wo
     fn = (~predicted.bool() & truth).sum().item()
     assert metrics["test_dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-6)
     assert metrics["test_iou"] == pytest.approx(tp / (tp + fp + fn), abs=1e-6)
-    assert 0 < metrics["test_loss"] < 5
+    assert 0 < metrics["test_bce"] < 5
     quantiles = [metrics[f"test_image_dice_{name}"] for name in ("min", "p25", "median", "max")]
     assert quantiles == sorted(quantiles)
     client = workspace.client()

@@ -26,10 +26,10 @@ from pipeline.evaluation.figures import (
 )
 from pipeline.evaluation.metrics import hard_predictions
 from pipeline.tracking.models import load_predictor, segmenter_of
-from pipeline.tracking.runs import ENTRY_POINT_TAG
+from pipeline.tracking.tags import ENTRY_POINT_TAG
 from tests.segmenters import IMAGE_SIZE, log_model, split_cache, varied_net
 
-TEST_METRICS = {"test_dice", "test_iou", "test_precision", "test_recall", "test_loss"}
+TEST_METRICS = {"test_dice", "test_iou", "test_precision", "test_recall", "test_bce"}
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from pipeline.evaluation.figures import (
     truth_overlay,
     wrap_text,
 )
-from pipeline.serving.images import TINT_ALPHA as ALPHA
+from pipeline.images import TINT_ALPHA as ALPHA
 
 
 def _tinted(pixel: np.ndarray, colour: np.ndarray) -> np.ndarray:

@@ -139,3 +139,38 @@ def test_per_image_dice_accepts_float_and_bool_targets() -> None:
     expected = per_image_dice(logits, target)
     assert torch.equal(per_image_dice(logits, target.float()), expected)
     assert torch.equal(per_image_dice(logits, target.bool()), expected)
+
+
+def _counted_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The hand-written per-image Dice that torchmetrics replaced: 2TP / (2TP + FP + FN) from
+    each image's own counts in float64, 1 where both are empty."""
+    predicted = hard_predictions(logits).flatten(1).bool()
+    actual = target.flatten(1).bool()
+    tp = (predicted & actual).sum(dim=1)
+    fp = (predicted & ~actual).sum(dim=1)
+    fn = (~predicted & actual).sum(dim=1)
+    denominator = 2 * tp + fp + fn
+    dice = (2 * tp).double() / denominator.clamp(min=1)
+    return torch.where(denominator == 0, torch.ones_like(dice), dice)
+
+
+def test_per_image_dice_equals_the_hand_counts_on_random_masks() -> None:
+    """torchmetrics' samplewise F1 gives the counted Dice exactly (as float32: the counts are
+    exact there and the division is rounded once), empty masks and empty predictions included."""
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        count, height, width = torch.randint(1, 6, (3,), generator=generator).tolist()
+        height, width = height * 7, width * 5
+        logits = torch.randn(count, 1, height, width, generator=generator) * 3
+        logits += torch.randn(1, generator=generator) * 3
+        fill = torch.rand(1, generator=generator)
+        target = (torch.rand(count, 1, height, width, generator=generator) < fill).to(torch.uint8)
+        if trial % 4 == 0:
+            target[0] = 0  # an empty mask
+        if trial % 3 == 0:
+            logits[-1] = OFF  # an empty prediction
+        dice = per_image_dice(logits, target)
+        assert dice.shape == (count,) and dice.dtype == torch.float32
+        assert torch.equal(dice, _counted_dice(logits, target).float()), trial
+    empty = torch.zeros(3, 1, 4, 4, dtype=torch.uint8)
+    assert per_image_dice(torch.full((3, 1, 4, 4), OFF), empty).tolist() == [1.0, 1.0, 1.0]

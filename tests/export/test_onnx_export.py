@@ -14,9 +14,9 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.export import DEFAULT_OPSET, check_opset
 from pipeline.export.onnx_export import IMAGES, LOGITS, export_onnx
-from pipeline.export.parity import MIN_MASK_AGREEMENT, check_photos, onnx_parity
 from pipeline.model.inputs import PixelNetwork
-from pipeline.model.unet import UNet
+from pipeline.model.unet import NetworkConfig, UNet
+from pipeline.serving.parity import MIN_MASK_AGREEMENT, check_photos, onnx_parity
 from pipeline.study.variants import plan_variants
 
 IMAGE_SIZE = 32  # a multiple of 2**5, so every depth the study tries has free height and width
@@ -28,12 +28,12 @@ def study_architectures() -> list[dict]:
     shapes = {}
     for recipe in ("default", "paper"):
         for variant in plan_variants("all", recipe, {}):
-            settings = variant.settings
+            network = variant.config.network
             shape = {
-                "depth": settings.depth,
-                "batch_norm": settings.batch_norm,
-                "skip_connections": settings.skip_connections,
-                "upsampling": settings.upsampling,
+                "depth": network.depth,
+                "batch_norm": network.batch_norm,
+                "skip_connections": network.skip_connections,
+                "upsampling": network.upsampling,
             }
             shapes[tuple(shape.values())] = shape
     return list(shapes.values())
@@ -47,7 +47,7 @@ def trained_looking(seed: int = 0, **shape) -> UNet:
     biases that keep ReLUs open, and the output bias near the median logit, so masks have both
     classes to get wrong."""
     torch.manual_seed(seed)
-    net = UNet(base_channels=4, **shape)
+    net = UNet(NetworkConfig(base_channels=4, **shape))
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
@@ -111,7 +111,7 @@ def test_an_image_size_off_the_depths_grid_exports_at_that_size(tmp_path: Path) 
 
 
 def test_the_file_says_how_to_call_it(tmp_path: Path) -> None:
-    net = UNet(base_channels=2, depth=3, batch_norm=True).eval()
+    net = UNet(NetworkConfig(base_channels=2, depth=3, batch_norm=True)).eval()
     path = export_onnx(net, IMAGE_SIZE, tmp_path / "unet.onnx", opset=18)
     model = onnx.load(path)
     assert model.opset_import[0].version == 18

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.entrypoints import export, predict
 from pipeline.errors import PipelineError
 from pipeline.export.onnx_export import IMAGES
-from pipeline.serving.images import decode_mask
+from pipeline.images import decode_mask
 from pipeline.serving.onnx_runtime import OnnxNetwork
 from pipeline.serving.segmenter import (
     ARCHITECTURE,
@@ -118,7 +118,8 @@ def log_model_without_export(with_config: bool) -> str:
     folder = Path(f"old-model-{with_config}")
     folder.mkdir()
     torch.save(net.state_dict(), folder / "unet.pt")
-    (folder / "unet.json").write_text(json.dumps({**net.architecture(), "image_size": IMAGE_SIZE}))
+    architecture = {**net.config.to_dict(), "image_size": IMAGE_SIZE}
+    (folder / "unet.json").write_text(json.dumps(architecture))
     with mlflow.start_run():
         return mlflow.pyfunc.log_model(
             name="model",

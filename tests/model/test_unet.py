@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.model.unet import DoubleConv, Down, UNet, Up
+from pipeline.errors import PipelineError
+from pipeline.model.unet import DoubleConv, Down, NetworkConfig, UNet, Up
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +22,7 @@ def _seeded() -> None:
 def test_odd_sizes_give_a_full_size_single_channel_output(
     height: int, width: int, depth: int
 ) -> None:
-    model = UNet(base_channels=2, depth=depth)
+    model = UNet(NetworkConfig(base_channels=2, depth=depth))
     output = model(torch.rand(2, 3, height, width))
     assert output.shape == (2, 1, height, width)
     assert torch.isfinite(output).all()
@@ -31,7 +32,7 @@ def test_odd_sizes_give_a_full_size_single_channel_output(
 @pytest.mark.parametrize("base_channels", [2, 4, 8])
 def test_depth_and_width_grid_on_tiny_inputs(depth: int, base_channels: int) -> None:
     side = 2**depth + 1  # the smallest odd side every level can pool
-    model = UNet(base_channels=base_channels, depth=depth)
+    model = UNet(NetworkConfig(base_channels=base_channels, depth=depth))
     output = model(torch.rand(1, 3, side, side + 2))
     assert output.shape == (1, 1, side, side + 2)
     assert len(model.downs) == depth
@@ -41,7 +42,7 @@ def test_depth_and_width_grid_on_tiny_inputs(depth: int, base_channels: int) -> 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
 def test_smallest_side_that_works_is_two_to_the_depth(depth: int) -> None:
     """Every level halves (floor) the size; a side below 2**depth pools a 1-pixel map to 0."""
-    model = UNet(base_channels=2, depth=depth)
+    model = UNet(NetworkConfig(base_channels=2, depth=depth))
     side = 2**depth
     assert model(torch.rand(1, 3, side, side)).shape == (1, 1, side, side)
     with pytest.raises(RuntimeError, match="Output size is too small"):
@@ -52,7 +53,7 @@ def test_smallest_side_that_works_is_two_to_the_depth(depth: int) -> None:
 
 @pytest.mark.parametrize(("base_channels", "depth"), [(2, 1), (4, 3), (8, 5), (3, 4)])
 def test_channel_widths_double_per_level(base_channels: int, depth: int) -> None:
-    model = UNet(in_channels=3, base_channels=base_channels, depth=depth)
+    model = UNet(NetworkConfig(in_channels=3, base_channels=base_channels, depth=depth))
     assert model.inc.block[0].in_channels == 3
     assert model.inc.block[-2].out_channels == base_channels
     for level, down in enumerate(model.downs, start=1):
@@ -71,7 +72,7 @@ def test_channel_widths_double_per_level(base_channels: int, depth: int) -> None
 
 
 def test_in_channels_is_honoured() -> None:
-    model = UNet(in_channels=1, base_channels=2, depth=2)
+    model = UNet(NetworkConfig(in_channels=1, base_channels=2, depth=2))
     assert model(torch.rand(1, 1, 8, 8)).shape == (1, 1, 8, 8)
     with pytest.raises(RuntimeError):
         model(torch.rand(1, 3, 8, 8))
@@ -92,7 +93,7 @@ def _assert_double_conv(block: nn.Module, in_channels: int, out_channels: int) -
 
 def test_blocks_are_the_papers() -> None:
     base, depth = 4, 3
-    model = UNet(base_channels=base, depth=depth)
+    model = UNet(NetworkConfig(base_channels=base, depth=depth))
     _assert_double_conv(model.inc, 3, base)
     for level, down in enumerate(model.downs, start=1):
         assert isinstance(down, Down)
@@ -120,7 +121,7 @@ def test_up_pads_the_upsampled_map_to_the_skip() -> None:
 
 
 def test_forward_backward_gives_finite_gradients_everywhere() -> None:
-    model = UNet(base_channels=4, depth=3)
+    model = UNet(NetworkConfig(base_channels=4, depth=3))
     images = torch.rand(2, 3, 19, 23)
     target = (torch.rand(2, 1, 19, 23) > 0.5).float()
     loss = nn.functional.binary_cross_entropy_with_logits(model(images), target)
@@ -136,7 +137,7 @@ def test_forward_backward_gives_finite_gradients_everywhere() -> None:
 def test_compiled_graph_matches_eager() -> None:
     # Inductor needs ~20 s of C++ compilation on a 2-core CPU; aot_eager still traces the
     # whole graph through dynamo and AOTAutograd, which is what can break.
-    model = UNet(base_channels=4, depth=2).eval()
+    model = UNet(NetworkConfig(base_channels=4, depth=2)).eval()
     images = torch.rand(2, 3, 21, 26)  # odd height: exercises the padding branch
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
@@ -148,14 +149,19 @@ def test_compiled_graph_matches_eager() -> None:
 
 @pytest.mark.parametrize("depth", [0, -1])
 def test_invalid_depth_raises(depth: int) -> None:
-    with pytest.raises(ValueError, match="depth must be >= 1"):
-        UNet(depth=depth)
+    with pytest.raises(PipelineError, match=f"parameter depth={depth} must be at least 1"):
+        NetworkConfig(depth=depth)
 
 
 @pytest.mark.parametrize("base_channels", [0, -4])
 def test_invalid_base_channels_raises(base_channels: int) -> None:
-    with pytest.raises(ValueError, match="base_channels must be >= 1"):
-        UNet(base_channels=base_channels)
+    with pytest.raises(PipelineError, match=f"base_channels={base_channels} must be at least 1"):
+        NetworkConfig(base_channels=base_channels)
+
+
+def test_unknown_upsampling_is_refused_by_the_config() -> None:
+    with pytest.raises(PipelineError, match="upsampling='nearest' is not one of transposed"):
+        NetworkConfig(upsampling="nearest")
 
 
 SWITCHES = [
@@ -170,7 +176,7 @@ SWITCHES = [
     "switches", SWITCHES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items())
 )
 def test_every_study_variant_runs_forward_backward_and_compiled(switches: dict) -> None:
-    model = UNet(base_channels=4, depth=3, **switches)
+    model = UNet(NetworkConfig(base_channels=4, depth=3, **switches))
     images = torch.rand(2, 3, 19, 23)
     output = model(images)
     assert output.shape == (2, 1, 19, 23)
@@ -219,9 +225,9 @@ def test_bilinear_upsampling_interpolates_then_mixes_channels() -> None:
 
 
 @pytest.mark.parametrize("switches", SWITCHES)
-def test_architecture_rebuilds_the_same_network(switches: dict) -> None:
-    model = UNet(base_channels=3, depth=2, **switches)
-    rebuilt = UNet(**model.architecture())
+def test_the_config_rebuilds_the_same_network(switches: dict) -> None:
+    model = UNet(NetworkConfig(base_channels=3, depth=2, **switches))
+    rebuilt = UNet(NetworkConfig.from_dict(model.config.to_dict()))
     rebuilt.load_state_dict(model.state_dict())
     images = torch.rand(1, 3, 8, 8)
     torch.testing.assert_close(rebuilt.eval()(images), model.eval()(images))

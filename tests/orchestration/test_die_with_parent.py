@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR
 STEP = textwrap.dedent(
     """
     import os, signal, sys, time
-    from pipeline.orchestration.project import die_with_parent
+    from pipeline.processes import die_with_parent
     terms = []
     signal.signal(signal.SIGTERM, lambda *_: terms.append(time.monotonic()))
     die_with_parent()
@@ -63,7 +63,7 @@ def test_a_killed_parent_stops_its_step_with_one_sigterm(tmp_path: Path) -> None
 RANK = textwrap.dedent(
     """
     import os, signal, sys, time
-    from pipeline.orchestration.project import die_with_parent
+    from pipeline.processes import die_with_parent
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent()
     open(sys.argv[1], "w").write(str(os.getpid()))

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.data import layout
+from pipeline import folders
 from pipeline.orchestration.reuse import (
-    INPUT_TAG,
     StepRequest,
     finished_run,
     interrupted_training,
@@ -18,8 +17,8 @@ from pipeline.orchestration.reuse import (
     outputs_intact,
 )
 from pipeline.params import DownloadParams, TrainParams, as_text, same_values
-from pipeline.tracking.models import MODEL_URI_TAG
-from pipeline.tracking.runs import OUTPUT_DIGEST_TAG, OUTPUT_PATH_TAG, configure_tracking
+from pipeline.tracking.runs import configure_tracking
+from pipeline.tracking.tags import INPUT_TAG, MODEL_URI_TAG, OUTPUT_DIGEST_TAG, OUTPUT_PATH_TAG
 
 
 @pytest.fixture
@@ -41,7 +40,7 @@ def record(experiment_id: str, request: StepRequest, status: str, params=None, *
 def landed_folder(tmp_path: Path, digest: str) -> Path:
     folder = tmp_path / "raw"
     folder.mkdir()
-    layout.write_marker(folder, {"digest": digest})
+    folders.write_marker(folder, {"digest": digest})
     return folder
 
 
@@ -96,7 +95,7 @@ def test_a_folder_output_counts_only_while_its_digest_holds(
     run = MlflowClient().get_run(run_id)
     assert outputs_intact(run)
     assert finished_run([run]).info.run_id == run_id
-    layout.write_marker(folder, {"digest": "changed"})
+    folders.write_marker(folder, {"digest": "changed"})
     assert not outputs_intact(run)
     assert finished_run([run]) is None
 

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pipeline.entrypoints import predict
-from pipeline.serving.images import PERSON_TINT, TINT_ALPHA, decode_mask, overlay
-from pipeline.tracking.runs import ERROR_TAG
+from pipeline.images import PERSON_TINT, TINT_ALPHA, decode_mask, overlay
+from pipeline.tracking.tags import ERROR_TAG
 from tests.conftest import last_run
 from tests.segmenters import blank_png, constant_net, log_model, photo_file, varied_net
 

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.data.cache import open_split, read_cache_record
 from pipeline.entrypoints import evaluate, history, promote
-from pipeline.tracking.runs import ENTRY_POINT_TAG, ERROR_TAG
+from pipeline.tracking.tags import ENTRY_POINT_TAG, ERROR_TAG
 from tests.segmenters import constant_net, log_model, split_cache
 
 NAME = "unet-person"
@@ -195,11 +195,25 @@ def test_without_an_evaluate_run_the_model_is_scored_here(cache: Path, everyone:
         (["--alias", "v2"], "parameter alias='v2' is not a usable alias"),
         (["--min_dice", "1.5"], "parameter min_dice=1.5 must be between 0 and 1"),
         (["--min_improvement", "-0.1"], "parameter min_improvement=-0.1 must be 0 or more"),
+    ],
+)
+def test_bad_values_are_refused_before_any_run_and_nothing_is_registered(
+    cache: Path, everyone: str, capsys, argv: list[str], message: str
+) -> None:
+    assert run_promote(everyone, cache, *argv) == 2
+    assert message in capsys.readouterr().err
+    assert promote_runs() == []
+    assert MlflowClient().search_registered_models() == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
         (["--model_uri", "models:/m-doesnotexist"], "cannot find model_uri=models:/m-doesnotexist"),
         (["--data_dir", "nowhere"], "nowhere is not a finished preprocess output"),
     ],
 )
-def test_bad_parameters_are_named_and_nothing_is_registered(
+def test_inputs_that_are_not_there_are_named_and_nothing_is_registered(
     cache: Path, everyone: str, capsys, argv: list[str], message: str
 ) -> None:
     assert run_promote(everyone, cache, *argv) == 2

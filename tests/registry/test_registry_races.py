@@ -21,7 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.registry import versions
 from pipeline.registry.versions import register_once, set_alias, set_version_tags
 from pipeline.tracking import concurrent_writes
-from pipeline.tracking.runs import ENTRY_POINT_TAG, ERROR_TAG
+from pipeline.tracking.tags import ENTRY_POINT_TAG, ERROR_TAG
 from tests.segmenters import constant_net, log_model, split_cache
 
 NAME = "unet-person"

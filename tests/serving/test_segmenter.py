@@ -19,9 +19,9 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from pipeline.evaluation.metrics import hard_predictions
+from pipeline.images import decode_mask, encode_png
 from pipeline.model.inputs import to_model_input
 from pipeline.serving import segmenter as segmenter_module
-from pipeline.serving.images import decode_mask, encode_png
 from pipeline.serving.segmenter import threshold_upsampled
 from pipeline.tracking.models import segmenter_of
 from tests.segmenters import (

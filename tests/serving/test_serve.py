@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from pipeline.entrypoints import predict
-from pipeline.serving.images import decode_mask
+from pipeline.images import decode_mask
 from tests.conftest import free_port
 from tests.segmenters import blank_png, champion_store, photo_file, varied_net
 

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.registry import versions
 from pipeline.registry.versions import register_once, set_alias, set_version_tags
-from pipeline.tracking.runs import ENTRY_POINT_TAG
+from pipeline.tracking.tags import ENTRY_POINT_TAG
 from tests.conftest import isolated_environment
 from tests.segmenters import constant_net, log_model, split_cache
 from tests.stack.stack import (

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from pipeline.errors import PipelineError
+from pipeline.settings import with_settings
 from pipeline.study.variants import BASELINE, VARIANTS, parse_seeds, plan_variants
 from pipeline.training.recipes import RECIPES
 
@@ -22,8 +21,8 @@ def test_all_covers_every_component_of_the_issue_and_skips_the_no_op() -> None:
     assert next(iter(planned)) == BASELINE
     # depth_4 of a depth-4 baseline would repeat the baseline.
     assert set(planned) == set(VARIANTS) - {"depth_4"}
-    baseline = planned[BASELINE].settings
-    assert baseline == dataclasses.replace(RECIPES["default"], **SMALL)
+    baseline = planned[BASELINE].config
+    assert baseline == with_settings(RECIPES["default"], SMALL)
     expected = {
         "skip": {"skip_connections": False},
         "depth_3": {"depth": 3},
@@ -42,7 +41,7 @@ def test_all_covers_every_component_of_the_issue_and_skips_the_no_op() -> None:
         },
     }
     for name, change in expected.items():
-        assert planned[name].settings == dataclasses.replace(baseline, **change), name
+        assert planned[name].config == with_settings(baseline, change), name
         assert planned[name].recipe == "default"
         for setting in change:
             assert setting in planned[name].description
@@ -51,15 +50,15 @@ def test_all_covers_every_component_of_the_issue_and_skips_the_no_op() -> None:
 def test_paper_keeps_its_recipe_but_takes_the_studys_budget_and_size() -> None:
     paper = _by_name("paper")["paper"]
     assert paper.recipe == "paper"
-    assert paper.settings == dataclasses.replace(RECIPES["paper"], **SMALL)
+    assert paper.config == with_settings(RECIPES["paper"], SMALL)
     assert paper.description.startswith("recipe paper at the same budget")
 
 
 def test_variants_flip_whatever_the_baseline_has() -> None:
     planned = _by_name("batch_norm,augment,loss,depth_4", recipe="paper")
-    assert planned["batch_norm"].settings.batch_norm is True
-    assert planned["augment"].settings.augment is True
-    assert planned["loss"].settings.loss == "bce_dice"
+    assert planned["batch_norm"].settings["batch_norm"] is True
+    assert planned["augment"].settings["augment"] is True
+    assert planned["loss"].settings["loss"] == "bce_dice"
     assert "depth_4" not in planned  # paper is depth 4 too
     assert "paper" not in _by_name("paper", recipe="paper")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 
@@ -44,18 +43,20 @@ def test_variant_builds_trains_and_logs(
         accelerator="cpu",
         num_workers=0,
         checkpoint_dir=str(tmp_path),
-        **dataclasses.asdict(variant.settings),
+        **variant.settings,
     )
     with mlflow.start_run() as run, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        best, summary = training_fit.fit(params, variant.settings, cache, run.info.run_id)
-    architecture = best.net.architecture()
+        best, summary = training_fit.fit(
+            variant.config, params.runtime_config(), cache, run.info.run_id, seed=42, grid_every=5
+        )
+    architecture = best.net.config.to_dict()
     for setting in ("base_channels", "depth", "batch_norm", "skip_connections", "upsampling"):
-        assert architecture[setting] == getattr(variant.settings, setting), setting
-    assert best.hparams.loss == variant.settings.loss
+        assert architecture[setting] == variant.settings[setting], setting
+    assert best.hparams.loss == variant.settings["loss"]
     (datamodule,) = datamodules
-    assert datamodule.augment == variant.settings.augment
-    assert datamodule.batch_size == variant.settings.batch_size
+    assert datamodule.augment == variant.settings["augment"]
+    assert datamodule.batch_size == variant.settings["batch_size"]
     assert summary["epochs_trained"] == 1
     assert summary["parameters"] == sum(p.numel() for p in best.net.parameters())
     logged = MlflowClient().get_run(run.info.run_id).data.metrics

@@ -15,17 +15,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import locks
+from pipeline.entrypoints.runner import step_run
 from pipeline.errors import PipelineError
 from pipeline.params import DownloadParams
 from pipeline.tracking import lease as lease_module
 from pipeline.tracking.lease import (
-    CLOSED_TAG,
-    HEARTBEAT_TAG,
     close_abandoned_runs,
     lease,
     lease_file,
 )
-from pipeline.tracking.runs import step_run
+from pipeline.tracking.tags import CLOSED_TAG, HEARTBEAT_TAG
 
 
 @pytest.fixture

@@ -15,18 +15,27 @@ import pytest
 from mlflow.projects._project_spec import EntryPoint
 from mlflow.tracking import MlflowClient
 
+from pipeline.entrypoints.runner import run_entry_point, step_run
 from pipeline.errors import PipelineError
-from pipeline.params import DownloadParams, TrainParams, parse
+from pipeline.params import (
+    AblateParams,
+    DownloadParams,
+    EvaluateParams,
+    ExportParams,
+    MainParams,
+    PredictParams,
+    PreprocessParams,
+    PromoteParams,
+    TrainParams,
+    parse,
+)
 from pipeline.tracking.runs import (
-    CODE_TAG,
     DEFAULT_EXPERIMENT,
-    ENTRY_POINT_TAG,
-    ERROR_TAG,
     configure_tracking,
     mark_as_model_training,
-    run_entry_point,
-    step_run,
+    tracking_uri,
 )
+from pipeline.tracking.tags import CODE_TAG, ENTRY_POINT_TAG, ERROR_TAG
 from tests.conftest import free_port
 
 
@@ -185,3 +194,58 @@ def test_bad_parameters_stop_before_any_run_or_work(
     assert "Traceback" not in error
     assert not (tmp_path / "mlflow.db").exists()  # no run was opened, not even a failed one
     assert not (tmp_path / "data").exists()
+
+
+BAD_VALUES = [
+    ("download", DownloadParams, ["--source", "synthetic:0"], "synthetic count must be at least 1"),
+    (
+        "preprocess",
+        PreprocessParams,
+        ["--val_fraction", "0.6", "--test_fraction", "0.5"],
+        "leaves nothing to train on",
+    ),
+    ("train", TrainParams, ["--depth", "0"], "parameter depth=0 must be at least 1"),
+    ("train", TrainParams, ["--recipe", "fast"], "recipe='fast' is not one of paper, default"),
+    ("train", TrainParams, ["--max_time", "12h"], "max_time='12h' is not DD:HH:MM:SS"),
+    (
+        "evaluate",
+        EvaluateParams,
+        ["--model_uri", "runs:/x/model", "--batch_size", "0"],
+        "batch_size=0 must be at least 1",
+    ),
+    (
+        "promote",
+        PromoteParams,
+        ["--model_uri", "runs:/x/model", "--min_dice", "2"],
+        "min_dice=2.0 must be between 0 and 1",
+    ),
+    (
+        "predict",
+        PredictParams,
+        ["--input_dir", ".", "--runtime", "tensorrt"],
+        "runtime='tensorrt' is not one of",
+    ),
+    ("export", ExportParams, ["--opset", "9"], "opset=9 is not one this exporter writes"),
+    ("main", MainParams, ["--upsampling", "nearest"], "upsampling='nearest' is not one of"),
+    ("main", MainParams, ["--alias", "not an alias"], "alias='not an alias' is not a usable alias"),
+    ("ablate", AblateParams, ["--variants", "skip,dropout"], "names no known variant (dropout)"),
+    ("ablate", AblateParams, ["--seeds", "1,x"], "seeds='1,x' is not a comma-separated list"),
+]
+
+
+@pytest.mark.parametrize(
+    ("entry_point", "params_class", "argv", "message"),
+    BAD_VALUES,
+    ids=[f"{entry_point}-{argv[-2]}" for entry_point, _, argv, _ in BAD_VALUES],
+)
+def test_a_bad_value_is_refused_at_the_door_and_leaves_no_run(
+    entry_point: str, params_class: type, argv: list[str], message: str, capsys
+) -> None:
+    def must_not_run(params) -> None:
+        raise AssertionError("the step ran with a bad parameter")
+
+    assert run_entry_point(entry_point, params_class, must_not_run, argv) == 2
+    assert message in capsys.readouterr().err
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = MlflowClient().get_experiment_by_name(DEFAULT_EXPERIMENT)
+    assert experiment is None or not MlflowClient().search_runs([experiment.experiment_id])

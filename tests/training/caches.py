@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import layout
+from pipeline import folders
 from pipeline.data.cache import SPLITS, array_writer, split_paths
 
 SIDE = 16
@@ -50,5 +50,5 @@ def write_finished_cache(root: Path, side: int, counts: dict[str, int]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     write_cache(root, side=side, counts=counts)
     record = {"digest": f"test-{side}-{sorted(counts.items())}", "image_size": side}
-    layout.write_marker(root, {**record, "splits": counts})
+    folders.write_marker(root, {**record, "splits": counts})
     return root

@@ -115,7 +115,7 @@ def the_one_run(folder: Path) -> Run:
 
 def single_process_dice(checkpoint: Path, cache: Path) -> float:
     """Pooled val Dice of a checkpoint's network, all val images in one process."""
-    net = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu").net.eval()
+    net = SegmentationModule.from_checkpoint(checkpoint).net.eval()
     images, masks = (np.array(array) for array in open_split(cache, "val"))
     with torch.no_grad():
         logits = net(to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2)))

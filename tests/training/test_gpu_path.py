@@ -12,17 +12,18 @@ from torch._dynamo.utils import counters
 
 from pipeline.entrypoints import train
 from pipeline.errors import PipelineError
-from pipeline.model.unet import UNet
-from pipeline.params import TrainParams, compile_options, parse
-from pipeline.tracking.models import MODEL_URI_TAG, load_predictor
-from pipeline.training.fit import compile_tag, resolve_hardware
+from pipeline.model.unet import NetworkConfig, UNet
+from pipeline.params import TrainParams, parse
+from pipeline.tracking.models import load_predictor
+from pipeline.tracking.tags import MODEL_URI_TAG
 from pipeline.training.module import SegmentationModule
+from pipeline.training.runtime import RuntimeConfig, compile_options, compile_tag, resolve_hardware
 from tests.conftest import last_run
 from tests.training.caches import write_finished_cache
 
 
 def test_auto_settings_are_off_on_a_cpu() -> None:
-    hardware = resolve_hardware(TrainParams(accelerator="cpu"))
+    hardware = resolve_hardware(RuntimeConfig(accelerator="cpu"))
     assert (hardware.channels_last, hardware.cudnn_benchmark, hardware.compile) == (
         False,
         False,
@@ -36,12 +37,12 @@ def test_auto_settings_on_a_cuda_machine(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.multiprocessing, "cpu_count", lambda: 32)
-    hardware = resolve_hardware(TrainParams())
+    hardware = resolve_hardware(RuntimeConfig())
     assert hardware.channels_last and hardware.cudnn_benchmark
     assert hardware.precision == "bf16-mixed"
     assert hardware.num_workers == 4  # half the cores, shared by the node's 4 processes
-    assert resolve_hardware(TrainParams(devices="1")).num_workers == 8  # at most 8
-    off = resolve_hardware(TrainParams(channels_last="false", cudnn_benchmark="false"))
+    assert resolve_hardware(RuntimeConfig(devices="1")).num_workers == 8  # at most 8
+    off = resolve_hardware(RuntimeConfig(channels_last="false", cudnn_benchmark="false"))
     assert not off.channels_last and not off.cudnn_benchmark
 
 
@@ -113,8 +114,8 @@ def test_a_compiled_channels_last_fit_trains_and_logs_the_plain_unet(
     assert all(key.startswith("net.") and "_orig_mod" not in key for key in state)
     logged = load_predictor(tags[MODEL_URI_TAG]).unwrap_python_model().net
     assert type(logged) is UNet and logged._compiled_call_impl is None
-    best = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu").net
-    fresh = UNet(**logged.architecture())
+    best = SegmentationModule.from_checkpoint(checkpoint).net
+    fresh = UNet(NetworkConfig.from_dict(logged.config.to_dict()))
     fresh.load_state_dict(best.state_dict())
     for key, value in logged.state_dict().items():
         assert torch.equal(value, fresh.state_dict()[key]), key

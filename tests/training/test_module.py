@@ -17,10 +17,22 @@ from pipeline.data.cache import split_paths
 from pipeline.data.datamodule import PREFETCH_BATCHES, PersonDataModule, SplitDataset
 from pipeline.errors import PipelineError
 from pipeline.model.inputs import to_model_input
+from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.training.module import SegmentationModule
+from pipeline.training.optimization import (
+    PLATEAU_FACTOR,
+    PLATEAU_PATIENCE,
+    OptimizationConfig,
+)
 from tests.training.caches import COUNTS, SIDE, write_cache
 
 STEPS = 30
+
+
+def small_module(base_channels: int, depth: int, **optimization) -> SegmentationModule:
+    """The module around a small U-Net, with the paper's optimisation but for `optimization`."""
+    net = UNet(NetworkConfig(base_channels=base_channels, depth=depth))
+    return SegmentationModule(net, optimization=OptimizationConfig(**optimization))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +65,7 @@ def _trainer(**overrides) -> L.Trainer:
 def fitted(cache: Path) -> tuple[L.Trainer, SegmentationModule, LossRecorder]:
     """One shared 30-step fit: Trainer start-up dominates, so the checks share it."""
     L.seed_everything(0, verbose=False)
-    module = SegmentationModule(base_channels=4, depth=1, lr=1e-2)
+    module = small_module(4, 1, lr=1e-2)
     datamodule = PersonDataModule(cache, batch_size=4, num_workers=0, pin_memory=False)
     recorder = LossRecorder()
     trainer = _trainer(max_steps=STEPS, callbacks=[recorder])
@@ -95,9 +107,7 @@ def test_trainer_uses_the_plateau_scheduler_on_val_loss(fitted) -> None:
 
 
 def test_configure_optimizers() -> None:
-    module = SegmentationModule(
-        base_channels=2, depth=1, lr=3e-3, plateau_factor=0.25, plateau_patience=7
-    )
+    module = small_module(2, 1, lr=3e-3)
     configured = module.configure_optimizers()
     optimizer = configured["optimizer"]
     assert isinstance(optimizer, torch.optim.Adam)
@@ -111,15 +121,14 @@ def test_configure_optimizers() -> None:
     assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert scheduler.optimizer is optimizer
     assert scheduler.mode == "min"
-    assert scheduler.factor == 0.25
-    assert scheduler.patience == 7
+    assert (scheduler.factor, scheduler.patience) == (PLATEAU_FACTOR, PLATEAU_PATIENCE)
 
 
 def test_module_builds_the_requested_unet_and_keeps_hparams() -> None:
-    module = SegmentationModule(base_channels=2, depth=3, lr=1e-3)
-    assert module.net.base_channels == 2
-    assert module.net.depth == 3
-    assert module.hparams.lr == 1e-3
+    module = small_module(2, 3, lr=1e-3)
+    assert (module.net.config.base_channels, module.net.config.depth) == (2, 3)
+    assert module.hparams.optimization["lr"] == 1e-3
+    assert module.hparams.network == module.net.config.to_dict()
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     assert module(to_model_input(images)).shape == (2, 1, 8, 8)
 
@@ -182,9 +191,7 @@ def test_datamodule_loaders(cache: Path) -> None:
 
 def test_onecycle_adamw_steps_the_learning_rate_every_batch(cache: Path) -> None:
     L.seed_everything(0, verbose=False)
-    module = SegmentationModule(
-        base_channels=2, depth=1, optimizer="adamw", lr=1e-2, weight_decay=1e-3, schedule="onecycle"
-    )
+    module = small_module(2, 1, optimizer="adamw", lr=1e-2, weight_decay=1e-3, schedule="onecycle")
     datamodule = PersonDataModule(cache, batch_size=4, num_workers=0, pin_memory=False)
     trainer = _trainer(max_epochs=3, limit_val_batches=0)
     with warnings.catch_warnings():
@@ -206,7 +213,7 @@ def test_onecycle_adamw_steps_the_learning_rate_every_batch(cache: Path) -> None
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_onecycle_trains_on_a_budget_of_a_few_steps(cache: Path, epochs: int) -> None:
     """Batch 8 gives 1 or 2 steps here; torch's OneCycleLR raised ZeroDivisionError below 10."""
-    module = SegmentationModule(base_channels=2, depth=1, optimizer="adamw", schedule="onecycle")
+    module = small_module(2, 1, optimizer="adamw", schedule="onecycle")
     datamodule = PersonDataModule(cache, batch_size=8, num_workers=0, pin_memory=False)
     trainer = _trainer(max_epochs=epochs, limit_val_batches=0)
     with warnings.catch_warnings():
@@ -231,7 +238,7 @@ def test_batches_become_floats_and_only_training_ones_are_augmented(
     cache: Path, augment: bool
 ) -> None:
     L.seed_everything(0, verbose=False)
-    module = SegmentationModule(base_channels=2, depth=1)
+    module = small_module(2, 1)
     datamodule = PersonDataModule(
         cache, batch_size=4, num_workers=0, pin_memory=False, augment=augment
     )

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from pipeline.entrypoints import download
 from pipeline.errors import PipelineError
-from pipeline.orchestration.project import PARENT_PID_VARIABLE
+from pipeline.processes import PARENT_PID_VARIABLE
 from pipeline.training import ranks
 from pipeline.training.ranks import LAUNCH_FOLDER, run_id_of_launch, sharing_run
 from tests.conftest import free_port

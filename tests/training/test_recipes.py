@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
+from types import SimpleNamespace
 
 import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.params import TrainParams, parse
-from pipeline.training.recipes import RECIPES, SETTING_NAMES, resolve_settings
+from pipeline.settings import with_settings
+from pipeline.training.recipes import PAPER, RECIPES, resolve_recipe
 
 
 def test_paper_is_the_reference_lab_report() -> None:
     # ../shared/NOTES.md: plain U-Net, BCEWithLogits, Adam lr 1e-5, batch 4, ReduceLROnPlateau,
     # early stop on val Dice patience 15, max 100 epochs.
-    paper = RECIPES["paper"]
+    paper = SimpleNamespace(**RECIPES["paper"].settings())
     assert (paper.base_channels, paper.depth) == (64, 4)
     assert (paper.batch_norm, paper.skip_connections, paper.upsampling) == (
         False,
@@ -32,7 +33,7 @@ def test_paper_is_the_reference_lab_report() -> None:
 
 
 def test_default_is_what_the_study_supports() -> None:
-    default = RECIPES["default"]
+    default = SimpleNamespace(**RECIPES["default"].settings())
     assert default.batch_norm and default.augment and default.skip_connections
     assert (default.loss, default.optimizer, default.schedule) == ("bce_dice", "adamw", "onecycle")
     assert default.weight_decay > 0
@@ -41,9 +42,9 @@ def test_default_is_what_the_study_supports() -> None:
 def test_params_with_no_settings_resolve_to_the_recipe() -> None:
     params = parse(TrainParams, [])
     assert params.recipe == "default"
-    assert all(getattr(params, name) is None for name in SETTING_NAMES)
-    for recipe, settings in RECIPES.items():
-        assert resolve_settings(recipe, dataclasses.asdict(params)) == settings
+    assert all(getattr(params, name) is None for name in PAPER.settings())
+    for recipe, config in RECIPES.items():
+        assert parse(TrainParams, ["--recipe", recipe]).recipe_config() == config
 
 
 def test_given_settings_override_the_recipe_and_only_those() -> None:
@@ -51,11 +52,10 @@ def test_given_settings_override_the_recipe_and_only_those() -> None:
         TrainParams,
         ["--recipe", "paper", "--lr", "3e-4", "--batch_norm", "true", "--max_epochs", "7"],
     )
-    settings = resolve_settings(params.recipe, dataclasses.asdict(params))
-    assert (settings.lr, settings.batch_norm, settings.max_epochs) == (3e-4, True, 7)
-    assert (
-        dataclasses.replace(settings, lr=1e-5, batch_norm=False, max_epochs=100) == RECIPES["paper"]
-    )
+    config = params.recipe_config()
+    assert (config.optimization.lr, config.network.batch_norm, config.max_epochs) == (3e-4, True, 7)
+    back = {"lr": 1e-5, "batch_norm": False, "max_epochs": 100}
+    assert with_settings(config, back) == RECIPES["paper"]
 
 
 @pytest.mark.parametrize(
@@ -67,17 +67,40 @@ def test_given_settings_override_the_recipe_and_only_those() -> None:
         ({"schedule": "step"}, "parameter schedule='step' is not one of plateau, onecycle"),
         ({"depth": 0}, "parameter depth=0 must be at least 1"),
         ({"batch_size": 0}, "parameter batch_size=0 must be at least 1"),
-        ({"lr": 0.0}, "lr=0.0 and weight_decay=0.0001 must be > 0 and >= 0"),
+        ({"lr": 0.0}, "parameter lr=0.0 must be more than 0"),
+        ({"weight_decay": -1.0}, "parameter weight_decay=-1.0 must be at least 0"),
     ],
 )
 def test_bad_settings_name_the_parameter(overrides: dict, message: str) -> None:
     with pytest.raises(PipelineError, match=message.replace("(", r"\(")):
-        resolve_settings("default", overrides)
+        resolve_recipe("default", overrides)
+    (name, value), *_ = overrides.items()
+    with pytest.raises(PipelineError, match=message.replace("(", r"\(")):
+        parse(TrainParams, [f"--{name}", str(value)])  # at the door, before any run
 
 
 def test_an_unknown_recipe_names_the_known_ones() -> None:
     with pytest.raises(PipelineError, match="recipe='fast' is not one of paper, default"):
-        resolve_settings("fast", {})
+        resolve_recipe("fast", {})
+
+
+def test_a_name_that_is_no_setting_is_an_error_not_ignored() -> None:
+    with pytest.raises(PipelineError, match="skip_conections: no setting of Recipe"):
+        resolve_recipe("default", {"skip_conections": False})
+
+
+def test_every_setting_is_a_parameter_with_the_declared_help() -> None:
+    """The train params are derived from the recipe's declarations: one new setting declared
+    in its config is a parameter of train and main with no other change."""
+    from pipeline.params import MainParams
+    from pipeline.settings import declared
+    from pipeline.training.recipes import Recipe
+
+    for params_class in (TrainParams, MainParams):
+        fields = params_class.__dataclass_fields__
+        for name, _, spec in declared(Recipe):
+            assert fields[name].default is None, name
+            assert fields[name].metadata["help"] == spec.metadata["help"], name
 
 
 def test_an_empty_setting_on_the_command_line_means_the_recipe() -> None:

@@ -1,4 +1,5 @@
-"""Publish step outputs atomically: a folder is either absent, the old one, or complete.
+"""Publish step outputs atomically: a folder is either absent, the old one, or complete, and
+complete output carries a marker that says so.
 
 Work happens in a staging folder beside the destination, which holds a lock for as long as its
 step lives. A step killed outright (SIGKILL, the OOM killer, a power cut) cannot clean up after
@@ -9,6 +10,7 @@ no live process holds.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -18,9 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline import locks
-from pipeline.data import layout
 from pipeline.errors import PipelineError
 
+MARKER_FILE = ".unet-person.json"
 STAGING_LOCK = ".staging.lock"
 # Staging folders of code from before the lock have none: such a folder is taken for abandoned
 # once nothing has been added to it for this long.
@@ -29,11 +31,7 @@ LOCKLESS_STAGING_MAX_AGE_S = 3600
 
 def check_replaceable(destination: Path, parameter: str) -> None:
     """Refuse to overwrite a folder of the user's that no step of ours wrote."""
-    if (
-        destination.exists()
-        and layout.read_marker(destination) is None
-        and any(destination.iterdir())
-    ):
+    if destination.exists() and read_marker(destination) is None and any(destination.iterdir()):
         raise PipelineError(
             f"{parameter} {destination} already holds files that this pipeline did not write; "
             f"choose an empty or new {parameter}, or remove that folder yourself"
@@ -93,3 +91,18 @@ def _idle_for(folder: Path) -> float:
         return time.time() - folder.stat().st_mtime
     except FileNotFoundError:  # removed meanwhile by its own step or another cleaner
         return 0.0
+
+
+def write_marker(folder: Path, record: dict) -> None:
+    """Record what a step left in `folder`; written last, so it only exists for finished output."""
+    temporary = folder / (MARKER_FILE + ".tmp")
+    temporary.write_text(json.dumps(record, indent=2, sort_keys=True))
+    temporary.replace(folder / MARKER_FILE)
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The record a finished step left in `folder`, or None when there is none."""
+    try:
+        return json.loads((folder / MARKER_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.training.augment import augmentation
+from pipeline.data.augment import augmentation
 
 
 def _batch(count: int = 16, side: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,126 @@
+"""Declared settings: each setting is one dataclass field, with its help text, its allowed values
+and its bounds, in the config object of the part it configures (the network's in
+`NetworkConfig`, the optimisation's in `OptimizationConfig`, ...).
+
+Entry-point parameters are derived from these declarations, and values are checked against
+them when a config is built, so a new setting is declared once, where it is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+TRUE_WORDS = {"true", "1", "yes", "on"}
+FALSE_WORDS = {"false", "0", "no", "off"}
+AUTO = "auto"
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    minimum: float | None = None,
+    above: float | None = None,
+) -> Any:
+    """A dataclass field that is a setting: `minimum` is the least allowed value, `above` a
+    bound the value must exceed."""
+    return dataclasses.field(
+        default=default,
+        metadata={"help": help, "choices": choices, "minimum": minimum, "above": above},
+    )
+
+
+def is_setting(spec: dataclasses.Field) -> bool:
+    return "help" in spec.metadata
+
+
+def check_settings(config: Any) -> None:
+    """Refuse a config whose settings break their declarations, naming the parameter."""
+    for spec in dataclasses.fields(config):
+        if not is_setting(spec):
+            continue
+        value = getattr(config, spec.name)
+        choices, minimum, above = (spec.metadata[key] for key in ("choices", "minimum", "above"))
+        if choices is not None and value not in choices:
+            allowed = ", ".join(map(str, choices))
+            raise PipelineError(f"parameter {spec.name}={value!r} is not one of {allowed}")
+        if minimum is not None and value < minimum:
+            raise PipelineError(f"parameter {spec.name}={value} must be at least {minimum}")
+        if above is not None and value <= above:
+            raise PipelineError(f"parameter {spec.name}={value} must be more than {above}")
+
+
+def declared(config_class: type) -> Iterator[tuple[str, type, dataclasses.Field]]:
+    """Name, type and field of each setting of a config class, nested configs flattened: the
+    names are the entry points' parameter names, so they are unique across the nest."""
+    hints = typing.get_type_hints(config_class)
+    for spec in dataclasses.fields(config_class):
+        kind = hints[spec.name]
+        if dataclasses.is_dataclass(kind):
+            yield from declared(kind)
+        elif is_setting(spec):
+            yield spec.name, kind, spec
+
+
+def flat_settings(config: Any) -> dict[str, Any]:
+    """A config's settings, nested ones flattened, by parameter name."""
+    values = {}
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if dataclasses.is_dataclass(value):
+            values |= flat_settings(value)
+        elif is_setting(spec):
+            values[spec.name] = value
+    return values
+
+
+def with_settings(config: Any, changes: dict[str, Any]) -> Any:
+    """`config` with the settings named in `changes` (flat names, at any depth) replaced.
+
+    A name that is no setting of the config is an error, not silently dropped.
+    """
+    unknown = changes.keys() - {name for name, _, _ in declared(type(config))}
+    if unknown:
+        raise PipelineError(
+            f"{', '.join(sorted(unknown))}: no setting of {type(config).__name__} has that name"
+        )
+    replaced = {}
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if dataclasses.is_dataclass(value):
+            inner = {name: changes[name] for name, _, _ in declared(type(value)) if name in changes}
+            if inner:
+                replaced[spec.name] = with_settings(value, inner)
+        elif spec.name in changes:
+            replaced[spec.name] = changes[spec.name]
+    return dataclasses.replace(config, **replaced)
+
+
+def parameter_fields(
+    config_class: type, optional: bool
+) -> list[tuple[str, Any, dataclasses.Field]]:
+    """The settings of `config_class` as fields for `dataclasses.make_dataclass`: with the
+    declared defaults, or, `optional`, as `type | None` defaulting to None ("the recipe's")."""
+    fields = []
+    for name, kind, spec in declared(config_class):
+        metadata = {"help": spec.metadata["help"]}
+        if optional:
+            fields.append((name, kind | None, dataclasses.field(default=None, metadata=metadata)))
+        else:
+            fields.append((name, kind, dataclasses.field(default=spec.default, metadata=metadata)))
+    return fields
+
+
+def parse_bool(name: str, text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise PipelineError(f"parameter {name}={text!r} is not a boolean: use true or false")

@@ -1,0 +1,56 @@
+"""How a recipe optimises: its settings, and the optimizer and learning-rate schedule they make."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Timer
+
+from pipeline.settings import check_settings, setting
+from pipeline.training.schedule import one_cycle
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULES = ("plateau", "onecycle")
+PLATEAU_FACTOR = 0.5  # the reference's ReduceLROnPlateau: halve the rate ...
+PLATEAU_PATIENCE = 5  # ... after five epochs without a lower val loss
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    """The optimizer and its schedule, the reference report's by default."""
+
+    optimizer: str = setting("adam", "adam or adamw", choices=tuple(OPTIMIZERS))
+    lr: float = setting(1e-5, "peak learning rate", above=0)
+    weight_decay: float = setting(0.0, "optimizer weight decay", minimum=0)
+    schedule: str = setting("plateau", "plateau (on val loss) or onecycle", choices=SCHEDULES)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    def configure(
+        self, parameters, budget: Callable[[], tuple[float, Timer | None]]
+    ) -> dict[str, Any]:
+        """What LightningModule.configure_optimizers returns for these settings.
+
+        The one-cycle schedule warms up, then decays to ~0 over the run's `budget`: its total
+        steps, or its Timer's time if that ends first (asked only by this schedule).
+        """
+        optimizer = OPTIMIZERS[self.optimizer](
+            parameters, lr=self.lr, weight_decay=self.weight_decay
+        )
+        if self.schedule == "onecycle":
+            scheduler = one_cycle(optimizer, *budget())
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+            }
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "name": "lr"},
+        }
