@@ -14,8 +14,7 @@ from pipeline.training.schedule import one_cycle
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULES = ("plateau", "onecycle")
-PLATEAU_FACTOR = 0.5  # the reference's ReduceLROnPlateau: halve the rate ...
-PLATEAU_PATIENCE = 5  # ... after five epochs without a lower val loss
+PLATEAU_FACTOR = 0.5  # the reference's ReduceLROnPlateau halves the rate
 
 
 @dataclass(frozen=True)
@@ -26,6 +25,11 @@ class OptimizationConfig:
     lr: float = setting(1e-5, "peak learning rate", above=0)
     weight_decay: float = setting(0.0, "optimizer weight decay", minimum=0)
     schedule: str = setting("plateau", "plateau (on val loss) or onecycle", choices=SCHEDULES)
+    plateau_patience: int = setting(
+        5,
+        "epochs without a lower val_loss before the plateau schedule halves the learning rate",
+        minimum=0,
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -48,7 +52,7 @@ class OptimizationConfig:
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
             }
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE
+            optimizer, mode="min", factor=PLATEAU_FACTOR, patience=self.plateau_patience
         )
         return {
             "optimizer": optimizer,

@@ -19,11 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.model.inputs import to_model_input
 from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.training.module import SegmentationModule
-from pipeline.training.optimization import (
-    PLATEAU_FACTOR,
-    PLATEAU_PATIENCE,
-    OptimizationConfig,
-)
+from pipeline.training.optimization import PLATEAU_FACTOR, OptimizationConfig
 from tests.training.caches import COUNTS, SIDE, write_cache
 
 STEPS = 30
@@ -107,7 +103,7 @@ def test_trainer_uses_the_plateau_scheduler_on_val_loss(fitted) -> None:
 
 
 def test_configure_optimizers() -> None:
-    module = small_module(2, 1, lr=3e-3)
+    module = small_module(2, 1, lr=3e-3, plateau_patience=7)
     configured = module.configure_optimizers()
     optimizer = configured["optimizer"]
     assert isinstance(optimizer, torch.optim.Adam)
@@ -121,7 +117,7 @@ def test_configure_optimizers() -> None:
     assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert scheduler.optimizer is optimizer
     assert scheduler.mode == "min"
-    assert (scheduler.factor, scheduler.patience) == (PLATEAU_FACTOR, PLATEAU_PATIENCE)
+    assert (scheduler.factor, scheduler.patience) == (PLATEAU_FACTOR, 7)
 
 
 def test_module_builds_the_requested_unet_and_keeps_hparams() -> None:
