@@ -32,6 +32,10 @@ from pipeline.training.runtime import RuntimeConfig
 
 KAGGLE_SOURCE = "tapakah68/supervisely-filtered-segmentation-person-dataset"
 MAX_PORT = 65535
+TTA_HELP = (
+    "test-time augmentation: average each photo's logits with its mirror image's (two passes "
+    "of the network; the mask of a mirrored photo is then the mirrored mask)"
+)
 # The settings an architecture study sets for every variant alike.
 STUDY_OVERRIDES = ("max_epochs", "patience", "batch_size", "base_channels")
 
@@ -176,6 +180,7 @@ class EvaluateParams:
     model_uri: str = field(metadata=_help("any MLflow model URI: runs:/..., models:/..."))
     data_dir: str = field(default="data/processed", metadata=_help("cache folder or artifact URI"))
     batch_size: int = field(default=8, metadata=_help("images per forward pass"))
+    tta: bool = field(default=False, metadata=_help(TTA_HELP))
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -208,6 +213,7 @@ class PredictParams:
         default="torch",
         metadata=_help("torch, or onnx: the model's ONNX export run by ONNX Runtime on the CPU"),
     )
+    tta: bool = field(default=False, metadata=_help(TTA_HELP))
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)

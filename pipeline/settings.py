@@ -27,12 +27,19 @@ def setting(
     choices: tuple[Any, ...] | None = None,
     minimum: float | None = None,
     above: float | None = None,
+    below: float | None = None,
 ) -> Any:
-    """A dataclass field that is a setting: `minimum` is the least allowed value, `above` a
-    bound the value must exceed."""
+    """A dataclass field that is a setting: `minimum` is the least allowed value, `above` and
+    `below` bounds the value must lie strictly between."""
     return dataclasses.field(
         default=default,
-        metadata={"help": help, "choices": choices, "minimum": minimum, "above": above},
+        metadata={
+            "help": help,
+            "choices": choices,
+            "minimum": minimum,
+            "above": above,
+            "below": below,
+        },
     )
 
 
@@ -46,7 +53,9 @@ def check_settings(config: Any) -> None:
         if not is_setting(spec):
             continue
         value = getattr(config, spec.name)
-        choices, minimum, above = (spec.metadata[key] for key in ("choices", "minimum", "above"))
+        choices, minimum, above, below = (
+            spec.metadata[key] for key in ("choices", "minimum", "above", "below")
+        )
         if choices is not None and value not in choices:
             allowed = ", ".join(map(str, choices))
             raise PipelineError(f"parameter {spec.name}={value!r} is not one of {allowed}")
@@ -54,6 +63,8 @@ def check_settings(config: Any) -> None:
             raise PipelineError(f"parameter {spec.name}={value} must be at least {minimum}")
         if above is not None and value <= above:
             raise PipelineError(f"parameter {spec.name}={value} must be more than {above}")
+        if below is not None and value >= below:
+            raise PipelineError(f"parameter {spec.name}={value} must be less than {below}")
 
 
 def declared(config_class: type) -> Iterator[tuple[str, type, dataclasses.Field]]:

@@ -37,7 +37,7 @@ def run(params: EvaluateParams) -> None:
         }
     )
     test_split = log_split_inputs(cache, record, ("test",))["test"]
-    result = evaluate(segmenter, cache, params.batch_size)
+    result = evaluate(segmenter, cache, params.batch_size, params.tta)
     # Linked to the logged model and to the test split, the metrics show on the model's page in
     # the MLflow UI, under the dataset they were measured on ("Datasets used").
     mlflow.log_metrics(result.metrics, model_id=predictor.metadata.model_id, dataset=test_split)

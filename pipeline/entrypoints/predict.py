@@ -32,6 +32,7 @@ def run(params: PredictParams) -> None:
         output_dir,
         params.threshold,
         segmenter.max_pixels,
+        params.tta,
     )
     predicted, skipped = report.count(PREDICTED), report.count(SKIPPED)
     mlflow.log_metrics({"photos": len(report.rows), "predicted": predicted, "skipped": skipped})

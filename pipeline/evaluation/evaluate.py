@@ -29,7 +29,7 @@ class Evaluation:
     best_and_worst: Image.Image
 
 
-def evaluate(segmenter: Segmenter, cache: Path, batch_size: int) -> Evaluation:
+def evaluate(segmenter: Segmenter, cache: Path, batch_size: int, tta: bool = False) -> Evaluation:
     """Score the model on the test arrays through the logged model's own photo-to-logits path.
 
     Each array is a photo that path resizes to the model's image_size and back (nothing to do
@@ -45,7 +45,7 @@ def evaluate(segmenter: Segmenter, cache: Path, batch_size: int) -> Evaluation:
     loss_sum = 0.0
     dice = []
     for start in progress(range(0, len(images), batch_size), desc="evaluate", unit="batch"):
-        logits = segmenter.logits(np.array(images[start : start + batch_size]))
+        logits = segmenter.logits(np.array(images[start : start + batch_size]), tta)
         target = torch.from_numpy(np.array(masks[start : start + batch_size])).unsqueeze(1)
         pooled.update(hard_predictions(logits), target)
         loss_sum += float(
@@ -64,10 +64,13 @@ def evaluate(segmenter: Segmenter, cache: Path, batch_size: int) -> Evaluation:
     per_image = manifest[manifest["split"] == "test"].sort_values("index").reset_index(drop=True)
     per_image["dice"] = per_image_dice_values
     per_image["foreground_fraction"] = [float(mask.mean()) for mask in masks]
-    return Evaluation(metrics, per_image, _best_and_worst(segmenter, images, masks, per_image))
+    sheet = _best_and_worst(segmenter, images, masks, per_image, tta)
+    return Evaluation(metrics, per_image, sheet)
 
 
-def _best_and_worst(segmenter: Segmenter, images, masks, per_image: pd.DataFrame) -> Image.Image:
+def _best_and_worst(
+    segmenter: Segmenter, images, masks, per_image: pd.DataFrame, tta: bool
+) -> Image.Image:
     """The best images in the top section, the worst below, each beside its error overlay and
     captioned with its Dice and name."""
     ranked = per_image.sort_values("dice", ascending=False, kind="stable")
@@ -80,7 +83,7 @@ def _best_and_worst(segmenter: Segmenter, images, masks, per_image: pd.DataFrame
     chosen = np.concatenate([rows["index"].to_numpy() for _, rows in picks])
     chosen_images = np.array(images[chosen])
     chosen_masks = np.array(masks[chosen])
-    predictions = hard_predictions(segmenter.logits(chosen_images)).squeeze(1).numpy()
+    predictions = hard_predictions(segmenter.logits(chosen_images, tta)).squeeze(1).numpy()
     sections = []
     start = 0
     for title, rows in picks:

@@ -25,6 +25,7 @@ from pipeline.images import (
     upright_photo,
 )
 from pipeline.serving.segmenter import (
+    FLIP_TTA,
     INPUT_COLUMN,
     MAX_PIXELS_VARIABLE,
     OUTPUT_COLUMN,
@@ -76,6 +77,7 @@ def predict_folder(
     output_dir: Path,
     threshold: float,
     max_pixels: int,
+    tta: bool = False,
 ) -> FolderReport:
     """Masks and overlays for every file; `max_pixels` is the model's limit, so a photo the
     model would refuse is skipped with the reason instead."""
@@ -103,7 +105,7 @@ def predict_folder(
         claimed[stem] = name
         answer = model.predict(
             pd.DataFrame({INPUT_COLUMN: [base64.b64encode(data).decode("ascii")]}),
-            params={THRESHOLD: threshold},
+            params={THRESHOLD: threshold, FLIP_TTA: tta},
         )
         png = base64.b64decode(answer[OUTPUT_COLUMN].iloc[0])
         mask_path = output_dir / MASKS / stem.with_suffix(".png")

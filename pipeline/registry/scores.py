@@ -30,7 +30,8 @@ class Score:
 def finished_evaluation(
     client: MlflowClient, model_id: str, digest: str, experiment_ids: list[str]
 ) -> Run | None:
-    """The newest finished evaluate run of this model on this split that logged test_dice."""
+    """The newest finished evaluate run of this model on this split that logged test_dice,
+    measured as the model serves by default: without test-time augmentation."""
     runs = client.search_runs(
         experiment_ids,
         f"tags.`{EVALUATED_MODEL_ID_TAG}` = '{model_id}' and tags.`{INPUT_DIGEST_TAG}` = "
@@ -38,7 +39,14 @@ def finished_evaluation(
         order_by=["attributes.start_time DESC"],
         max_results=20,
     )
-    return next((run for run in runs if "test_dice" in run.data.metrics), None)
+    return next(
+        (
+            run
+            for run in runs
+            if "test_dice" in run.data.metrics and run.data.params.get("tta", "false") == "false"
+        ),
+        None,
+    )
 
 
 def score(

@@ -56,6 +56,10 @@ INPUT_COLUMN = "image"
 OUTPUT_COLUMN = "mask"
 THRESHOLD = "threshold"
 DEFAULT_THRESHOLD = 0.5
+# Test-time augmentation: the logits of each photo and of its mirror image, mirrored back,
+# averaged. A person is a person either way round, so the mask of a mirrored photo is then
+# exactly the mirrored mask; it costs a second pass of the network.
+FLIP_TTA = "tta"
 WEIGHTS = "weights"
 ARCHITECTURE = "architecture"
 ONNX = "onnx"
@@ -68,7 +72,12 @@ MAX_PIXELS_VARIABLE = "UNET_PERSON_MAX_PIXELS"
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.string, INPUT_COLUMN)]),
     outputs=Schema([ColSpec(DataType.string, OUTPUT_COLUMN)]),
-    params=ParamSchema([ParamSpec(THRESHOLD, DataType.double, DEFAULT_THRESHOLD)]),
+    params=ParamSchema(
+        [
+            ParamSpec(THRESHOLD, DataType.double, DEFAULT_THRESHOLD),
+            ParamSpec(FLIP_TTA, DataType.boolean, False),
+        ]
+    ),
 )
 
 
@@ -206,8 +215,9 @@ class Segmenter(mlflow.pyfunc.PythonModel):
         self.net = net.eval()
         self.network = PixelNetwork(self.net).eval()
 
-    def logits(self, pixels: np.ndarray) -> torch.Tensor:
-        """Logits at the pixels' own size for uint8 N x H x W x 3 photos of one size.
+    def logits(self, pixels: np.ndarray, tta: bool = False) -> torch.Tensor:
+        """Logits at the pixels' own size for uint8 N x H x W x 3 photos of one size; with
+        `tta`, averaged with those of the mirrored photos (FLIP_TTA).
 
         The network sees each photo resized to image_size, as in training; its logits are
         resized back. At image_size both resizes are skipped, so evaluate's figures on the
@@ -218,15 +228,20 @@ class Segmenter(mlflow.pyfunc.PythonModel):
             pixels = np.stack(
                 [square_pixels(Image.fromarray(photo), self.image_size) for photo in pixels]
             )
-        return resize_logits(self._network_logits(pixels), (height, width))
+        return resize_logits(self._network_logits(pixels, tta), (height, width))
 
-    def _network_logits(self, pixels: np.ndarray) -> torch.Tensor:
+    def _network_logits(self, pixels: np.ndarray, tta: bool = False) -> torch.Tensor:
         """N x 1 x S x S logits of uint8 N x S x S x 3 pixels, S being image_size."""
         batch = torch.tensor(pixels).permute(0, 3, 1, 2)  # a copy: decoded photos are read-only
         with torch.inference_mode():
-            return self.network(batch)
+            logits = self.network(batch)
+            if tta:
+                logits = (logits + self.network(batch.flip(-1)).flip(-1)) / 2
+        return logits
 
-    def mask(self, photo: Image.Image, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    def mask(
+        self, photo: Image.Image, threshold: float = DEFAULT_THRESHOLD, tta: bool = False
+    ) -> np.ndarray:
         """The (H, W) bool mask of an upright RGB photo: person where P(person) > threshold.
 
         The photo is resized for the network as `logits` resizes it, without a copy at full
@@ -235,7 +250,7 @@ class Segmenter(mlflow.pyfunc.PythonModel):
         test without rounding the sigmoid, so at 0.5 it is exactly evaluate's `logits > 0`.
         """
         small = square_pixels(photo, self.image_size)
-        logits = self._network_logits(small[np.newaxis])[0, 0].numpy()
+        logits = self._network_logits(small[np.newaxis], tta)[0, 0].numpy()
         cut = math.log(threshold / (1 - threshold))
         return threshold_upsampled(logits, (photo.height, photo.width), cut)
 
@@ -245,10 +260,13 @@ class Segmenter(mlflow.pyfunc.PythonModel):
         threshold = float((params or {}).get(THRESHOLD, DEFAULT_THRESHOLD))
         if not 0 < threshold < 1:
             raise invalid(f"param {THRESHOLD}={threshold} must be between 0 and 1 (exclusive)")
+        tta = (params or {}).get(FLIP_TTA, False)
+        if not isinstance(tta, bool | np.bool_):
+            raise invalid(f"param {FLIP_TTA}={tta!r} must be true or false")
         masks = []
         for row, value in enumerate(model_input[INPUT_COLUMN]):
             # The photo is let go once its mask is made, before the PNG is.
-            mask = self.mask(_photo(row, value, self.max_pixels), threshold)
+            mask = self.mask(_photo(row, value, self.max_pixels), threshold, bool(tta))
             png = encode_png(np.multiply(mask, np.uint8(255)))
             masks.append(base64.b64encode(png).decode("ascii"))
         return pd.DataFrame({OUTPUT_COLUMN: masks})

@@ -19,6 +19,7 @@ from pipeline.training.recipes import RECIPES, Recipe, resolve_recipe
 
 BASELINE = "baseline"
 OPTIMISATION = ("optimizer", "lr", "weight_decay", "schedule")
+EMA_DECAY = 0.999  # the usual decay per step (timm's ModelEmaV3, Lightning's EMAWeightAveraging)
 
 Settings = dict[str, Any]  # a recipe's settings by parameter name (Recipe.settings())
 Change = Callable[[Settings], Settings]
@@ -66,6 +67,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("upsampling", _other("upsampling", UPSAMPLING_MODES)),
         Variant("loss", _other("loss", LOSSES)),
         Variant("augment", _flip("augment")),
+        Variant("ema", lambda s: {"ema_decay": 0.0 if s["ema_decay"] else EMA_DECAY}),
         Variant(
             "optimisation",
             lambda _: {key: RECIPES["paper"].settings()[key] for key in OPTIMISATION},

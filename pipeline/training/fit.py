@@ -9,7 +9,12 @@ import lightning as L
 import mlflow
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
 
@@ -126,6 +131,9 @@ def fit(
             np.array(val_images[:GRID_IMAGES]), np.array(val_masks[:GRID_IMAGES]), grid_every
         ),
         *([] if interactive else [EpochSummary()]),
+        # Lightning's own: validation sees the averaged weights, and checkpoints hold them as
+        # the state_dict (the trained ones beside them, for resuming).
+        *([EMAWeightAveraging(decay=recipe.ema_decay)] if recipe.ema_decay else []),
     ]
     train_images = len(open_split(cache, "train")[0])
     last = checkpoint_dir / LAST_CHECKPOINT

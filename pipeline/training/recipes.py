@@ -34,6 +34,13 @@ class Recipe:
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
     loss: str = setting("bce", "bce or bce_dice", choices=LOSSES)
     augment: bool = setting(False, "random flips, crops and colour")
+    ema_decay: float = setting(
+        0.0,
+        "weight EMA: decay per step of an exponential moving average of the weights, which "
+        "validation, checkpoints and the logged model use (e.g. 0.999); 0 = none",
+        minimum=0,
+        below=1,
+    )
     batch_size: int = setting(
         4,
         "images per step on each device; the global batch is batch_size x devices x num_nodes",

@@ -110,3 +110,28 @@ def test_best_and_worst_shows_the_extremes_with_their_dice(cache: Path, evaluate
     np.testing.assert_array_equal(sheet, np.asarray(captioned_sheet(sections, columns=4)))
     assert sections[0].captions[0].startswith(f"Dice {table['dice'].max():.3f}")
     assert sections[1].captions[0].startswith(f"Dice {table['dice'].min():.3f}")
+
+
+def test_flip_tta_is_scored_apart_and_promote_does_not_take_its_dice(cache: Path) -> None:
+    """evaluate --tta true scores the model's mirrored-average masks; promote compares models
+    as they serve by default, so it looks past such a run for a plain one."""
+    from pipeline.evaluation.evaluate import evaluate as score_split
+    from pipeline.registry.scores import finished_evaluation
+
+    model_uri = log_model(varied_net())
+    segmenter = segmenter_of(load_predictor(model_uri), model_uri)
+    images, masks = open_split(cache, "test")
+    expected = hard_predictions(segmenter.logits(np.array(images), tta=True))[:, 0].numpy()
+    overlap = (expected & np.array(masks)).sum()
+    dice = 2 * overlap / (expected.sum() + np.array(masks).sum())
+    assert score_split(segmenter, cache, 4, tta=True).metrics["test_dice"] == pytest.approx(dice)
+
+    assert evaluate.main(["--model_uri", model_uri, "--data_dir", str(cache), "--tta", "true"]) == 0
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("unet-person")
+    model_id = model_uri.removeprefix("models:/")
+    digest = read_cache_record(cache)["digest"]
+    assert finished_evaluation(client, model_id, digest, [experiment.experiment_id]) is None
+    assert evaluate.main(["--model_uri", model_uri, "--data_dir", str(cache)]) == 0
+    plain = finished_evaluation(client, model_id, digest, [experiment.experiment_id])
+    assert plain is not None and plain.data.params["tta"] == "false"

@@ -140,8 +140,9 @@ def test_logged_model_describes_itself(varied) -> None:
     metadata = varied.metadata
     assert metadata.get_input_schema().input_names() == ["image"]
     assert metadata.get_output_schema().input_names() == ["mask"]
-    (threshold,) = metadata.get_params_schema().params
+    threshold, tta = metadata.get_params_schema().params
     assert (threshold.name, threshold.default) == ("threshold", 0.5)
+    assert (tta.name, tta.default) == ("tta", False)
     # The request the MLflow UI shows on the model's page: a real photo, base64 PNG.
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{metadata.model_id}"))
     request = json.loads((folder / "serving_input_example.json").read_text())
@@ -219,3 +220,25 @@ def test_a_bad_pixel_limit_stops_the_model_loading(
     monkeypatch.setenv("UNET_PERSON_MAX_PIXELS", value)
     with pytest.raises(ValueError, match=f"UNET_PERSON_MAX_PIXELS='{value}' is not a positive"):
         mlflow.pyfunc.load_model(model_uri)
+
+
+def test_flip_tta_averages_the_photo_and_its_mirror_image(varied) -> None:
+    segmenter = segmenter_of(varied, "varied")
+    pixels = np.stack([photo_pixels((IMAGE_SIZE, IMAGE_SIZE), seed) for seed in range(2)])
+    net = varied_net().eval()
+    with torch.no_grad():
+        batch = to_model_input(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+        expected = (net(batch) + net(batch.flip(-1)).flip(-1)) / 2
+    torch.testing.assert_close(segmenter.logits(pixels, tta=True), expected)
+    assert not torch.equal(segmenter.logits(pixels, tta=True), segmenter.logits(pixels))
+
+
+def test_with_flip_tta_a_mirrored_photo_gets_exactly_the_mirrored_mask(varied) -> None:
+    photo = photo_pixels((45, 29), 3)
+    mirrored = np.ascontiguousarray(photo[:, ::-1])
+    plain, mirror_plain = masks_of(varied.predict(frame(encode_png(photo), encode_png(mirrored))))
+    assert not np.array_equal(mirror_plain, plain[:, ::-1]), "a network that is symmetric already"
+    with_tta = masks_of(
+        varied.predict(frame(encode_png(photo), encode_png(mirrored)), params={"tta": True})
+    )
+    np.testing.assert_array_equal(with_tta[1], with_tta[0][:, ::-1])

@@ -33,6 +33,7 @@ def test_all_covers_every_component_of_the_issue_and_skips_the_no_op() -> None:
         "upsampling": {"upsampling": "bilinear"},
         "loss": {"loss": "bce"},
         "augment": {"augment": False},
+        "ema": {"ema_decay": 0.999},
         "optimisation": {
             "optimizer": "adam",
             "lr": 1e-5,
