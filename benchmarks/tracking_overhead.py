@@ -33,7 +33,6 @@ from benchmarks.report import Headline, machine_sections
 from pipeline.data.cache import open_split
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.model.unet import UNet
-from pipeline.params import TrainParams
 from pipeline.settings import with_settings
 from pipeline.tracking.journal import NOTHING, Journal
 from pipeline.training.callbacks import EpochTimer, PredictionGrid
@@ -41,6 +40,7 @@ from pipeline.training.fit import EARLY_STOP_MIN_DELTA, GRADIENT_CLIP, GRID_IMAG
 from pipeline.training.journal_logger import LAST_CHECKPOINT, JournalLogger, ReleasingCheckpointIO
 from pipeline.training.module import SegmentationModule
 from pipeline.training.recipes import DEFAULT
+from pipeline.training_params import TrainParams
 
 TITLE = "Tracking overhead: MLflow logging on vs off"
 TARGET = 3.0

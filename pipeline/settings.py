@@ -43,6 +43,11 @@ def setting(
     )
 
 
+def about(text: str) -> dict[str, str]:
+    """The metadata of a parameter that is not a setting of a config: its help text alone."""
+    return {"help": text}
+
+
 def is_setting(spec: dataclasses.Field) -> bool:
     return "help" in spec.metadata
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pipeline import params
+from pipeline import params, training_params
 from pipeline.__main__ import ENTRY_POINTS, main
 from pipeline.orchestration.project import project_dir
 
@@ -43,7 +43,9 @@ def test_entry_point_help_describes_it_and_every_parameter(entry_point: str, cap
     description = text.split("\n\n")[1]
     assert "Params(" not in description and len(description.split()) >= 8, description
     options = " ".join(text.split("options:")[1].split())  # argparse wraps help lines
-    for spec in dataclasses.fields(getattr(params, f"{entry_point.capitalize()}Params")):
+    name = f"{entry_point.capitalize()}Params"
+    params_class = getattr(params, name, None) or getattr(training_params, name)
+    for spec in dataclasses.fields(params_class):
         assert f"--{spec.name} {spec.name.upper()} " in options, spec.name
         after = options.split(f"--{spec.name} {spec.name.upper()} ")[1].split(" --")[0]
         assert "(default: " in after or "(required)" in after, (spec.name, after)

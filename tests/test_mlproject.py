@@ -13,19 +13,16 @@ from mlflow.projects import _project_spec
 from pipeline.__main__ import ENTRY_POINTS
 from pipeline.orchestration.project import project_dir, step_command
 from pipeline.params import (
-    AblateParams,
     DemoParams,
     DownloadParams,
     EvaluateParams,
     ExportParams,
-    MainParams,
     PredictParams,
     PreprocessParams,
     PromoteParams,
-    RuntimeParams,
-    TrainParams,
     convert,
 )
+from pipeline.training_params import AblateParams, MainParams, RuntimeParams, TrainParams
 
 PARAMS = {
     "download": DownloadParams,

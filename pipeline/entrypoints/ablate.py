@@ -7,8 +7,8 @@ import sys
 from pipeline.console import log
 from pipeline.entrypoints.runner import run_entry_point
 from pipeline.orchestration.ablation import run_study
-from pipeline.params import AblateParams
 from pipeline.study.summary import markdown_table
+from pipeline.training_params import AblateParams
 
 
 def run(params: AblateParams) -> None:

@@ -9,7 +9,7 @@ import mlflow
 from pipeline.entrypoints.runner import run_entry_point
 from pipeline.orchestration.summary import pipeline_summary
 from pipeline.orchestration.workflow import run_pipeline
-from pipeline.params import MainParams
+from pipeline.training_params import MainParams
 
 
 def run(params: MainParams) -> None:

@@ -12,13 +12,13 @@ from pipeline.console import log
 from pipeline.data.cache import open_split, read_cache_record
 from pipeline.data.run_inputs import log_split_inputs
 from pipeline.entrypoints.runner import log_settings, run_entry_point
-from pipeline.params import TrainParams
 from pipeline.tracking.artifacts import local_input
 from pipeline.tracking.models import log_segmentation_model
 from pipeline.tracking.tags import INPUT_DIGEST_TAG
 from pipeline.training.fit import checkpoint_root, fit
 from pipeline.training.ranks import run_id_of_launch, sharing_run
 from pipeline.training.recipes import Recipe
+from pipeline.training_params import TrainParams
 
 
 def run(params: TrainParams) -> None:

@@ -24,10 +24,10 @@ from pipeline.orchestration.workflow import (
     train_and_evaluate,
     train_params,
 )
-from pipeline.params import AblateParams
 from pipeline.study.summary import write_summary
 from pipeline.study.variants import PlannedVariant
 from pipeline.tracking.tags import SEED_TAG, STUDY_TAG, VARIANT_TAG
+from pipeline.training_params import AblateParams
 
 ARTIFACT_FOLDER = "ablation"
 

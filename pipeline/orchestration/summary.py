@@ -8,8 +8,8 @@ from pathlib import Path
 import mlflow
 
 from pipeline.orchestration.workflow import PipelineOutcome
-from pipeline.params import MainParams
 from pipeline.tracking.tags import DECISION_TAG, MODEL_VERSION_TAG, REASON_TAG
+from pipeline.training_params import MainParams
 
 UI_ADDRESS = "http://127.0.0.1:5000"
 # MLflow 3.17's UI opens every page in its GenAI view unless the page's address asks for the

@@ -26,12 +26,8 @@ from pipeline.params import (
     DataSourceParams,
     DownloadParams,
     EvaluateParams,
-    MainParams,
     PreprocessParams,
     PromoteParams,
-    RuntimeParams,
-    TrainingParams,
-    TrainParams,
     as_text,
 )
 from pipeline.tracking.artifacts import is_artifact_uri
@@ -48,6 +44,7 @@ from pipeline.tracking.tags import (
     RESUMED_TAG,
     reused_tag,
 )
+from pipeline.training_params import MainParams, RuntimeParams, TrainingParams, TrainParams
 
 log = logging.getLogger("unet_person")
 

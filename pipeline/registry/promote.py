@@ -20,7 +20,7 @@ transactional across calls, so two guards keep them to one version and consisten
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -29,13 +29,12 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
 from pipeline.data.cache import read_cache_record
-from pipeline.errors import PipelineError
 from pipeline.locks import hold
 from pipeline.registry.decision import UNCHANGED, Decision, decide
+from pipeline.registry.request import PromoteParams
 from pipeline.registry.scores import Score, score
 from pipeline.registry.versions import (
     alias_holder,
-    check_alias,
     model_id_of,
     register_once,
     set_alias,
@@ -83,55 +82,6 @@ class Promotion:
             SPLIT_DIGEST_TAG: self.digest,
             PROMOTE_RUN_TAG: run_id,
         }
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
-@dataclass(frozen=True)
-class PromoteParams:
-    """Register the candidate and give it the alias if it beats the model holding it on the
-    same test split; every decision that moves the alias is kept on the version."""
-
-    model_uri: str = field(metadata=_help("the candidate: runs:/<run>/model or models:/<id>"))
-    model_name: str = field(default="unet-person", metadata=_help("registered model name"))
-    alias: str = field(default="champion", metadata=_help("the alias the better model holds"))
-    min_improvement: float = field(
-        default=0.0, metadata=_help("test Dice gain over the alias holder needed to take it")
-    )
-    min_dice: float = field(
-        default=0.5, metadata=_help("test Dice the first model needs to take a free alias")
-    )
-    data_dir: str = field(
-        default="data/processed", metadata=_help("the split both models are scored on")
-    )
-    batch_size: int = field(default=8, metadata=_help("images per forward pass when scoring"))
-
-    def __post_init__(self) -> None:
-        check_promotion(self.model_name, self.alias, self.min_improvement, self.min_dice)
-        if self.batch_size < 1:
-            raise PipelineError(f"parameter batch_size={self.batch_size} must be at least 1")
-
-
-def check_name(model_name: str) -> None:
-    """Names go into search filters in quotes."""
-    if not model_name or "'" in model_name:
-        raise PipelineError(
-            f"parameter model_name={model_name!r} must be a name without quotes, e.g. unet-person"
-        )
-
-
-def check_promotion(model_name: str, alias: str, min_improvement: float, min_dice: float) -> None:
-    """The promotion's parameters, checked before any run opens (promote's and main's)."""
-    check_name(model_name)
-    check_alias(alias)
-    if min_improvement < 0:
-        raise PipelineError(
-            f"parameter min_improvement={min_improvement} must be 0 or more (a Dice gain)"
-        )
-    if not 0 <= min_dice <= 1:
-        raise PipelineError(f"parameter min_dice={min_dice} must be between 0 and 1")
 
 
 def promotion_lock(name: str) -> Path:

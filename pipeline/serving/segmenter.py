@@ -48,6 +48,7 @@ from pipeline.images import (
 )
 from pipeline.model.inputs import PixelNetwork
 from pipeline.model.unet import NetworkConfig, UNet
+from pipeline.serving import RUNTIMES
 
 if TYPE_CHECKING:  # imported where used: runtime torch never needs onnxruntime
     from pipeline.serving.onnx_runtime import OnnxNetwork
@@ -64,7 +65,7 @@ WEIGHTS = "weights"
 ARCHITECTURE = "architecture"
 ONNX = "onnx"
 RUNTIME = "runtime"
-RUNTIMES = ("torch", "onnx")
+
 RUNTIME_VARIABLE = "UNET_PERSON_RUNTIME"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 MAX_PIXELS_VARIABLE = "UNET_PERSON_MAX_PIXELS"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.pytorch.callbacks import Timer
 
 from pipeline.settings import check_settings, setting
 from pipeline.training.schedule import one_cycle
+
+if TYPE_CHECKING:  # only its type: importing Lightning costs seconds
+    from lightning.pytorch.callbacks import Timer
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULES = ("plateau", "onecycle")

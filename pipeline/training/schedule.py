@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-from lightning.pytorch.callbacks import Timer
+
+if TYPE_CHECKING:  # only its type: importing Lightning costs seconds
+    from lightning.pytorch.callbacks import Timer
 
 WARMUP_SHARE = 0.1  # of the run spent warming the learning rate up
 START_FACTOR = 1 / 25  # OneCycleLR's defaults: start at max_lr / 25 ...

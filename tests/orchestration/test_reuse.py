@@ -16,9 +16,10 @@ from pipeline.orchestration.reuse import (
     matching_runs,
     outputs_intact,
 )
-from pipeline.params import DownloadParams, TrainParams, as_text, same_values
+from pipeline.params import DownloadParams, as_text, same_values
 from pipeline.tracking.runs import configure_tracking
 from pipeline.tracking.tags import INPUT_TAG, MODEL_URI_TAG, OUTPUT_DIGEST_TAG, OUTPUT_PATH_TAG
+from pipeline.training_params import TrainParams
 
 
 @pytest.fixture

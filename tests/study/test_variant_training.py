@@ -10,9 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.datamodule import PersonDataModule
-from pipeline.params import TrainParams
 from pipeline.study.variants import VARIANTS, plan_variants
 from pipeline.training import fit as training_fit
+from pipeline.training_params import TrainParams
 from tests.training.caches import write_cache
 
 SIDE = 32  # depth 5 pools 32 pixels down to 1

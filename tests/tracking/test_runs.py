@@ -18,15 +18,12 @@ from mlflow.tracking import MlflowClient
 from pipeline.entrypoints.runner import run_entry_point, step_run
 from pipeline.errors import PipelineError
 from pipeline.params import (
-    AblateParams,
     DownloadParams,
     EvaluateParams,
     ExportParams,
-    MainParams,
     PredictParams,
     PreprocessParams,
     PromoteParams,
-    TrainParams,
     parse,
 )
 from pipeline.tracking.runs import (
@@ -36,6 +33,7 @@ from pipeline.tracking.runs import (
     tracking_uri,
 )
 from pipeline.tracking.tags import CODE_TAG, ENTRY_POINT_TAG, ERROR_TAG
+from pipeline.training_params import AblateParams, MainParams, TrainParams
 from tests.conftest import free_port
 
 

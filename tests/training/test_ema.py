@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.params import TrainParams, parse
+from pipeline.params import parse
 from pipeline.settings import with_settings
 from pipeline.training.fit import fit
 from pipeline.training.recipes import DEFAULT, RECIPES
 from pipeline.training.runtime import RuntimeConfig
+from pipeline.training_params import TrainParams
 from tests.training.caches import write_cache
 
 SMALL = {"base_channels": 2, "depth": 1, "batch_size": 4, "max_epochs": 2, "patience": 2}

@@ -13,11 +13,12 @@ from torch._dynamo.utils import counters
 from pipeline.entrypoints import train
 from pipeline.errors import PipelineError
 from pipeline.model.unet import NetworkConfig, UNet
-from pipeline.params import TrainParams, parse
+from pipeline.params import parse
 from pipeline.tracking.models import load_predictor
 from pipeline.tracking.tags import MODEL_URI_TAG
 from pipeline.training.module import SegmentationModule
 from pipeline.training.runtime import RuntimeConfig, compile_options, compile_tag, resolve_hardware
+from pipeline.training_params import TrainParams
 from tests.conftest import last_run
 from tests.training.caches import write_finished_cache
 

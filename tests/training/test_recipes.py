@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.params import TrainParams, parse
+from pipeline.params import parse
 from pipeline.settings import with_settings
 from pipeline.training.recipes import PAPER, RECIPES, resolve_recipe
+from pipeline.training_params import TrainParams
 
 
 def test_paper_is_the_reference_lab_report() -> None:
@@ -92,9 +93,9 @@ def test_a_name_that_is_no_setting_is_an_error_not_ignored() -> None:
 def test_every_setting_is_a_parameter_with_the_declared_help() -> None:
     """The train params are derived from the recipe's declarations: one new setting declared
     in its config is a parameter of train and main with no other change."""
-    from pipeline.params import MainParams
     from pipeline.settings import declared
     from pipeline.training.recipes import Recipe
+    from pipeline.training_params import MainParams
 
     for params_class in (TrainParams, MainParams):
         fields = params_class.__dataclass_fields__

@@ -1,0 +1,165 @@
+"""Parameters of the entry points that train: train, main and ablate.
+
+Training's settings are declared once, in the configs they configure (`Recipe` and the configs
+it nests, `RuntimeConfig`; pipeline/settings.py); each becomes a parameter here with the same
+name and help, and every value is checked while the parameters are built, before any run opens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.params import DataSourceParams, PromoteParams, same_as
+from pipeline.registry.request import check_promotion
+from pipeline.settings import about, declared, parameter_fields
+from pipeline.study.variants import PlannedVariant, parse_seeds, plan_variants
+from pipeline.training.recipes import Recipe, recipe_overrides, resolve_recipe
+from pipeline.training.runtime import RuntimeConfig
+
+# The settings an architecture study sets for every variant alike.
+STUDY_OVERRIDES = ("max_epochs", "patience", "batch_size", "base_channels")
+
+
+def _check_recipe(params: Any) -> None:
+    params.recipe_config()
+
+
+def _recipe_config(params: Any) -> Recipe:
+    """The recipe these params name, with their settings in place of its own."""
+    return resolve_recipe(params.recipe, recipe_overrides(params))
+
+
+# The recipe's settings are declared once, in the configs they belong to (pipeline/settings.py);
+# here each becomes an optional parameter of the same name and help, None taking the recipe's.
+TrainingParams = dataclasses.make_dataclass(
+    "TrainingParams",
+    [
+        (
+            "recipe",
+            str,
+            field(
+                default="default",
+                metadata=about(
+                    "paper (the reference exactly) or default; the settings below override it"
+                ),
+            ),
+        ),
+        *parameter_fields(Recipe, optional=True),
+        ("seed", int, field(default=42, metadata=about("seed of weights and data order"))),
+        (
+            "grid_every",
+            int,
+            field(
+                default=5,
+                metadata=about("epochs between prediction grids of fixed val images"),
+            ),
+        ),
+    ],
+    frozen=True,
+    namespace={
+        "__module__": __name__,
+        "__doc__": "The recipe and the settings that override it: what `train` fits, and what "
+        "`main` passes on to its train step under the same names.",
+        "__post_init__": _check_recipe,
+        "recipe_config": _recipe_config,
+    },
+)
+
+
+def _runtime_config(params: Any) -> RuntimeConfig:
+    """The runtime settings among these params."""
+    return RuntimeConfig(**{name: getattr(params, name) for name, _, _ in declared(RuntimeConfig)})
+
+
+def _check_runtime(params: Any) -> None:
+    params.runtime_config()
+
+
+RuntimeParams = dataclasses.make_dataclass(
+    "RuntimeParams",
+    parameter_fields(RuntimeConfig, optional=False),
+    frozen=True,
+    namespace={
+        "__module__": __name__,
+        "__doc__": RuntimeConfig.__doc__,
+        "__post_init__": _check_runtime,
+        "runtime_config": _runtime_config,
+    },
+)
+
+
+@dataclass(frozen=True)
+class TrainParams(RuntimeParams, TrainingParams):
+    """Fit the U-Net on the preprocessed cache and log the best model into the run."""
+
+    data_dir: str = field(
+        default="data/processed", metadata=about("preprocess output folder or its artifact URI")
+    )
+
+    def __post_init__(self) -> None:
+        self.runtime_config()
+        self.recipe_config()
+
+
+@dataclass(frozen=True)
+class MainParams(DataSourceParams, RuntimeParams, TrainingParams):
+    """The whole pipeline under one parent run: download, preprocess, train, evaluate and
+    promote, reusing any step already finished with the same inputs and resuming an interrupted
+    training from its checkpoint."""
+
+    reuse: bool = field(default=True, metadata=about("reuse finished steps with equal inputs"))
+    promote: bool = field(default=True, metadata=about("end with promote; false stops at evaluate"))
+    model_name: str = same_as(PromoteParams, "model_name")
+    alias: str = same_as(PromoteParams, "alias")
+    min_improvement: float = same_as(PromoteParams, "min_improvement")
+    min_dice: float = same_as(PromoteParams, "min_dice")
+
+    def __post_init__(self) -> None:
+        DataSourceParams.__post_init__(self)
+        self.runtime_config()
+        self.recipe_config()
+        check_promotion(self.model_name, self.alias, self.min_improvement, self.min_dice)
+
+
+@dataclass(frozen=True)
+class AblateParams(DataSourceParams, RuntimeParams):
+    """The architecture study: the baseline recipe and variants that each change one thing,
+    trained and evaluated under one parent run, summarised in a table and a chart."""
+
+    recipe: str = field(
+        default="default",
+        metadata=about("the study's baseline; each variant changes one thing"),
+    )
+    variants: str = field(
+        default="all", metadata=about("comma-separated variant names (see README), or all")
+    )
+    seeds: str = field(default="42", metadata=about("comma-separated seeds, one run per seed"))
+    max_epochs: int | None = field(default=None, metadata=about("epoch budget of every variant"))
+    patience: int | None = field(
+        default=None, metadata=about("early-stopping patience of every variant")
+    )
+    batch_size: int | None = field(
+        default=None, metadata=about("batch size of every variant, per device")
+    )
+    base_channels: int | None = field(
+        default=None, metadata=about("baseline width; width variants halve and double it")
+    )
+    reuse: bool = field(
+        default=True,
+        metadata=about("reuse finished runs: a stopped study picks up where it was"),
+    )
+    output_dir: str = field(
+        default="ablation", metadata=about("local folder for the summary table and chart")
+    )
+
+    def __post_init__(self) -> None:
+        DataSourceParams.__post_init__(self)
+        self.runtime_config()
+        self.study_plan()
+
+    def study_plan(self) -> tuple[list[PlannedVariant], list[int]]:
+        """The variants and seeds to run."""
+        overrides = {name: getattr(self, name) for name in STUDY_OVERRIDES}
+        return plan_variants(self.variants, self.recipe, overrides), parse_seeds(self.seeds)
