@@ -109,7 +109,9 @@ class Step:
         self.model = torch.compile(self.net) if mode == "compile" else self.net
         self.loss = segmentation_loss(DEFAULT.loss)
         self.optimizer = torch.optim.AdamW(
-            self.net.parameters(), lr=DEFAULT.lr, weight_decay=DEFAULT.weight_decay
+            self.net.parameters(),
+            lr=DEFAULT.optimization.lr,
+            weight_decay=DEFAULT.optimization.weight_decay,
         )
         self.dtype = PRECISIONS[precision]
         self.side = options.image_size

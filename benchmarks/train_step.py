@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=240, help="generated photos (70%% train)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=16, help="base channels of both networks")
-    parser.add_argument("--depth", type=int, default=DEFAULT.depth)
+    parser.add_argument("--depth", type=int, default=DEFAULT.network.depth)
     parser.add_argument("--repeats", type=int, default=10, help="timed epochs per side (>= 3)")
 
 
@@ -84,8 +84,8 @@ def reference_epoch(options: argparse.Namespace, cache: Path) -> Callable[[], No
     torch.manual_seed(0)
     trainer = ReferenceTrainer(
         ReferenceUNet(width=options.width, depth=options.depth),
-        lr=DEFAULT.lr,
-        weight_decay=DEFAULT.weight_decay,
+        lr=DEFAULT.optimization.lr,
+        weight_decay=DEFAULT.optimization.weight_decay,
         total_steps=(options.repeats + 1) * len(loader),
     )
 

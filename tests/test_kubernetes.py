@@ -28,6 +28,7 @@ from mlflow.projects.utils import (
 )
 
 from pipeline import params as pipeline_params
+from pipeline import training_params
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES = ROOT / "kubernetes"
@@ -289,7 +290,7 @@ def test_parameters_reach_the_pipeline_as_on_a_shell(
     chosen = {"max_epochs": "3", "max_time": "00:01:00:00", folder: "my data/set"}
     command = container(render(monkeypatch, entry_point, chosen))["command"]
     (shell_command,) = get_entry_point_command(project(), entry_point, chosen, None)
-    params_class = getattr(pipeline_params, f"{entry_point.capitalize()}Params")
+    params_class = getattr(training_params, f"{entry_point.capitalize()}Params")
     on_a_shell = pipeline_params.parse(params_class, shlex.split(shell_command)[4:])
     assert pipeline_params.parse(params_class, command[4:]) == on_a_shell
 

@@ -25,6 +25,7 @@ from mlflow.projects import _project_spec
 from torch.distributed.run import get_args_parser
 
 from pipeline import params as pipeline_params
+from pipeline import training_params
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,8 @@ def pipeline_invocation(words: list[str]) -> tuple[str, list[str]] | None:
 
 
 def params_class(entry_point: str) -> type:
-    cls = getattr(pipeline_params, f"{entry_point.capitalize()}Params", None)
+    name = f"{entry_point.capitalize()}Params"
+    cls = getattr(pipeline_params, name, None) or getattr(training_params, name, None)
     assert cls is not None, f"`python -m pipeline {entry_point}`: no such entry point"
     return cls
 

@@ -29,6 +29,8 @@ import pytest
 from mlflow.projects import _project_spec
 from mlflow.tracking import MlflowClient
 
+from pipeline.params import as_text
+from pipeline.training.recipes import RECIPES
 from tests.conftest import free_port
 from tests.stack.test_config import expand, instructions
 
@@ -191,17 +193,16 @@ def calls(state: Path) -> list[dict]:
 # Every other parameter of main whose MLproject default is empty, given a value. `mlflow run`
 # logs each parameter as its shell quoting, so an empty one as '' (MLflow's
 # EntryPoint.compute_parameters), and the step refuses that logged text today: the
-# README-defaults case below.
+# README-defaults case below. Each recipe setting not set above gets the default recipe's own
+# value, spelled out, so a setting declared tomorrow is given one here too.
 EVERY_SETTING = {
-    "lr": "1e-3",
-    "weight_decay": "1e-4",
+    **{
+        name: value
+        for name, value in as_text(RECIPES["default"].settings()).items()
+        if name not in SETTINGS
+    },
     "optimizer": "adamw",
-    "schedule": "onecycle",
-    "loss": "bce_dice",
     "augment": "false",
-    "batch_norm": "true",
-    "skip_connections": "true",
-    "upsampling": "transposed",
     "patience": "5",
     "max_time": "00:00:10:00",
 }
