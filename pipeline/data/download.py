@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline import folders
 from pipeline.console import progress
 from pipeline.data import layout
+from pipeline.data.synthetic import GENERATOR_VERSION, generate_dataset
 from pipeline.errors import PipelineError
 
 KAGGLE_HANDLE = re.compile(r"^[\w.-]+/[\w.-]+(/versions/\d+)?$")
@@ -67,13 +68,16 @@ def source_kind(source: str) -> str:
 
 
 def source_fingerprint(source: str) -> str:
-    """Identify a source's content cheaply: local files by name, size and mtime, others by name.
+    """Identify a source's content cheaply: local files by name, size and mtime, generated data
+    by its count and generator version, others by name.
 
     This is what decides that "the same source twice" needs no second download. A symlink
     counts by itself (lstat), never by its target, which may be outside the source.
     """
     kind = source_kind(source)
     digest = hashlib.sha256(f"{kind}:{source}".encode())
+    if kind == "synthetic":
+        digest.update(f"generator {GENERATOR_VERSION}".encode())
     if kind in ("folder", "zip"):
         root = Path(source).expanduser()
         files = sorted(root.rglob("*")) if kind == "folder" else [root]
@@ -149,8 +153,6 @@ def _inspect(
 def _fetch(source: str, kind: str, staging: Path, cache_dir: Path) -> Path:
     """Make the source's files readable locally (in `staging` if need be); returns its df.csv."""
     if kind == "synthetic":
-        from pipeline.data.synthetic import generate_dataset
-
         match = SYNTHETIC.match(source)
         count = int(match.group(1)) if match and match.group(1) else DEFAULT_SYNTHETIC_COUNT
         return generate_dataset(staging / "generated", count=count, seed=0)

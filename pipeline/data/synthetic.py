@@ -3,18 +3,26 @@
 Tests and smoke runs need data that crosses the same edges as the real download (df.csv with an
 unnamed index column, mixed PNG modes, EXIF-rotated images, masks at another size or with soft
 edges) and that a model cannot segment by colour alone, without fetching gigabytes.
+
+The pictures imitate the main ways real photos of people differ from drawings: a defocused
+background behind sharp people, light from one side that shades people and casts their shadows
+on the ground, colour casts and dim light, camera shake and JPEG compression.
 """
 
 from __future__ import annotations
 
 import colorsys
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import ExifTags, Image, ImageDraw, ImageFilter
+from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageFilter
 
+# Part of a synthetic source's fingerprint: raise it whenever the pictures change, so that a
+# folder landed by an earlier generator is generated again rather than reused.
+GENERATOR_VERSION = 2
 NAME_PATTERN = "ds_synth_pexels-{index:05d}"
 SIZE_RANGE = (160, 640)
 MIN_FOREGROUND = 0.015  # above the promised 1%, so soft edges and rescaling cannot undercut it
@@ -39,6 +47,15 @@ STORE_TRANSPOSE = {
 SKIN, HAIR, TOP, BOTTOM = range(4)
 PARTS = 4
 
+# The look of a photo, drawn per image. Shots are framed like the real set's photos.
+SHOTS = {"portrait": 0.35, "full": 0.45, "small": 0.2}
+DEFOCUS_CHANCE = {"portrait": 0.7, "full": 0.45, "small": 0.1}  # shallow depth of field
+DEFOCUS_RADIUS = (0.015, 0.04)  # background blur, as a share of the shorter side
+SHADOW_CHANCE = 0.45  # shots of whole bodies (not portraits) whose people cast a shadow
+LOW_LIGHT_CHANCE = 0.12
+JPEG_CHANCE, JPEG_QUALITY = 0.3, (50, 90)
+SHAKE_CHANCE = 0.12  # mild motion blur
+
 RGB = tuple[int, int, int]
 Point = tuple[float, float]
 
@@ -60,6 +77,15 @@ class _Figure:
     cx: float
     top: float
     height: float
+
+
+@dataclass(frozen=True)
+class _Light:
+    """Where the main light comes from: `side` -1 from the left, +1 from the right; `strength`
+    is how much brighter the lit side of a person is than its middle."""
+
+    side: int
+    strength: float
 
 
 def generate_dataset(root: Path, count: int, seed: int = 0) -> Path:
@@ -112,15 +138,27 @@ def _plan(seed: int, index: int) -> _Plan:
 
 
 def _render(rng: np.random.Generator, width: int, height: int) -> tuple[Image.Image, Image.Image]:
-    """An upright RGB picture of people in a cluttered scene and its binary person mask."""
+    """An upright RGB picture of people in a cluttered scene and its binary person mask.
+
+    The scene is finished first (shadows, then depth-of-field blur) and the people are painted
+    on it, so they stay sharp in front of a defocused background.
+    """
+    shot = str(rng.choice(list(SHOTS), p=list(SHOTS.values())))
+    light = _Light(side=int(rng.choice([-1, 1])), strength=float(rng.uniform(0.08, 0.3)))
     pixels = _background(rng, width, height)
     clutter, clutter_colours = _draw_clutter(rng, width, height)
     pixels = _paint(rng, pixels, clutter, clutter_colours, np.ones(len(clutter_colours), bool))
-    labels, palette = _draw_people(rng, width, height)
-    canvas = Image.fromarray(_paint(rng, pixels, labels, palette, _is_clothing(len(palette))))
+    labels, palette, figures = _draw_people(rng, width, height, shot)
+    if shot != "portrait" and rng.random() < SHADOW_CHANCE:
+        pixels = _cast_shadows(rng, pixels, labels, figures, light)
+    if rng.random() < DEFOCUS_CHANCE[shot]:
+        pixels = _defocus(rng, pixels)
+    canvas = Image.fromarray(
+        _paint(rng, pixels, labels, palette, _is_clothing(len(palette)), (figures, light))
+    )
     mask = Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8))
     _occlude(rng, canvas, mask)
-    return _degrade(rng, canvas), mask
+    return _degrade(rng, canvas, light), mask
 
 
 def _value_noise(rng: np.random.Generator, width: int, height: int, cells: int) -> np.ndarray:
@@ -268,13 +306,14 @@ def _draw_clutter(
 
 
 def _draw_people(
-    rng: np.random.Generator, width: int, height: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """A label map (0 = background, then PARTS labels per person) and the colour of each label."""
+    rng: np.random.Generator, width: int, height: int, shot: str
+) -> tuple[np.ndarray, np.ndarray, list[_Figure]]:
+    """A label map (0 = background, then PARTS labels per person), the colour of each label and
+    the people's figures in label order."""
     layer = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(layer)
     colours = [np.zeros(3)]
-    figures = sorted(_figures(rng, width, height), key=lambda figure: figure.height)
+    figures = sorted(_figures(rng, width, height, shot), key=lambda figure: figure.height)
     for figure in figures:
         _draw_person(draw, rng, figure, first_label=len(colours))
         colours.extend(_person_colours(rng))
@@ -284,13 +323,13 @@ def _draw_people(
         rescue = _Figure(centre, height * 0.05, size)
         _draw_person(draw, rng, rescue, first_label=len(colours))
         colours.extend(_person_colours(rng))
+        figures.append(rescue)
         labels = np.asarray(layer)
-    return labels, np.array(colours, dtype=np.float32)
+    return labels, np.array(colours, dtype=np.float32), figures
 
 
-def _figures(rng: np.random.Generator, width: int, height: int) -> list[_Figure]:
+def _figures(rng: np.random.Generator, width: int, height: int, shot: str) -> list[_Figure]:
     """Framing like photos of people: close portraits, full bodies, or small people far away."""
-    shot = rng.choice(["portrait", "full", "small"], p=[0.35, 0.45, 0.2])
     if shot == "portrait":
         count = 1 if rng.random() < 0.75 else 2
         return [
@@ -404,8 +443,14 @@ def _paint(
     labels: np.ndarray,
     palette: np.ndarray,
     may_stripe: np.ndarray,
+    people: tuple[list[_Figure], _Light] | None = None,
 ) -> np.ndarray:
-    """Fill each nonzero label with its colour, shaded by texture, striped on some labels."""
+    """Fill each nonzero label with its colour, shaded by texture, striped on some labels.
+
+    Labels that are people (`people`: their figures in label order, and the light) are lit from
+    the light's side, darker towards their outline as round bodies are, and their outermost
+    pixels are blended with the scene behind instead of cut out in steps.
+    """
     if not labels.any():
         return pixels
     rows, columns = np.nonzero(labels)
@@ -418,10 +463,112 @@ def _paint(
     shade = 1 + grain[labels] * _fractal_noise(rng, width, height)
     if striped.any():
         shade += stripe_strength[labels] * _stripes(rng, width, height)
+    inside = labels > 0
+    if people is not None:
+        shade *= _person_light(labels, inside, int(columns.min()), *people)
     filled = np.clip(palette[labels] * shade[..., None], 0, 255).astype(np.uint8)
     painted = pixels.copy()
-    painted[box] = np.where(labels[..., None] > 0, filled, pixels[box])
+    painted[box] = np.where(inside[..., None], filled, pixels[box])
+    if people is not None:
+        _soften_outline(painted[box], pixels[box], inside)
     return painted
+
+
+def _person_light(
+    labels: np.ndarray, inside: np.ndarray, left: int, figures: list[_Figure], light: _Light
+) -> np.ndarray:
+    """Shading of each person: brighter on the light's side, darker towards the outline.
+
+    `labels` is a crop whose first column is image column `left`.
+    """
+    centre = np.zeros(1 + PARTS * len(figures), np.float32)
+    inverse_half_width = np.zeros_like(centre)
+    for index, figure in enumerate(figures):
+        parts = slice(1 + PARTS * index, 1 + PARTS * (index + 1))
+        centre[parts] = figure.cx - left
+        inverse_half_width[parts] = 1 / max(1.0, 0.16 * figure.height)
+    across = np.arange(labels.shape[1], dtype=np.float32)[None, :] - centre[labels]
+    across *= inverse_half_width[labels]
+    np.clip(across, -1, 1, out=across)
+    shading = 1 + (light.side * light.strength) * across
+    height, width = labels.shape
+    typical = float(np.median([figure.height for figure in figures]))
+    radius = float(np.clip(0.012 * typical, 0.5, 10))
+    body = Image.fromarray(inside.view(np.uint8) * np.uint8(255))
+    small = body.resize((max(1, width // 2), max(1, height // 2)), Image.Resampling.BOX)
+    depth = small.filter(ImageFilter.GaussianBlur(radius / 2)).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    shading *= 0.7 + (0.3 / 255) * np.asarray(depth, dtype=np.float32)
+    return shading
+
+
+def _soften_outline(painted: np.ndarray, behind: np.ndarray, inside: np.ndarray) -> None:
+    """Blend the outermost person pixels of `painted` with the scene `behind`, in place, as a
+    camera's pixels straddle an outline; the mask keeps its hard edge."""
+    coverage = np.asarray(
+        Image.fromarray(inside.view(np.uint8) * np.uint8(255)).filter(ImageFilter.SMOOTH)
+    )
+    edge = inside & (coverage < 255)
+    alpha = (coverage[edge].astype(np.float32) / 255)[:, None]
+    painted[edge] = (painted[edge] * alpha + behind[edge] * (1 - alpha)).astype(np.uint8)
+
+
+def _cast_shadows(
+    rng: np.random.Generator,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    figures: list[_Figure],
+    light: _Light,
+) -> np.ndarray:
+    """Darken the ground where people whose feet are in view cast a soft shadow, away from the
+    light and receding behind them; made at a quarter (small pictures: half) of the size,
+    where blur is cheap."""
+    height, width = labels.shape
+    factor = 4 if min(width, height) >= 256 else 2
+    size = (max(1, width // factor), max(1, height // factor))
+    small_labels = Image.fromarray(labels).resize(size, Image.Resampling.NEAREST)
+    shadows = Image.new("L", size, 0)
+    for index, figure in enumerate(figures):
+        table = [0] * 256
+        for label in range(1 + PARTS * index, 1 + PARTS * (index + 1)):
+            table[label] = 255
+        silhouette = small_labels.point(table)
+        box = silhouette.getbbox()
+        if box is None or box[3] >= size[1] - 1:
+            continue  # not in view, or the feet are cut off by the frame: no ground shows
+        feet = box[3]
+        squash = rng.uniform(0.2, 0.5)  # a shadow's length on the receding ground
+        shear = -light.side * rng.uniform(0.3, 1.0)  # sideways, away from the light
+        coefficients = (1, shear / squash, -shear * feet / squash, 0, 1 / squash,
+                        feet * (1 - 1 / squash))  # fmt: skip
+        cast = silhouette.transform(
+            size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR
+        )
+        blur = max(0.7, 0.03 * figure.height / factor)
+        shadows = ImageChops.lighter(shadows, cast.filter(ImageFilter.GaussianBlur(blur)))
+    box = shadows.getbbox()
+    if box is None:
+        return pixels
+    shadows = shadows.point([min(255, 2 * value) for value in range(256)])  # a solid core
+    darkness = rng.uniform(0.35, 0.6) / 255
+    full = shadows.resize((width, height), Image.Resampling.BILINEAR)
+    region = slice(box[1] * factor, box[3] * factor), slice(box[0] * factor, box[2] * factor)
+    shade = 1 - darkness * np.asarray(full, dtype=np.float32)[region]
+    shaded = pixels.copy()
+    shaded[region] = (pixels[region] * shade[..., None]).astype(np.uint8)
+    return shaded
+
+
+def _defocus(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
+    """The scene out of focus, as behind a sharp person at a wide aperture; blurred at a
+    fraction of the size and scaled back, which costs little however strong the blur."""
+    height, width = pixels.shape[:2]
+    radius = min(width, height) * rng.uniform(*DEFOCUS_RADIUS)
+    factor = max(1, int(radius // 2))
+    small = Image.fromarray(pixels).reduce(factor)
+    blurred = small.filter(ImageFilter.GaussianBlur(radius / factor))
+    return np.asarray(blurred.resize((width, height), Image.Resampling.BICUBIC))
 
 
 def _occlude(rng: np.random.Generator, canvas: Image.Image, mask: Image.Image) -> None:
@@ -446,16 +593,54 @@ def _occlude(rng: np.random.Generator, canvas: Image.Image, mask: Image.Image) -
     mask.paste(0, mask=cover)
 
 
-def _degrade(rng: np.random.Generator, canvas: Image.Image) -> Image.Image:
-    """Uneven light, lens blur and sensor noise, so edges and flat fills are not perfectly clean."""
+def _degrade(rng: np.random.Generator, canvas: Image.Image, light: _Light) -> Image.Image:
+    """What a camera adds: uneven light brighter on the light's side, a colour cast, sometimes
+    dim light, lens blur, sometimes shake, sensor noise and sometimes JPEG compression."""
     width, height = canvas.size
-    light = 1 + rng.uniform(0.1, 0.4) * (_value_noise(rng, width, height, 2) - 0.5)
-    light *= 1 + 0.12 * _fractal_noise(rng, width, height)
+    noise = rng.uniform(1.5, 6)
+    gains = _white_balance(rng)
+    if rng.random() < LOW_LIGHT_CHANCE:
+        gains *= rng.uniform(0.3, 0.55)
+        noise *= rng.uniform(1.8, 3.0)
+    lighting = 1 + rng.uniform(0.1, 0.4) * (_value_noise(rng, width, height, 2) - 0.5)
+    lighting *= 1 + 0.12 * _fractal_noise(rng, width, height)
+    lighting *= 1 + light.side * light.strength * np.linspace(-0.5, 0.5, width, dtype=np.float32)
     blurred = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
-    pixels = np.asarray(blurred, dtype=np.float32) * light[..., None]
-    grain = rng.uniform(1.5, 6) * rng.standard_normal((height, width), dtype=np.float32)
-    pixels += grain[..., None]
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if rng.random() < SHAKE_CHANCE:
+        blurred = blurred.filter(_shake(rng))
+    pixels = np.asarray(blurred, dtype=np.float32) * lighting[..., None]
+    pixels *= gains
+    pixels += noise * rng.standard_normal((height, width), dtype=np.float32)[..., None]
+    picture = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if rng.random() < JPEG_CHANCE:
+        picture = _jpeg(picture, int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
+    return picture
+
+
+def _white_balance(rng: np.random.Generator) -> np.ndarray:
+    """Channel gains of a camera's white balance: warm or cool, a little green or magenta, and
+    an exposure a little off."""
+    warmth = np.clip(rng.normal(0, 0.6), -1.5, 1.5)
+    tint = rng.normal(0, 0.025)
+    gains = np.array([1 + 0.08 * warmth, 1 + tint, 1 - 0.08 * warmth], dtype=np.float32)
+    return gains / gains.mean() * np.float32(rng.uniform(0.85, 1.15))
+
+
+def _shake(rng: np.random.Generator) -> ImageFilter.Kernel:
+    """Mild motion blur: a streak of 2 to 4 pixels at a random angle, in a 5x5 kernel."""
+    angle, length = rng.uniform(0, np.pi), rng.uniform(2, 4)
+    weights = np.zeros((5, 5), dtype=np.float32)
+    for step in np.linspace(-length / 2, length / 2, 9):
+        weights[round(2 + step * np.sin(angle)), round(2 + step * np.cos(angle))] += 1
+    return ImageFilter.Kernel((5, 5), weights.ravel().tolist(), scale=float(weights.sum()))
+
+
+def _jpeg(picture: Image.Image, quality: int) -> Image.Image:
+    """The picture after a round trip through a JPEG file of `quality`, as most photos were."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=quality)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
 
 
 def _convert(picture: Image.Image, mode: str, rng: np.random.Generator) -> Image.Image:
@@ -494,9 +679,14 @@ def _stored_mask(mask: Image.Image, plan: _Plan) -> Image.Image:
 
 
 def _collage(picture: Image.Image, mask: Image.Image) -> Image.Image:
-    """The picture beside a copy with the person tinted red, like the dataset's collage JPEGs."""
-    pixels = np.asarray(picture, dtype=np.float32)
-    alpha = (np.asarray(mask, dtype=np.float32) / 255 * 0.6)[..., None]
-    tinted = pixels * (1 - alpha) + np.array([255, 0, 0], dtype=np.float32) * alpha
-    side_by_side = np.concatenate([pixels, tinted], axis=1)
-    return Image.fromarray(side_by_side.astype(np.uint8))
+    """The picture beside a copy with the person tinted red, like the dataset's collage JPEGs.
+
+    `mask` is binary, so blending the whole picture and keeping the blend where the mask is set
+    gives the same tint as weighing each pixel by the mask, in PIL's C code.
+    """
+    red = Image.new("RGB", picture.size, (255, 0, 0))
+    tinted = Image.composite(Image.blend(picture, red, 0.6), picture, mask)
+    side_by_side = Image.new("RGB", (2 * picture.width, picture.height))
+    side_by_side.paste(picture, (0, 0))
+    side_by_side.paste(tinted, (picture.width, 0))
+    return side_by_side

@@ -439,3 +439,13 @@ def test_a_download_cut_off_half_way_keeps_the_previous_output(
     assert file_state(out) == before
     assert folders.read_marker(out)["source"] == str(dataset.parent)
     assert leftovers(tmp_path) == []
+
+
+def test_a_new_generator_version_lands_synthetic_data_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = land_dataset("synthetic:2", tmp_path / "data", tmp_path / "cache")
+    assert land_dataset("synthetic:2", tmp_path / "data", tmp_path / "cache").reused
+    monkeypatch.setattr(download, "GENERATOR_VERSION", download.GENERATOR_VERSION + 1)
+    again = land_dataset("synthetic:2", tmp_path / "data", tmp_path / "cache")
+    assert not again.reused and again.digest == first.digest  # same pictures, generated anew

@@ -10,7 +10,17 @@ import pandas as pd
 import pytest
 from PIL import ExifTags, Image, ImageFilter, ImageOps
 
-from pipeline.data.synthetic import generate_dataset
+from pipeline.data.synthetic import (
+    BLOCK,
+    PARTS,
+    SOFT_MASKS_PER_BLOCK,
+    _cast_shadows,
+    _degrade,
+    _Figure,
+    _Light,
+    _paint,
+    generate_dataset,
+)
 
 COUNT = 60
 
@@ -176,9 +186,120 @@ def test_masks_are_greyscale_with_enough_person(dataset: Path, rows: pd.DataFram
 
 
 def test_a_few_masks_have_antialiased_edges(dataset: Path, rows: pd.DataFrame) -> None:
+    """Only the masks the plan makes soft are; the picture's softened outlines never leak in."""
     soft = 0
     for rel in rows["masks"]:
         values = np.unique(_pixels(dataset.parent / rel))
         assert values.min() == 0 and values.max() == 255
         soft += len(values) > 2
-    assert 1 <= soft <= COUNT * 0.15
+    assert soft == COUNT // BLOCK * SOFT_MASKS_PER_BLOCK
+
+
+def _band_energy(grey: Image.Image, region: np.ndarray) -> float:
+    """Mean detail between fine and coarse scale (edges, patterns) in `region`; the band starts
+    above the scale of sensor noise, so a noisy but defocused scene still scores low."""
+    fine = np.asarray(grey.filter(ImageFilter.GaussianBlur(1.5)), np.float32)
+    coarse = np.asarray(grey.filter(ImageFilter.GaussianBlur(5)), np.float32)
+    return float(np.abs(fine - coarse)[region].mean())
+
+
+def test_many_photos_have_a_defocused_scene_behind_sharp_people(
+    dataset: Path, rows: pd.DataFrame
+) -> None:
+    """Like portraits shot at a wide aperture: the scene has far less detail than the people.
+
+    Without depth of field, cluttered scenes rarely score below a quarter of the people.
+    """
+    ratios = []
+    for image_rel, mask_rel in zip(rows["images"], rows["masks"], strict=True):
+        grey = _upright(dataset.parent / image_rel).convert("L")
+        person = Image.fromarray(_binary_mask(dataset.parent / mask_rel, grey.size))
+        spread = np.asarray(
+            person.convert("L").point([0] + [255] * 255).filter(ImageFilter.GaussianBlur(4))
+        )
+        core, scene = spread > 250, spread < 5
+        if core.sum() >= 200 and scene.sum() >= 200:
+            ratios.append(_band_energy(grey, scene) / _band_energy(grey, core))
+    ratios = np.array(ratios)
+    assert len(ratios) > COUNT * 0.8
+    assert (ratios < 0.25).sum() >= COUNT * 0.2
+    assert (ratios > 0.5).sum() >= COUNT * 0.2
+
+
+def _blockiness(grey: Image.Image) -> float:
+    """How much larger the steps between pixels are across JPEG's 8x8 block borders than
+    elsewhere: about 1 for a picture that never was a JPEG."""
+    pixels = np.asarray(grey, np.float32)
+    ratios = []
+    for steps in (np.abs(np.diff(pixels, axis=1)).mean(axis=0), np.abs(np.diff(pixels, axis=0))):
+        steps = steps if steps.ndim == 1 else steps.mean(axis=1)
+        borders = steps[7::8]
+        ratios.append(borders.mean() / np.delete(steps, np.s_[7::8]).mean())
+    return float(np.mean(ratios))
+
+
+def test_some_photos_went_through_jpeg(dataset: Path, rows: pd.DataFrame) -> None:
+    """As most real photos did, though every image is stored as PNG."""
+    blocky = sum(
+        _blockiness(_upright(dataset.parent / rel).convert("L")) > 1.1 for rel in rows["images"]
+    )
+    assert COUNT * 0.1 <= blocky <= COUNT * 0.5
+
+
+def test_photos_differ_in_colour_cast_and_exposure() -> None:
+    """One grey scene comes out warm in some photos, cool in others, and dim in a few."""
+    canvas = Image.new("RGB", (64, 48), (128, 128, 128))
+    level = _Light(side=1, strength=0.0)
+    means = np.array(
+        [
+            np.asarray(_degrade(np.random.default_rng(seed), canvas, level), np.float32)
+            .reshape(-1, 3)
+            .mean(axis=0)
+            for seed in range(40)
+        ]
+    )
+    red_over_blue = means[:, 0] / means[:, 2]
+    assert (red_over_blue > 1.06).sum() >= 4 and (red_over_blue < 0.94).sum() >= 4
+    brightness = means.mean(axis=1)
+    assert 2 <= (brightness < 0.6 * 128).sum() <= 10
+    assert (np.abs(brightness - 128) < 0.2 * 128).mean() > 0.7
+
+
+def _standing_person() -> tuple[np.ndarray, _Figure]:
+    """A label map with one boxy person on open ground, feet on row 99, and its figure."""
+    labels = np.zeros((120, 160), np.uint8)
+    labels[30:100, 70:90] = 1 + PARTS - 1
+    return labels, _Figure(cx=80, top=30, height=70)
+
+
+@pytest.mark.parametrize("side", [-1, 1])
+def test_people_cast_soft_shadows_away_from_the_light(side: int) -> None:
+    labels, figure = _standing_person()
+    ground = np.full((*labels.shape, 3), 160, np.uint8)
+    for seed in range(3):
+        light = _Light(side=side, strength=0.25)
+        shaded = _cast_shadows(np.random.default_rng(seed), ground, labels, [figure], light)
+        left, right = shaded[40:100, :64].mean(), shaded[40:100, 96:].mean()
+        lit, shadowed = (left, right) if side < 0 else (right, left)
+        assert lit == 160 and shadowed < 156
+        assert (shaded[108:] == 160).all()  # nothing falls in front of the feet
+        assert shaded.min() > 160 * 0.35  # soft and see-through, not black
+
+
+def test_people_are_brighter_on_the_side_the_light_comes_from() -> None:
+    labels, figure = _standing_person()
+    palette = np.full((1 + PARTS, 3), 128, np.float32)
+    plain = np.zeros(1 + PARTS, bool)
+    for seed in range(3):
+        right_over_left = {}
+        for side in (-1, 1):
+            painted = _paint(
+                np.random.default_rng(seed),
+                np.zeros((*labels.shape, 3), np.uint8),
+                labels,
+                palette,
+                plain,
+                ([figure], _Light(side=side, strength=0.25)),
+            ).astype(np.float32)
+            right_over_left[side] = painted[30:100, 80:90].mean() / painted[30:100, 70:80].mean()
+        assert right_over_left[1] > 1.3 * right_over_left[-1]
