@@ -104,7 +104,7 @@ def one_fit(
 ) -> list[float]:
     """Epoch times of one fit as fit.py runs it, with the MLflow side only given a `journal`."""
     settings = with_settings(
-        DEFAULT, {"base_channels": options.width, "augment": False, "max_epochs": options.epochs}
+        DEFAULT, {"base_channels": options.width, "augment": "none", "max_epochs": options.epochs}
     )
     clock = EpochClock()
     callbacks = [

@@ -102,7 +102,7 @@ def run(options: argparse.Namespace) -> dict:
     cache = options.workspace.cache(options.images, options.image_size)
     images = len(SplitDataset(cache, "train"))
     settings = with_settings(
-        DEFAULT, {"base_channels": options.width, "depth": options.depth, "augment": False}
+        DEFAULT, {"base_channels": options.width, "depth": options.depth, "augment": "none"}
     )
     turns = TakingTurns(reference_epoch(options, cache))
     trainer = L.Trainer(

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.data.augment import augmentation
+from pipeline.data.augment import NONE, augmentation
 from pipeline.data.cache import open_split
 from pipeline.errors import PipelineError
 from pipeline.model.inputs import to_model_input
@@ -50,9 +50,9 @@ class SplitDataset(Dataset):
 
 class PersonDataModule(L.LightningDataModule):
     """Train, val and test loaders; batches stay uint8 until they reach the device (4x less
-    to copy), where they become floats and, with `augment`, training batches are augmented:
-    on the GPU when there is one, instead of in CPU workers. With `channels_last` the images
-    reach the network in NHWC layout, as its weights are then."""
+    to copy), where they become floats and training batches are augmented at level `augment`
+    (pipeline/data/augment.py): on the GPU when there is one, instead of in CPU workers. With
+    `channels_last` the images reach the network in NHWC layout, as its weights are then."""
 
     def __init__(
         self,
@@ -60,7 +60,7 @@ class PersonDataModule(L.LightningDataModule):
         batch_size: int,
         num_workers: int,
         pin_memory: bool,
-        augment: bool = False,
+        augment: str = NONE,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -83,9 +83,9 @@ class PersonDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.splits = {split: SplitDataset(self.cache, split) for split in ("train", "val", "test")}
-        if self.augment:
-            height, width = open_split(self.cache, "train")[0].shape[1:3]
-            self.augmentation = augmentation((height, width))
+        height, width = open_split(self.cache, "train")[0].shape[1:3]
+        self.augmentation = augmentation(self.augment, (height, width))
+        if self.augmentation is not None:
             ranks = self._ranks()
             if ranks:
                 # Every rank starts from the same seed (the model's weights must agree); each

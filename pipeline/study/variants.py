@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.data.augment import AUGMENTATIONS
 from pipeline.errors import PipelineError
 from pipeline.model.unet import UPSAMPLING_MODES
 from pipeline.settings import with_settings
@@ -66,7 +67,10 @@ VARIANTS: dict[str, Variant] = {
         Variant("batch_norm", _flip("batch_norm")),
         Variant("upsampling", _other("upsampling", UPSAMPLING_MODES)),
         Variant("loss", _other("loss", LOSSES)),
-        Variant("augment", _flip("augment")),
+        *(
+            Variant(f"augment_{level}", lambda _, a=level: {"augment": a})
+            for level in AUGMENTATIONS
+        ),
         Variant("ema", lambda s: {"ema_decay": 0.0 if s["ema_decay"] else EMA_DECAY}),
         Variant(
             "optimisation",

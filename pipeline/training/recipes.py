@@ -6,7 +6,7 @@ belongs to, and the train, main and ablate parameters are derived from these dec
 
 `paper` is the reference lab report, setting for setting (plain U-Net, BCE, Adam at 1e-5,
 batch 4, plateau schedule). `default` is what the architecture study (`ablate`) supports:
-batch normalisation, BCE + Dice, on-the-fly augmentation, and AdamW with a one-cycle
+batch normalisation, BCE + Dice, light on-the-fly augmentation, and AdamW with a one-cycle
 schedule. A run names its recipe and may override single settings; what it resolves to is
 logged in full.
 """
@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.data.augment import AUGMENTATIONS, LIGHT, NONE
 from pipeline.errors import PipelineError
 from pipeline.model.unet import NetworkConfig
 from pipeline.settings import check_settings, flat_settings, setting, with_settings
@@ -33,7 +34,12 @@ class Recipe:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
     loss: str = setting("bce", "bce or bce_dice", choices=LOSSES)
-    augment: bool = setting(False, "random flips, crops and colour")
+    augment: str = setting(
+        NONE,
+        "on-the-fly augmentation: none; light (flips, crops that keep the whole person, mild "
+        "colour); strong (flips, any crop down to 0.4 of the area, strong colour, some greyscale)",
+        choices=AUGMENTATIONS,
+    )
     ema_decay: float = setting(
         0.0,
         "weight EMA: decay per step of an exponential moving average of the weights, which "
@@ -64,7 +70,7 @@ DEFAULT = with_settings(
     {
         "batch_norm": True,
         "loss": "bce_dice",
-        "augment": True,
+        "augment": LIGHT,
         "optimizer": "adamw",
         "lr": 1e-3,
         "weight_decay": 1e-4,

@@ -202,7 +202,7 @@ EVERY_SETTING = {
         if name not in SETTINGS
     },
     "optimizer": "adamw",
-    "augment": "false",
+    "augment": "none",
     "patience": "5",
     "max_time": "00:00:10:00",
 }

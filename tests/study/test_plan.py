@@ -19,8 +19,9 @@ def _by_name(selection: str, recipe: str = "default") -> dict:
 def test_all_covers_every_component_of_the_issue_and_skips_the_no_op() -> None:
     planned = _by_name("all")
     assert next(iter(planned)) == BASELINE
-    # depth_4 of a depth-4 baseline would repeat the baseline.
-    assert set(planned) == set(VARIANTS) - {"depth_4"}
+    # depth_4 of a depth-4 baseline would repeat the baseline, as augment_light would its
+    # light augmentation.
+    assert set(planned) == set(VARIANTS) - {"depth_4", "augment_light"}
     baseline = planned[BASELINE].config
     assert baseline == with_settings(RECIPES["default"], SMALL)
     expected = {
@@ -32,7 +33,8 @@ def test_all_covers_every_component_of_the_issue_and_skips_the_no_op() -> None:
         "batch_norm": {"batch_norm": False},
         "upsampling": {"upsampling": "bilinear"},
         "loss": {"loss": "bce"},
-        "augment": {"augment": False},
+        "augment_none": {"augment": "none"},
+        "augment_strong": {"augment": "strong"},
         "ema": {"ema_decay": 0.999},
         "optimisation": {
             "optimizer": "adam",
@@ -56,9 +58,10 @@ def test_paper_keeps_its_recipe_but_takes_the_studys_budget_and_size() -> None:
 
 
 def test_variants_flip_whatever_the_baseline_has() -> None:
-    planned = _by_name("batch_norm,augment,loss,depth_4", recipe="paper")
+    planned = _by_name("batch_norm,augment_none,augment_light,loss,depth_4", recipe="paper")
     assert planned["batch_norm"].settings["batch_norm"] is True
-    assert planned["augment"].settings["augment"] is True
+    assert planned["augment_light"].settings["augment"] == "light"
+    assert "augment_none" not in planned  # paper augments nothing already
     assert planned["loss"].settings["loss"] == "bce_dice"
     assert "depth_4" not in planned  # paper is depth 4 too
     assert "paper" not in _by_name("paper", recipe="paper")

@@ -29,7 +29,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _fit(cache: Path, folder: Path, ema_decay: float) -> tuple[torch.nn.Module, dict]:
     """A short fit; the network it returns and its best checkpoint."""
-    recipe = with_settings(DEFAULT, {**SMALL, "augment": False, "ema_decay": ema_decay})
+    recipe = with_settings(DEFAULT, {**SMALL, "augment": "none", "ema_decay": ema_decay})
     runtime = RuntimeConfig(accelerator="cpu", num_workers=0, checkpoint_dir=str(folder))
     with mlflow.start_run() as run, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
+from pipeline.data.augment import AUGMENTATIONS
 from pipeline.data.cache import split_paths
 from pipeline.data.datamodule import PREFETCH_BATCHES, PersonDataModule, SplitDataset
 from pipeline.errors import PipelineError
@@ -229,9 +230,9 @@ class BatchRecorder(L.Callback):
         self.batches["val"].append(batch)
 
 
-@pytest.mark.parametrize("augment", [False, True])
+@pytest.mark.parametrize("augment", AUGMENTATIONS)
 def test_batches_become_floats_and_only_training_ones_are_augmented(
-    cache: Path, augment: bool
+    cache: Path, augment: str
 ) -> None:
     L.seed_everything(0, verbose=False)
     module = small_module(2, 1)
@@ -254,7 +255,7 @@ def test_batches_become_floats_and_only_training_ones_are_augmented(
             assert images.max() <= 1
             seen = {bytes((image * 255).round().to(torch.uint8).numpy()) for image in images}
             untouched = seen <= raw_images[split]
-            assert untouched == (split == "val" or not augment), split
+            assert untouched == (split == "val" or augment == "none"), split
 
 
 def test_loaders_keep_workers_and_batches_ready(cache: Path) -> None:
