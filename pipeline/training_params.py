@@ -133,7 +133,11 @@ class AblateParams(DataSourceParams, RuntimeParams):
         metadata=about("the study's baseline; each variant changes one thing"),
     )
     variants: str = field(
-        default="all", metadata=about("comma-separated variant names (see README), or all")
+        default="all",
+        metadata=about(
+            "comma-separated variant names (see README); all is every one but encoder "
+            "(e.g. all,encoder)"
+        ),
     )
     seeds: str = field(default="42", metadata=about("comma-separated seeds, one run per seed"))
     max_epochs: int | None = field(default=None, metadata=about("epoch budget of every variant"))

@@ -104,7 +104,8 @@ def test_main_accepts_every_setting_train_does_and_passes_it_on() -> None:
         "recipe": "paper", "max_epochs": 3, "batch_size": 2, "lr": 0.003, "weight_decay": 0.1,
         "optimizer": "adam", "schedule": "plateau", "loss": "bce", "augment": "strong",
         "base_channels": 4, "depth": 2, "batch_norm": True, "skip_connections": False,
-        "upsampling": "bilinear", "patience": 9, "seed": 7, "grid_every": 2,
+        "upsampling": "bilinear", "encoder": "resnet18", "patience": 9, "seed": 7,
+        "grid_every": 2,
         "max_time": "00:00:01:00", **RUNTIME_CHANGED,
     }  # fmt: skip
     main = MainParams(**changed)

@@ -4,9 +4,10 @@ TensorRT, a browser, a phone).
 The graph takes what the Segmenter's network takes, uint8 RGB photos N x 3 x H x W (0-255), and
 returns logits N x 1 x H x W: the division by 255 travels inside it (`PixelNetwork`), so a
 deployer cannot feed it wrongly scaled floats. A pixel is person where its logit is above 0
-(P > 0.5). Batch size is free; so are height and width, as multiples of 2**depth (each level
-halves them, and only then do the skips line up without the padding that would fix the size
-in the graph). A network whose image_size is no such multiple is exported at image_size.
+(P > 0.5). Batch size is free; so are height and width, as multiples of 2**levels (2**depth,
+or 32 with a pretrained encoder: each level halves them, and only then do the skips line up
+without the padding that would fix the size in the graph). A network whose image_size is no
+such multiple is exported at image_size.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ EXPORTER_LOGGER = "torch.onnx._internal.exporter._registration"
 
 
 def spatial_multiple(net: UNet) -> int:
-    """The step height and width take in the exported graph: 2**depth."""
-    return 2**net.config.depth
+    """The step height and width take in the exported graph: 2**levels."""
+    return 2**net.config.levels
 
 
 def export_onnx(net: UNet, image_size: int, path: Path, opset: int = DEFAULT_OPSET) -> Path:

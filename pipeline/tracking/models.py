@@ -24,7 +24,8 @@ from PIL import Image
 from pipeline.errors import PipelineError
 from pipeline.export.onnx_export import export_onnx
 from pipeline.images import encode_png
-from pipeline.model.unet import UNet
+from pipeline.model.encoders import LIBRARY, NO_ENCODER
+from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.serving.segmenter import (
     ARCHITECTURE,
     DEFAULT_THRESHOLD,
@@ -47,12 +48,16 @@ ONNX_FILE = "unet.onnx"
 EXAMPLE_SIDE = 64
 
 
-def _requirements() -> list[str]:
-    """What serving the model needs, pinned to this environment (torch without its +cpu/+cu tag)."""
+def _requirements(config: NetworkConfig) -> list[str]:
+    """What serving the model needs, pinned to this environment (torch without its +cpu/+cu tag);
+    a network with a pretrained encoder needs transformers too, which builds the backbone."""
+    packages = ["numpy", "pandas", "pillow", "onnxruntime"]
+    if config.encoder != NO_ENCODER:
+        packages.append(LIBRARY)
     return [
         f"mlflow=={mlflow.__version__}",
         f"torch=={torch.__version__.split('+')[0]}",
-        *(f"{name}=={version(name)}" for name in ("numpy", "pandas", "pillow", "onnxruntime")),
+        *(f"{name}=={version(name)}" for name in packages),
     ]
 
 
@@ -79,7 +84,7 @@ def log_segmentation_model(net: UNet, image_size: int, example: np.ndarray) -> M
             code_paths=[str(staged_package(MODEL_CODE, Path(scratch) / "code"))],
             signature=SIGNATURE,
             input_example=(example_input, {THRESHOLD: DEFAULT_THRESHOLD}),
-            pip_requirements=_requirements(),
+            pip_requirements=_requirements(net.config),
             # Declared so that a loader's model_config reaches the Segmenter at all; empty
             # leaves the choice to UNET_PERSON_RUNTIME, so `mlflow models serve` can make it.
             model_config={RUNTIME: ""},

@@ -90,14 +90,18 @@ def fit(
         recipe.augment,
         hardware.channels_last,
     )
-    module = SegmentationModule(UNet(recipe.network), recipe.loss, recipe.optimization)
+    checkpoint_dir = checkpoint_root(runtime) / run_id
+    last = checkpoint_dir / LAST_CHECKPOINT
+    # A pretrained encoder's weights start a fresh fit; a resumed one takes all from its
+    # checkpoint, so it downloads nothing.
+    network = UNet(recipe.network, pretrained=not last.is_file())
+    module = SegmentationModule(network, recipe.loss, recipe.optimization)
     if hardware.channels_last:
         module.net.to(memory_format=torch.channels_last)
     if hardware.compile is not None:
         # In place: the parameters keep their names, so checkpoints and the logged network (a
         # fresh UNet loaded from the best checkpoint) are those of the plain module.
         module.net.compile(**hardware.compile)
-    checkpoint_dir = checkpoint_root(runtime) / run_id
     best_checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best",
@@ -136,7 +140,6 @@ def fit(
         *([EMAWeightAveraging(decay=recipe.ema_decay)] if recipe.ema_decay else []),
     ]
     train_images = len(open_split(cache, "train")[0])
-    last = checkpoint_dir / LAST_CHECKPOINT
     first = is_rank_zero()  # the other ranks of a distributed fit record nothing
     journal = open_journal(checkpoint_dir, run_id, last) if first else None
     trainer = L.Trainer(

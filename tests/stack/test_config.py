@@ -672,12 +672,27 @@ def test_trainer_home_is_set_after_the_last_run() -> None:
     found = [
         position
         for position, (keyword, arguments) in enumerate(instructions(TRAINER_DOCKERFILE))
-        if keyword == "ENV" and "HOME=" in arguments
+        if keyword == "ENV"
+        and "HOME" in (word.partition("=")[0] for word in shlex.split(arguments))
     ]
     runs = [
         position for position, (kw, _) in enumerate(instructions(TRAINER_DOCKERFILE)) if kw == "RUN"
     ]
     assert found and min(found) > max(runs)
+
+
+def test_trainer_caches_live_in_the_mounted_data_folder() -> None:
+    """The dataset download, the encoders' pretrained weights and the pipeline's own cache
+    land under data/, which compose and `mlflow run` mount from the host: they outlive
+    `--rm`, and are fetched once."""
+    env = dockerfile_env(TRAINER_DOCKERFILE)
+    for name in ("UNET_PERSON_CACHE", "KAGGLEHUB_CACHE", "HF_HOME"):
+        assert env[name].startswith(f"{WORKDIR}/data/cache/"), name
+
+
+def test_trainer_installs_the_encoders_extra() -> None:
+    (install,) = [run for run in lines_of(TRAINER_DOCKERFILE, "RUN") if "tomllib" in run]
+    assert "['optional-dependencies']['encoders']" in install
 
 
 def test_mlflow_run_mounts_the_users_mlflow_credentials_read_only(tmp_path: Path) -> None:

@@ -20,8 +20,9 @@ def test_all_covers_every_component_of_the_issue_and_skips_the_no_op() -> None:
     planned = _by_name("all")
     assert next(iter(planned)) == BASELINE
     # depth_4 of a depth-4 baseline would repeat the baseline, as augment_light would its
-    # light augmentation.
-    assert set(planned) == set(VARIANTS) - {"depth_4", "augment_light"}
+    # light augmentation; encoder needs the optional extra, so it runs only where named.
+    assert set(planned) == set(VARIANTS) - {"depth_4", "augment_light", "encoder"}
+    planned |= _by_name("all,encoder")
     baseline = planned[BASELINE].config
     assert baseline == with_settings(RECIPES["default"], SMALL)
     expected = {
@@ -32,6 +33,7 @@ def test_all_covers_every_component_of_the_issue_and_skips_the_no_op() -> None:
         "width_double": {"base_channels": 16},
         "batch_norm": {"batch_norm": False},
         "upsampling": {"upsampling": "bilinear"},
+        "encoder": {"encoder": "resnet34"},
         "loss": {"loss": "bce"},
         "augment_none": {"augment": "none"},
         "augment_strong": {"augment": "strong"},
@@ -67,11 +69,25 @@ def test_variants_flip_whatever_the_baseline_has() -> None:
     assert "paper" not in _by_name("paper", recipe="paper")
 
 
+def test_a_baseline_with_an_encoder_drops_it_and_has_no_depth_variants() -> None:
+    """The encoder's depth is its own, so depth variants would repeat the baseline."""
+    planned = {
+        variant.name: variant
+        for variant in plan_variants("all,encoder", "default", {**SMALL, "encoder": "resnet50"})
+    }
+    assert planned["encoder"].settings["encoder"] == "none"
+    assert "encoder resnet50 → none" in planned["encoder"].description
+    assert not {"depth_3", "depth_4", "depth_5"} & set(planned)
+    assert planned["width_half"].settings["encoder"] == "resnet50"
+
+
 def test_unknown_variants_are_named_with_the_known_ones() -> None:
     with pytest.raises(PipelineError, match=r"names no known variant \(dropout\); use all or"):
         plan_variants("skip,dropout", "default", SMALL)
     with pytest.raises(PipelineError, match="names no known variant"):
         plan_variants(" , ", "default", SMALL)
+    with pytest.raises(PipelineError, match=r"optimisation \(all is every one but encoder\)"):
+        plan_variants("skip,dropout", "default", SMALL)
 
 
 def test_seeds() -> None:

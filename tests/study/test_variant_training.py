@@ -13,6 +13,7 @@ from pipeline.data.datamodule import PersonDataModule
 from pipeline.study.variants import VARIANTS, plan_variants
 from pipeline.training import fit as training_fit
 from pipeline.training_params import TrainParams
+from tests.encoders import tiny_hub
 from tests.training.caches import write_cache
 
 SIDE = 32  # depth 5 pools 32 pixels down to 1
@@ -37,6 +38,9 @@ def test_variant_builds_trains_and_logs(
 
     monkeypatch.setattr(training_fit, "PersonDataModule", RecordedDataModule)
     (variant,) = [v for v in plan_variants(name, "default", TINY) if v.name == name]
+    if variant.settings["encoder"] != "none":
+        # Pretrained weights, tiny and from an offline cache: the fit's own path, no download.
+        tiny_hub(monkeypatch, tmp_path / "hub")
     params = TrainParams(
         data_dir=str(cache),
         recipe=variant.recipe,
@@ -51,7 +55,14 @@ def test_variant_builds_trains_and_logs(
             variant.config, params.runtime_config(), cache, run.info.run_id, seed=42, grid_every=5
         )
     architecture = best.net.config.to_dict()
-    for setting in ("base_channels", "depth", "batch_norm", "skip_connections", "upsampling"):
+    for setting in (
+        "base_channels",
+        "depth",
+        "batch_norm",
+        "skip_connections",
+        "upsampling",
+        "encoder",
+    ):
         assert architecture[setting] == variant.settings[setting], setting
     assert best.hparams.loss == variant.settings["loss"]
     (datamodule,) = datamodules
