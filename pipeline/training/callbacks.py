@@ -9,6 +9,7 @@ import time
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pipeline.evaluation.figures import prediction_grid
@@ -16,6 +17,37 @@ from pipeline.evaluation.metrics import hard_predictions
 from pipeline.model.inputs import to_model_input
 
 log = logging.getLogger("unet_person")
+
+EMA_WARMUP = 10  # TensorFlow's ExponentialMovingAverage: decay min(decay, (1 + n) / (10 + n))
+
+
+def warmed_up_ema(decay: float):
+    """The EMA update whose decay grows with the steps averaged, n, as TensorFlow's
+    ExponentialMovingAverage does given num_updates: min(decay, (1 + n) / (10 + n)).
+
+    A fixed decay keeps the random initialisation in the average for thousands of steps
+    (0.999**1000 = 0.37 of it after 1,000): a short run then validates, and keeps, a blend of
+    noise and weights that predicts nothing. Warmed up, the average follows the weights early
+    on and becomes the slow average only once there is a history worth averaging.
+    """
+
+    @torch.no_grad()
+    def update(averaged: torch.Tensor, current: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        if not averaged.is_floating_point():  # counters (batch norm's batches seen)
+            return current
+        step_decay = ((1 + steps) / (EMA_WARMUP + steps)).clamp(max=decay).to(averaged.dtype)
+        return averaged.lerp(current, 1 - step_decay)
+
+    return update
+
+
+class WeightEMA(WeightAveraging):
+    """Lightning's weight averaging with a warmed-up EMA (`warmed_up_ema`), buffers included:
+    validation sees the averaged weights, and checkpoints hold them as the state_dict (the
+    trained ones beside them, for resuming)."""
+
+    def __init__(self, decay: float) -> None:
+        super().__init__(use_buffers=True, avg_fn=warmed_up_ema(decay))
 
 
 class EpochTimer(L.Callback):

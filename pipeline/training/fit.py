@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import (
     EarlyStopping,
-    EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
 )
@@ -35,7 +34,13 @@ from pipeline.tracking.tags import (
     STRATEGY_TAG,
     WORLD_SIZE_TAG,
 )
-from pipeline.training.callbacks import EpochSummary, EpochTimer, PredictionGrid, StopTogether
+from pipeline.training.callbacks import (
+    EpochSummary,
+    EpochTimer,
+    PredictionGrid,
+    StopTogether,
+    WeightEMA,
+)
 from pipeline.training.journal_logger import LAST_CHECKPOINT, JournalLogger, ReleasingCheckpointIO
 from pipeline.training.module import SegmentationModule
 from pipeline.training.recipes import Recipe
@@ -135,9 +140,7 @@ def fit(
             np.array(val_images[:GRID_IMAGES]), np.array(val_masks[:GRID_IMAGES]), grid_every
         ),
         *([] if interactive else [EpochSummary()]),
-        # Lightning's own: validation sees the averaged weights, and checkpoints hold them as
-        # the state_dict (the trained ones beside them, for resuming).
-        *([EMAWeightAveraging(decay=recipe.ema_decay)] if recipe.ema_decay else []),
+        *([WeightEMA(recipe.ema_decay)] if recipe.ema_decay else []),
     ]
     train_images = len(open_split(cache, "train")[0])
     first = is_rank_zero()  # the other ranks of a distributed fit record nothing
