@@ -73,22 +73,22 @@ class LightAugmentation:
 
     def __init__(self, image_size: tuple[int, int]) -> None:
         import kornia.augmentation as K
+        from kornia.geometry.transform import crop_and_resize
 
         self.image_size = image_size
         self.colour = K.ColorJiggle(**LIGHT_COLOUR_JITTER, p=LIGHT_COLOUR_PROBABILITY)
+        self.crop_and_resize = crop_and_resize
 
     def __call__(
         self, images: torch.Tensor, masks: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from kornia.geometry.transform import crop_and_resize
-
         flip = torch.rand(len(images), device=images.device) < FLIP_PROBABILITY
         flip = flip.view(-1, 1, 1, 1)
         images = torch.where(flip, images.flip(-1), images)
         masks = torch.where(flip, masks.flip(-1), masks)
         boxes = corner_points(person_keeping_crops(masks), self.image_size)
-        images = crop_and_resize(images, boxes, self.image_size, mode="bilinear")
-        masks = crop_and_resize(masks, boxes, self.image_size, mode="nearest")
+        images = self.crop_and_resize(images, boxes, self.image_size, mode="bilinear")
+        masks = self.crop_and_resize(masks, boxes, self.image_size, mode="nearest")
         return self.colour(images).clamp(0, 1), masks
 
 
