@@ -18,6 +18,10 @@ from pipeline.study.variants import PlannedVariant, parse_seeds, plan_variants
 from pipeline.training.recipes import Recipe, recipe_overrides, resolve_recipe
 from pipeline.training.runtime import RuntimeConfig
 
+ONNX_HELP = (
+    "log the network's ONNX export inside the model (for runtime onnx and runtimes without "
+    "PyTorch); false saves its seconds per model, and `export` can write it later"
+)
 # The settings an architecture study sets for every variant alike.
 STUDY_OVERRIDES = ("max_epochs", "patience", "batch_size", "base_channels")
 
@@ -55,6 +59,11 @@ TrainingParams = dataclasses.make_dataclass(
                 default=5,
                 metadata=about("epochs between prediction grids of fixed val images"),
             ),
+        ),
+        (
+            "onnx",
+            bool,
+            field(default=True, metadata=about(ONNX_HELP)),
         ),
     ],
     frozen=True,
@@ -150,6 +159,7 @@ class AblateParams(DataSourceParams, RuntimeParams):
     base_channels: int | None = field(
         default=None, metadata=about("baseline width; width variants halve and double it")
     )
+    onnx: bool = field(default=True, metadata=about(ONNX_HELP))
     reuse: bool = field(
         default=True,
         metadata=about("reuse finished runs: a stopped study picks up where it was"),

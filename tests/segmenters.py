@@ -42,13 +42,16 @@ def varied_net(seed: int = 0) -> UNet:
     return net
 
 
-def log_model(net: UNet, image_size: int = IMAGE_SIZE, experiment: str = "unet-person") -> str:
-    """Log `net` as the pipeline's train step does, in a run of its own; returns its URI."""
+def log_model(
+    net: UNet, image_size: int = IMAGE_SIZE, experiment: str = "unet-person", onnx: bool = False
+) -> str:
+    """Log `net` as the pipeline's train step does, in a run of its own; returns its URI. With
+    the ONNX export only where a test runs it (`onnx`): it costs seconds per model."""
     found = MlflowClient().get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else MlflowClient().create_experiment(experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name="model"):
         example = photo_pixels((image_size, image_size), 1)
-        return log_segmentation_model(net, image_size, example).model_uri
+        return log_segmentation_model(net, image_size, example, onnx).model_uri
 
 
 def champion_store(folder: Path, net: UNet) -> dict[str, str]:

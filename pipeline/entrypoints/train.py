@@ -35,7 +35,7 @@ def run(params: TrainParams) -> None:
         best, summary = fit_with(params, recipe, cache, run_id)
     mlflow.log_metrics(summary)
     example = np.array(open_split(cache, "val")[0][0])
-    info = log_segmentation_model(best.net, record["image_size"], example)
+    info = log_segmentation_model(best.net, record["image_size"], example, params.onnx)
     log.info("best val Dice %.4f; model at %s", summary["best_val_dice"], info.model_uri)
 
 

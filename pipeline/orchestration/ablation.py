@@ -52,6 +52,7 @@ def run_study(params: AblateParams) -> pd.DataFrame:
                         params,
                         recipe=variant.recipe,
                         seed=seed,
+                        onnx=params.onnx,
                         **variant.settings,
                     ),
                     data,

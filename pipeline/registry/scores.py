@@ -14,8 +14,6 @@ from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from pipeline.console import log
-from pipeline.evaluation.evaluate import evaluate
-from pipeline.tracking.models import load_predictor, segmenter_of
 from pipeline.tracking.tags import EVALUATED_MODEL_ID_TAG, INPUT_DIGEST_TAG
 
 MEASURED_HERE = "this run"
@@ -69,5 +67,10 @@ def score(
         log.info("%s: test Dice from evaluate run %s", model_uri, found.info.run_id)
         return Score(found.data.metrics["test_dice"], found.info.run_id)
     log.info("%s: no evaluate run on this split; scoring it on the test split", model_uri)
+    # Imported only here: a promote that finds evaluate's figures (main's always does) needs no
+    # torch, which would double the step's start-up.
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.tracking.models import load_predictor, segmenter_of
+
     segmenter = segmenter_of(load_predictor(model_uri), model_uri)
     return Score(evaluate(segmenter, cache, batch_size).metrics["test_dice"], MEASURED_HERE)

@@ -2,7 +2,8 @@
 
 The network's ONNX export is an artifact of the same logged model (`artifacts/unet.onnx`), not
 a second model: one URI, one registry version and one set of metrics cover both, and the
-Segmenter's runtime onnx finds the file where it finds the weights.
+Segmenter's runtime onnx finds the file where it finds the weights. A train step run with
+`--onnx false` logs the model without it.
 """
 
 from __future__ import annotations
@@ -61,10 +62,12 @@ def _requirements(config: NetworkConfig) -> list[str]:
     ]
 
 
-def log_segmentation_model(net: UNet, image_size: int, example: np.ndarray) -> ModelInfo:
-    """Log `net` into the active run as the Segmenter pyfunc, with its ONNX export and with
-    `example` (an H x W x 3 uint8 photo, shrunk to EXAMPLE_SIDE) as the input example the MLflow
-    UI shows."""
+def log_segmentation_model(
+    net: UNet, image_size: int, example: np.ndarray, onnx: bool = True
+) -> ModelInfo:
+    """Log `net` into the active run as the Segmenter pyfunc, with its ONNX export unless `onnx`
+    is false, and with `example` (an H x W x 3 uint8 photo, shrunk to EXAMPLE_SIDE) as the input
+    example the MLflow UI shows."""
     shrunk = Image.fromarray(example).resize((EXAMPLE_SIDE,) * 2, Image.Resampling.BILINEAR)
     example_input = pd.DataFrame(
         {INPUT_COLUMN: [base64.b64encode(encode_png(np.asarray(shrunk))).decode("ascii")]}
@@ -74,8 +77,9 @@ def log_segmentation_model(net: UNet, image_size: int, example: np.ndarray) -> M
         torch.save(net.cpu().state_dict(), weights)
         architecture = Path(scratch) / "unet.json"
         architecture.write_text(json.dumps({**net.config.to_dict(), "image_size": image_size}))
-        onnx_file = export_onnx(net, image_size, Path(scratch) / ONNX_FILE)
-        artifacts = {WEIGHTS: weights, ARCHITECTURE: architecture, ONNX: onnx_file}
+        artifacts = {WEIGHTS: weights, ARCHITECTURE: architecture}
+        if onnx:
+            artifacts[ONNX] = export_onnx(net, image_size, Path(scratch) / ONNX_FILE)
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(MODEL_CODE),

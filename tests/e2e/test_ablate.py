@@ -24,6 +24,7 @@ SETTINGS = {
     "batch_size": "8",
     "num_workers": "0",
     "log_data": "false",
+    "onnx": "false",
 }
 FILES = ("runs.csv", "summary.csv", "summary.md", "test_dice.png")
 
@@ -110,6 +111,7 @@ def test_variants_train_with_their_recipe_on_the_studys_budget(
         assert run.params["resolved.max_epochs"] == "1"
         assert run.params["resolved.base_channels"] == "2"
         assert run.metrics["epochs_trained"] == 1
+        assert run.params["onnx"] == "false"  # passed on: the study's models carry no export
 
 
 def test_parent_holds_the_summary_table_and_chart(first_study: Run, workspace: Workspace) -> None:

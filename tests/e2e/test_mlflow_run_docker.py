@@ -205,6 +205,7 @@ EVERY_SETTING = {
     "augment": "none",
     "patience": "5",
     "max_time": "00:00:10:00",
+    "onnx": "false",
 }
 
 

@@ -24,7 +24,6 @@ from pipeline.serving.onnx_runtime import OnnxNetwork
 from pipeline.serving.segmenter import (
     ARCHITECTURE,
     MODEL_CODE,
-    RUNTIME,
     RUNTIME_VARIABLE,
     WEIGHTS,
 )
@@ -66,7 +65,7 @@ def assert_answers_as(net: torch.nn.Module, onnx_file: Path, shape: tuple[int, .
 
 def test_the_segmenter_gives_pytorchs_masks_on_onnx_runtime(monkeypatch, tmp_path: Path) -> None:
     net = varied_net()
-    uri = log_model(net)
+    uri = log_model(net, onnx=True)
     # `mlflow artifacts download -u models:/<id>` brings artifacts/unet.onnx with the model.
     folder = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model"))
     assert_answers_as(net, Path(folder) / "artifacts" / "unet.onnx", (2, 3, 64, 96))
@@ -88,7 +87,7 @@ def test_the_segmenter_gives_pytorchs_masks_on_onnx_runtime(monkeypatch, tmp_pat
 
 
 def test_predict_on_onnx_runtime_writes_pytorchs_masks(tmp_path: Path, capsys) -> None:
-    uri = log_model(varied_net())
+    uri = log_model(varied_net(), onnx=True)
     photos = tmp_path / "photos"
     photos.mkdir()
     for index, photo in enumerate(PHOTOS):
@@ -111,11 +110,11 @@ def test_predict_on_onnx_runtime_writes_pytorchs_masks(tmp_path: Path, capsys) -
     assert "parameter runtime='tensorrt' is not one of torch, onnx" in capsys.readouterr().err
 
 
-def log_model_without_export(with_config: bool) -> str:
-    """A model as train logged it before the ONNX export: no onnx artifact and, before the
-    runtime choice, no model_config either."""
+def log_model_before_the_export() -> str:
+    """A model as train logged it before the ONNX export and the runtime choice: no onnx
+    artifact, no model_config."""
     net = varied_net()
-    folder = Path(f"old-model-{with_config}")
+    folder = Path("old-model")
     folder.mkdir()
     torch.save(net.state_dict(), folder / "unet.pt")
     architecture = {**net.config.to_dict(), "image_size": IMAGE_SIZE}
@@ -126,13 +125,12 @@ def log_model_without_export(with_config: bool) -> str:
             python_model=str(MODEL_CODE),
             artifacts={WEIGHTS: str(folder / "unet.pt"), ARCHITECTURE: str(folder / "unet.json")},
             code_paths=[str(Path(__file__).parents[2] / "pipeline")],
-            model_config={RUNTIME: ""} if with_config else None,
         ).model_uri
 
 
 def test_runtime_onnx_without_an_export_says_to_run_export() -> None:
-    for with_config in (False, True):  # logged before the runtime choice; without the file
-        uri = log_model_without_export(with_config)
+    # Logged before the runtime choice existed; logged by `train --onnx false` today.
+    for uri in (log_model_before_the_export(), log_model(varied_net(), onnx=False)):
         with pytest.raises(PipelineError) as raised:
             load_predictor(uri, "onnx")
         message = str(raised.value)
@@ -143,9 +141,19 @@ def test_runtime_onnx_without_an_export_says_to_run_export() -> None:
         assert "--runtime torch" in message
 
 
+def test_onnx_false_logs_the_model_without_the_file_and_the_torch_runtime_serves_it() -> None:
+    net = varied_net()
+    with_export, without = log_model(net, onnx=True), log_model(net, onnx=False)
+    for uri, files in ((with_export, ["unet.json", "unet.onnx", "unet.pt"]),
+                       (without, ["unet.json", "unet.pt"])):  # fmt: skip
+        folder = Path(mlflow.artifacts.download_artifacts(uri)) / "artifacts"
+        assert sorted(path.name for path in folder.iterdir()) == files
+    assert_same_masks(masks(load_predictor(without)), masks(load_predictor(with_export)))
+
+
 def test_export_writes_a_checked_file_for_any_model_uri(tmp_path: Path) -> None:
     net = varied_net()
-    uri = log_model_without_export(with_config=False)  # export does not need train's export
+    uri = log_model_before_the_export()  # export does not need train's export
     output = tmp_path / "exports" / "person.onnx"
     assert export.main(["--model_uri", uri, "--output_path", str(output), "--opset", "18"]) == 0
 

@@ -203,7 +203,7 @@ def test_fits_from_the_pretrained_weights(
 @pytest.mark.parametrize("name", NAMES)
 def test_logged_model_serves_the_networks_logits_in_both_runtimes(name: str) -> None:
     net = trained_looking(tiny_net(name))
-    model_uri = log_model(net, image_size=SIDE)
+    model_uri = log_model(net, image_size=SIDE, onnx=True)
     pixels = np.stack([photo_pixels((SIDE, SIDE), seed) for seed in (1, 2)])
     with torch.no_grad():
         expected = PixelNetwork(net)(torch.from_numpy(pixels).permute(0, 3, 1, 2))

@@ -69,7 +69,7 @@ print(json.dumps({"masks": masks, "modules": modules}))
 
 
 def test_the_model_carries_only_the_code_it_runs(tmp_path: Path) -> None:
-    model_uri = log_model(varied_net())
+    model_uri = log_model(varied_net(), onnx=True)
     model_dir = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "m")))
     code = model_dir / "code" / "pipeline"
     carried = sorted(path.relative_to(code) for path in code.rglob("*") if path.is_file())

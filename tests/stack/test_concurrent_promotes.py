@@ -21,6 +21,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.entrypoints import evaluate
 from pipeline.registry import versions
 from pipeline.registry.versions import register_once, set_alias, set_version_tags
 from pipeline.tracking.tags import ENTRY_POINT_TAG
@@ -44,6 +45,13 @@ ROUND_LOGITS = [-20.0, 20.0]
 @pytest.fixture(scope="module")
 def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return split_cache(tmp_path_factory.mktemp("split"))
+
+
+def evaluated(model_uri: str, split: Path) -> str:
+    """`model_uri` with an evaluate run on `split`, as main's promote finds it: the promoters
+    read its test Dice instead of each loading PyTorch to score the model again."""
+    assert evaluate.main(["--model_uri", model_uri, "--data_dir", str(split)]) == 0
+    return model_uri
 
 
 def promote_at_once(model_uri: str, split: Path, envs: list[dict[str, str]]) -> None:
@@ -90,7 +98,7 @@ def test_concurrent_promotes_on_one_machine_decide_once(tmp_path: Path, split: P
     client = MlflowClient()
     champion = None
     for logit in ROUND_LOGITS:
-        model_uri = log_model(constant_net(logit))
+        model_uri = evaluated(log_model(constant_net(logit)), split)
         promote_at_once(model_uri, split, [env] * PROMOTERS)
         champion = check_round(client, model_uri, champion, locked=True)
     assert len(client.search_model_versions(f"name = '{NAME}'")) == len(ROUND_LOGITS)
@@ -108,7 +116,7 @@ def test_concurrent_promotes_from_many_machines_converge_on_the_server(
     client = MlflowClient(tracking_uri=server.url)
     champion = None
     for logit in ROUND_LOGITS:
-        model_uri = log_model(constant_net(logit))
+        model_uri = evaluated(log_model(constant_net(logit)), split)
         promote_at_once(model_uri, split, machines)
         champion = check_round(client, model_uri, champion, locked=False)
     assert len(client.search_model_versions(f"name = '{NAME}'")) == len(ROUND_LOGITS)

@@ -79,6 +79,7 @@ def test_training_goes_on_through_an_outage_and_logs_every_epoch_once(
         "raw_dir": str(folder / "raw"),
         "processed_dir": str(folder / "processed"),
         "checkpoint_dir": str(checkpoints),
+        "onnx": "false",
     }
     log = tmp_path / "main.log"
     main = subprocess.Popen(

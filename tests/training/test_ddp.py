@@ -50,6 +50,7 @@ SETTINGS = {
     "devices": "2",
     "strategy": "ddp",
     "num_workers": "0",
+    "onnx": "false",
 }
 
 
