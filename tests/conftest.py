@@ -27,6 +27,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     each test making databases and roles of its own names. A process that finds PGHOST set starts
     nothing; the MLflow servers and scripts the tests start inherit the variables too.
     """
+    # One PyTorch thread per process: the workers and the steps they start fill the cores
+    # already, and a thread per core each would oversubscribe them (idle OpenMP threads spin).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from benchmarks.embedded_postgres import (
         EmbeddedPostgresError,
         embedded_postgres,
