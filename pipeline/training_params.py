@@ -60,11 +60,7 @@ TrainingParams = dataclasses.make_dataclass(
                 metadata=about("epochs between prediction grids of fixed val images"),
             ),
         ),
-        (
-            "onnx",
-            bool,
-            field(default=True, metadata=about(ONNX_HELP)),
-        ),
+        ("onnx", bool, field(default=True, metadata=about(ONNX_HELP))),
     ],
     frozen=True,
     namespace={
