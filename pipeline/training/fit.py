@@ -41,7 +41,12 @@ from pipeline.training.callbacks import (
     StopTogether,
     WeightEMA,
 )
-from pipeline.training.journal_logger import LAST_CHECKPOINT, JournalLogger, ReleasingCheckpointIO
+from pipeline.training.journal_logger import (
+    LAST_CHECKPOINT,
+    EpochMetricsBeforeCheckpoints,
+    JournalLogger,
+    ReleasingCheckpointIO,
+)
 from pipeline.training.module import SegmentationModule
 from pipeline.training.recipes import Recipe
 from pipeline.training.runtime import RuntimeConfig, compile_tag, resolve_hardware
@@ -125,6 +130,7 @@ def fit(
     val_images, val_masks = open_split(cache, "val")
     interactive = sys.stderr.isatty()
     callbacks = [
+        EpochMetricsBeforeCheckpoints(),
         best_checkpoint,
         last_checkpoint,
         EarlyStopping(

@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from PIL import Image
@@ -67,3 +70,24 @@ class ReleasingCheckpointIO(TorchCheckpointIO):
         super().save_checkpoint(checkpoint, path, storage_options)
         if self.journal and Path(path).name == LAST_CHECKPOINT:
             self.journal.release(checkpoint["global_step"])
+
+
+class EpochMetricsBeforeCheckpoints(Checkpoint):
+    """Records the epoch's training metrics (train_loss_epoch, train_dice) before the epoch's
+    checkpoints are written.
+
+    Lightning logs them only after its checkpoint callbacks ran (FitLoop.on_advance_end): a
+    kill in between resumed after an epoch whose training metrics were never recorded. As a
+    Checkpoint it runs among those callbacks, after the module's own epoch-end hook, and it must
+    be listed before them. When Lightning logs the same (key, step) next, the journal keeps it
+    once.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # What LoggerConnector.update_train_epoch_metrics is about to log, at the step it uses.
+        metrics = convert_tensors_to_scalars(trainer._logger_connector.metrics["log"])
+        if metrics:
+            metrics.setdefault("epoch", trainer.current_epoch)
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step)
