@@ -18,10 +18,6 @@ from pipeline.study.variants import PlannedVariant, parse_seeds, plan_variants
 from pipeline.training.recipes import Recipe, recipe_overrides, resolve_recipe
 from pipeline.training.runtime import RuntimeConfig
 
-ONNX_HELP = (
-    "log the network's ONNX export inside the model (for runtime onnx and runtimes without "
-    "PyTorch); false saves its seconds per model, and `export` can write it later"
-)
 # The settings an architecture study sets for every variant alike.
 STUDY_OVERRIDES = ("max_epochs", "patience", "batch_size", "base_channels")
 
@@ -60,7 +56,18 @@ TrainingParams = dataclasses.make_dataclass(
                 metadata=about("epochs between prediction grids of fixed val images"),
             ),
         ),
-        ("onnx", bool, field(default=True, metadata=about(ONNX_HELP))),
+        (
+            "onnx",
+            bool,
+            field(
+                default=True,
+                metadata=about(
+                    "log the network's ONNX export inside the model (for runtime onnx and "
+                    "runtimes without PyTorch); false saves its seconds per model, and `export` "
+                    "can write it later"
+                ),
+            ),
+        ),
     ],
     frozen=True,
     namespace={
@@ -155,7 +162,7 @@ class AblateParams(DataSourceParams, RuntimeParams):
     base_channels: int | None = field(
         default=None, metadata=about("baseline width; width variants halve and double it")
     )
-    onnx: bool = field(default=True, metadata=about(ONNX_HELP))
+    onnx: bool = same_as(TrainingParams, "onnx")
     reuse: bool = field(
         default=True,
         metadata=about("reuse finished runs: a stopped study picks up where it was"),
