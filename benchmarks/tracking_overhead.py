@@ -36,8 +36,9 @@ from pipeline.model.unet import UNet
 from pipeline.settings import with_settings
 from pipeline.tracking.journal import NOTHING, Journal
 from pipeline.training.callbacks import EpochTimer, PredictionGrid
+from pipeline.training.checkpoints import LAST_CHECKPOINT, DurableCheckpointIO
 from pipeline.training.fit import EARLY_STOP_MIN_DELTA, GRADIENT_CLIP, GRID_IMAGES, JOURNAL_FOLDER
-from pipeline.training.journal_logger import LAST_CHECKPOINT, JournalLogger, ReleasingCheckpointIO
+from pipeline.training.journal_logger import JournalLogger
 from pipeline.training.module import SegmentationModule
 from pipeline.training.recipes import DEFAULT
 from pipeline.training_params import TrainParams
@@ -49,7 +50,7 @@ MODES = ("on", "off")
 GRID_EVERY = TrainParams.__dataclass_fields__["grid_every"].default
 EXPLANATION = f"""\
 The same fit twice over: once with what `pipeline/training/fit.py` adds for MLflow (its
-`JournalLogger` and `ReleasingCheckpointIO` around the run's journal, which a background thread
+`JournalLogger` and `DurableCheckpointIO` around the run's journal, which a background thread
 delivers to a real `mlflow server` this benchmark starts on 127.0.0.1 with one worker and a
 SQLite store; `LearningRateMonitor`, `EpochTimer`, and the `PredictionGrid` of validation
 images every {GRID_EVERY} epochs and at the last), once with none of it (`logger=False`). Both
@@ -138,7 +139,7 @@ def one_fit(
         callbacks += [LearningRateMonitor(logging_interval="epoch"), EpochTimer(), grid]
         logging_parts = {
             "logger": JournalLogger(journal),
-            "plugins": [ReleasingCheckpointIO(journal)],
+            "plugins": [DurableCheckpointIO(journal)],
         }
     train_images = len(open_split(cache, "train")[0])
     trainer = L.Trainer(

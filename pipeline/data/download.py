@@ -16,12 +16,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import folders
+from pipeline import disk, folders
 from pipeline.console import progress
 from pipeline.data import layout
 from pipeline.data.synthetic import GENERATOR_VERSION, generate_dataset
 from pipeline.errors import PipelineError
 
+FREE_SPACE_ADVICE = "free space there, or give --output_dir (main: --raw_dir) on another disk"
 KAGGLE_HANDLE = re.compile(r"^[\w.-]+/[\w.-]+(/versions/\d+)?$")
 SYNTHETIC = re.compile(r"^synthetic(?::(\d+))?$")
 DEFAULT_SYNTHETIC_COUNT = 200
@@ -105,7 +106,10 @@ def land_dataset(source: str, output_dir: Path, cache_dir: Path) -> Landed:
             return landed
 
     with folders.staging_beside(output_dir) as staging:
-        index = _fetch(source, kind, staging, cache_dir)
+        with disk.space_for(
+            output_dir.parent, f"the dataset from {source}", None, FREE_SPACE_ADVICE
+        ):
+            index = _fetch(source, kind, staging, cache_dir)
         shown_as = f"{layout.INDEX_FILE} of {source}"  # not its path: that may be in staging
         pairs, unusable = layout.read_pairs(index, shown_as)
         landed = _inspect(index, pairs, unusable, source, kind, reused=False)
@@ -119,7 +123,11 @@ def land_dataset(source: str, output_dir: Path, cache_dir: Path) -> Landed:
                 f"source {source}: none of the {landed.rows} rows of df.csv has both its image "
                 f"and mask file; first problem: {landed.problems[0][1]}"
             )
-        dataset_root = _land_listed(index, pairs, staging / "dataset")
+        needed = sum(
+            path.stat().st_size for pair in pairs for _, path in pair.files if path.is_file()
+        )
+        with disk.space_for(output_dir.parent, "the dataset", needed, FREE_SPACE_ADVICE):
+            dataset_root = _land_listed(index, pairs, staging / "dataset")
         folders.write_marker(
             dataset_root,
             {"source": source, "source_fingerprint": fingerprint, "digest": landed.digest},

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline import folders
+from pipeline import disk, folders
 from pipeline.console import progress
 from pipeline.data import layout
 from pipeline.data.cache import MANIFEST_FILE, SPLITS, array_writer, split_paths
@@ -32,6 +32,7 @@ from pipeline.images import (
     square_pixels,
 )
 
+FREE_SPACE_ADVICE = "free space there, or give --output_dir (main: --processed_dir) on another disk"
 ASPECT_TOLERANCE = 0.02
 # Pillow raises DecompressionBombError above twice its warning limit, whatever max_pixels says.
 PILLOW_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
@@ -208,7 +209,13 @@ def preprocess(
             )
     report = PreprocessReport(output_dir, layout.content_digest(index, pairs), "", {})
     report.bad_rows = [(row, "", "", reason) for row, reason in unusable]
-    with folders.staging_beside(output_dir) as staging:
+    # Every split's photos (3 bytes a pixel) and masks (1), and the train photos once more
+    # while their rows are moved behind the .npy header.
+    needed = (rows * 4 + len(assignment["train"]) * 3) * image_size**2
+    with (
+        folders.staging_beside(output_dir) as staging,
+        disk.space_for(output_dir.parent, "the split cache", needed, FREE_SPACE_ADVICE),
+    ):
         manifest = _write_splits(
             staging, pairs, assignment, image_size, max_pixels, num_workers, report
         )

@@ -21,6 +21,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline import disk
 from pipeline.console import quiet_libraries
 from pipeline.errors import PipelineError, first_line
 from pipeline.params import as_text, convert, parse, shell_unquoted
@@ -91,10 +92,14 @@ def step_run(entry_point: str, params) -> Iterator[mlflow.ActiveRun]:
         try:
             yield run
         except BaseException as error:
-            if isinstance(error, PipelineError):
-                mlflow.set_tag(ERROR_TAG, str(error)[:5000])
+            # A full disk anywhere is one line too, and the run says so.
+            failure = disk.out_of_space_from(error) if disk.is_out_of_space(error) else error
+            if isinstance(failure, PipelineError):
+                mlflow.set_tag(ERROR_TAG, str(failure)[:5000])
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-            raise
+            if failure is error:
+                raise
+            raise failure from error
         # Ended while the lease is held, so the run is never RUNNING without a live holder.
         mlflow.end_run()
 

@@ -35,6 +35,7 @@ from mlflow.tracking.multimedia import compress_image_size
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
 from PIL import Image
 
+from pipeline import disk
 from pipeline.errors import first_line
 
 log = logging.getLogger("unet_person")
@@ -48,6 +49,8 @@ LONGEST_RETRY_SECONDS = 30.0
 EVERYTHING = math.inf  # JSON has no infinity: stored as null
 NOTHING = -1  # before the first checkpoint no step is safe to show
 METRIC_KEY_FORBIDDEN = re.compile(r"[^a-zA-Z0-9_/. -]+")
+# The journal lives in the run's checkpoint folder (training/fit.py).
+FREE_SPACE_ADVICE = "free space there, or give --checkpoint_dir on another disk"
 
 
 def is_lasting_refusal(error: Exception) -> bool:
@@ -80,7 +83,7 @@ class Journal:
         self._refused = 0
         self._condition = threading.Condition()
         self._closing = False
-        self._sink = (folder / ENTRIES_FILE).open("a", encoding="utf-8")
+        self._sink = _open_for_appending(folder / ENTRIES_FILE)
         self._thread = threading.Thread(target=self._deliver_forever, name="journal", daemon=True)
         self._thread.start()
 
@@ -101,8 +104,14 @@ class Journal:
         the images of one key as a stepped series."""
         stem = f"{key}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
         files = [f"{stem}.png", f"{stem}+compressed.webp"]
-        image.save(self.folder / IMAGES_FOLDER / files[0])
-        compress_image_size(image).save(self.folder / IMAGES_FOLDER / files[1])
+        try:
+            with disk.space_for(self.folder, f"image {key}", None, FREE_SPACE_ADVICE):
+                image.save(self.folder / IMAGES_FOLDER / files[0])
+                compress_image_size(image).save(self.folder / IMAGES_FOLDER / files[1])
+        except BaseException:
+            for name in files:
+                (self.folder / IMAGES_FOLDER / name).unlink(missing_ok=True)
+            raise
         self._append(
             [{"kind": "image", "key": key, "step": step, "position": position, "files": files}]
         )
@@ -111,9 +120,9 @@ class Journal:
         """Let entries up to `position` be delivered (a checkpoint holding them is on disk)."""
         with self._condition:
             self._released = max(self._released, position)
-            self._sink.flush()
-            os.fsync(self._sink.fileno())  # on disk before it counts: a reboot keeps it too
-            self._save_state()
+            os.fsync(self._sink)  # on disk before it counts: a reboot keeps it too
+            with disk.space_for(self.folder, "the journal's state", None, FREE_SPACE_ADVICE):
+                self._save_state()
             self._condition.notify_all()
 
     def rewind(self, position: int) -> None:
@@ -131,9 +140,9 @@ class Journal:
             self._entries = kept
             self._seen = {(entry["key"], entry["step"]) for entry in kept}
             self._released = position
-            self._sink.close()
+            os.close(self._sink)
             _write_entries(self.folder / ENTRIES_FILE, kept)
-            self._sink = (self.folder / ENTRIES_FILE).open("a", encoding="utf-8")
+            self._sink = _open_for_appending(self.folder / ENTRIES_FILE)
             self._save_state()
         if dropped:
             log.info(
@@ -154,7 +163,7 @@ class Journal:
                 )
                 self._condition.wait_for(self._all_delivered)
             self._closing = True
-            self._sink.close()
+            os.close(self._sink)
             self._condition.notify_all()
         if drain:
             self._thread.join()
@@ -172,12 +181,23 @@ class Journal:
     def _append(self, entries: list[dict[str, Any]]) -> None:
         with self._condition:
             fresh = [entry for entry in entries if (entry["key"], entry["step"]) not in self._seen]
-            for entry in fresh:
-                self._seen.add((entry["key"], entry["step"]))
-                self._sink.write(json.dumps(entry) + "\n")
-            self._sink.flush()  # in the page cache: a killed process loses nothing
+            self._write("".join(json.dumps(entry) + "\n" for entry in fresh).encode())
+            self._seen.update((entry["key"], entry["step"]) for entry in fresh)
             self._entries.extend(fresh)
             self._condition.notify_all()
+
+    def _write(self, data: bytes) -> None:
+        """Append whole lines or none, straight to the file (in the page cache at once: a killed
+        process loses nothing); on a full disk the file is cut back to where it was."""
+        end = os.lseek(self._sink, 0, os.SEEK_END)
+        try:
+            with disk.space_for(self.folder, "the metric journal", len(data), FREE_SPACE_ADVICE):
+                unwritten = memoryview(data)
+                while unwritten:
+                    unwritten = unwritten[os.write(self._sink, unwritten) :]
+        except BaseException:
+            os.ftruncate(self._sink, end)
+            raise
 
     def _save_state(self) -> None:
         released = None if self._released == EVERYTHING else self._released
@@ -231,7 +251,10 @@ class Journal:
                     continue
             with self._condition:
                 self._delivered += len(batch)
-                self._save_state()
+                try:
+                    self._save_state()
+                except OSError as error:  # bookkeeping only: what it loses is sent once more
+                    log.warning("journal: cannot save its state in %s (%s)", self.folder, error)
                 self._condition.notify_all()
             if outage_since is not None:
                 log.warning(
@@ -267,6 +290,10 @@ def _read_entries(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break
     return entries
+
+
+def _open_for_appending(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
 
 def _write_entries(path: Path, entries: list[dict[str, Any]]) -> None:

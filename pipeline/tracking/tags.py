@@ -41,6 +41,9 @@ CLOSED_TAG = "unet_person.closed_because"
 # Written by Workflow.run (orchestration/workflow.py) on a train run it resumes from its
 # checkpoint: how the interrupted attempt ended; read by people.
 RESUMED_TAG = "unet_person.resumed_after"
+# Written by fit (training/fit.py) on a train run whose checkpoints could not all be read: which
+# were set aside (renamed, never deleted) and where training went on from; read by people.
+CHECKPOINT_SET_ASIDE_TAG = "unet_person.checkpoint_set_aside"
 # `unet_person.reused.<entry point>`: written by Workflow.run (orchestration/workflow.py) on the
 # parent run (`main`, `ablate`) with the id of the finished run it reused for that step; read by
 # people.

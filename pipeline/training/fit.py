@@ -17,14 +17,16 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
 
+from pipeline.console import log
 from pipeline.data.cache import open_split
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.errors import PipelineError
 from pipeline.model.unet import UNet
 from pipeline.processes import is_rank_zero
-from pipeline.tracking.journal import NOTHING, Journal
+from pipeline.tracking.journal import Journal
 from pipeline.tracking.tags import (
     CHANNELS_LAST_TAG,
+    CHECKPOINT_SET_ASIDE_TAG,
     COMPILE_TAG,
     CUDNN_BENCHMARK_TAG,
     DEVICE_TAG,
@@ -41,12 +43,15 @@ from pipeline.training.callbacks import (
     StopTogether,
     WeightEMA,
 )
-from pipeline.training.journal_logger import (
+from pipeline.training.checkpoints import (
+    BEST_CHECKPOINT,
     LAST_CHECKPOINT,
-    EpochMetricsBeforeCheckpoints,
-    JournalLogger,
-    ReleasingCheckpointIO,
+    BestCheckpoint,
+    DurableCheckpointIO,
+    ResumePoint,
+    resume_point,
 )
+from pipeline.training.journal_logger import EpochMetricsBeforeCheckpoints, JournalLogger
 from pipeline.training.module import SegmentationModule
 from pipeline.training.recipes import Recipe
 from pipeline.training.runtime import RuntimeConfig, compile_tag, resolve_hardware
@@ -62,16 +67,11 @@ def checkpoint_root(runtime: RuntimeConfig) -> Path:
     return Path(runtime.checkpoint_dir).expanduser().resolve()
 
 
-def checkpoint_step(path: Path) -> int:
-    """The training step a checkpoint was taken at (memory-mapped: only that field is read)."""
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
-
-
-def open_journal(checkpoint_dir: Path, run_id: str, last: Path) -> Journal:
+def open_journal(checkpoint_dir: Path, run_id: str, resume: ResumePoint) -> Journal:
     """The run's journal, wound back to the checkpoint the fit resumes from: what the last
     attempt logged after it is logged again from there."""
     journal = Journal(checkpoint_dir / JOURNAL_FOLDER, run_id, MlflowClient())
-    journal.rewind(checkpoint_step(last) if last.is_file() else NOTHING)
+    journal.rewind(resume.step)
     return journal
 
 
@@ -101,10 +101,14 @@ def fit(
         hardware.channels_last,
     )
     checkpoint_dir = checkpoint_root(runtime) / run_id
-    last = checkpoint_dir / LAST_CHECKPOINT
+    first = is_rank_zero()  # the other ranks of a distributed fit record nothing
+    resume = resume_point(checkpoint_dir, set_aside=first)
+    if first and resume.set_aside:
+        log.warning("train: %s", resume.description())
+        mlflow.set_tag(CHECKPOINT_SET_ASIDE_TAG, resume.description()[:5000])
     # A pretrained encoder's weights start a fresh fit; a resumed one takes all from its
     # checkpoint, so it downloads nothing.
-    network = UNet(recipe.network, pretrained=not last.is_file())
+    network = UNet(recipe.network, pretrained=resume.checkpoint is None)
     module = SegmentationModule(network, recipe.loss, recipe.optimization)
     if hardware.channels_last:
         module.net.to(memory_format=torch.channels_last)
@@ -112,9 +116,9 @@ def fit(
         # In place: the parameters keep their names, so checkpoints and the logged network (a
         # fresh UNet loaded from the best checkpoint) are those of the plain module.
         module.net.compile(**hardware.compile)
-    best_checkpoint = ModelCheckpoint(
+    best_checkpoint = BestCheckpoint(
         dirpath=checkpoint_dir,
-        filename="best",
+        filename=Path(BEST_CHECKPOINT).stem,
         monitor="val_dice",
         mode="max",
         enable_version_counter=False,
@@ -149,8 +153,7 @@ def fit(
         *([WeightEMA(recipe.ema_decay)] if recipe.ema_decay else []),
     ]
     train_images = len(open_split(cache, "train")[0])
-    first = is_rank_zero()  # the other ranks of a distributed fit record nothing
-    journal = open_journal(checkpoint_dir, run_id, last) if first else None
+    journal = open_journal(checkpoint_dir, run_id, resume) if first else None
     trainer = L.Trainer(
         max_epochs=recipe.max_epochs,
         max_time=runtime.max_time or None,
@@ -163,7 +166,7 @@ def fit(
         gradient_clip_val=GRADIENT_CLIP,
         callbacks=callbacks,
         logger=JournalLogger(journal),
-        plugins=[ReleasingCheckpointIO(journal)],
+        plugins=[DurableCheckpointIO(journal)],
         enable_progress_bar=interactive,
         default_root_dir=checkpoint_dir,
     )
@@ -186,7 +189,7 @@ def fit(
             }
         )
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.is_file() else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint)
     except BaseException as failure:
         if journal:
             journal.close(drain=False)  # what is not delivered waits on disk for the resumed run

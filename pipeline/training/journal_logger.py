@@ -1,5 +1,6 @@
-"""Lightning's side of the journal: a logger that records into it, and the checkpoint hook that
-releases what a saved checkpoint covers.
+"""Lightning's side of the journal: a logger that records into it, and the epoch's training
+metrics recorded before its checkpoints (pipeline/training/checkpoints.py releases what a saved
+checkpoint covers).
 
 Lightning's MLFlowLogger sends each metric straight to the server: an outage longer than the
 client's retries ends the fit, and a fit resumed from its last checkpoint logs the steps after
@@ -10,11 +11,9 @@ keeps training independent of the server and the record free of repeats.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers.logger import Logger
@@ -22,8 +21,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from PIL import Image
 
 from pipeline.tracking.journal import Journal
-
-LAST_CHECKPOINT = "last.ckpt"
 
 
 class JournalLogger(Logger):
@@ -54,22 +51,6 @@ class JournalLogger(Logger):
     def log_image(self, image: Image.Image, key: str, step: int, position: int) -> None:
         """`step` is what the UI shows (an epoch); `position` the training step it belongs to."""
         self.journal.record_image(key, image, step, position)
-
-
-class ReleasingCheckpointIO(TorchCheckpointIO):
-    """Saves checkpoints as Lightning does; once `last.ckpt` is on disk, the journal may deliver
-    everything up to its step, since a resumed fit starts after it and never logs that again."""
-
-    def __init__(self, journal: Journal | None) -> None:
-        super().__init__()
-        self.journal = journal
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
-    ) -> None:
-        super().save_checkpoint(checkpoint, path, storage_options)
-        if self.journal and Path(path).name == LAST_CHECKPOINT:
-            self.journal.release(checkpoint["global_step"])
 
 
 class EpochMetricsBeforeCheckpoints(Checkpoint):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -449,3 +450,28 @@ def test_a_new_generator_version_lands_synthetic_data_again(
     monkeypatch.setattr(download, "GENERATOR_VERSION", download.GENERATOR_VERSION + 1)
     again = land_dataset("synthetic:2", tmp_path / "data", tmp_path / "cache")
     assert not again.reused and again.digest == first.digest  # same pictures, generated anew
+
+
+def test_a_full_disk_while_landing_keeps_the_previous_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "raw"
+    land_dataset("synthetic:3", out, tmp_path / "cache")
+    before = file_state(out)
+    real_link_or_copy = download._link_or_copy
+    landed: list[Path] = []
+
+    def disk_full_on_the_fourth(source: Path, destination: Path) -> None:
+        landed.append(destination)
+        if len(landed) == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(destination))
+        real_link_or_copy(source, destination)
+
+    monkeypatch.setattr(download, "_link_or_copy", disk_full_on_the_fourth)
+    with pytest.raises(PipelineError) as raised:
+        land_dataset("synthetic:4", out, tmp_path / "cache")
+    message = str(raised.value)
+    assert f"no space left on the disk of {tmp_path} to write the dataset: it needed" in message
+    assert "--output_dir (main: --raw_dir) on another disk" in message
+    assert file_state(out) == before
+    assert leftovers(tmp_path) == []

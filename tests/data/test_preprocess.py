@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import gc
+import os
+import subprocess
 import tracemalloc
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from data_helpers import (
 from PIL import ExifTags, Image
 
 from pipeline import folders
+from pipeline.data import cache as cache_module
 from pipeline.data import preprocess as preprocess_module
 from pipeline.data.cache import MANIFEST_FILE, SPLITS, split_paths
 from pipeline.data.preprocess import BadRow, load_pair, preprocess, split_rows
@@ -532,6 +536,49 @@ def test_a_failure_half_way_keeps_the_previous_output(
     assert len(calls) == 6
     assert file_state(out) == before
     assert leftovers(tmp_path) == []
+
+
+def test_a_full_disk_keeps_the_previous_output_and_says_how_much_was_needed(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    _run(dataset.parent, out)
+    before = file_state(out)
+    real_append = cache_module.ArrayWriter.append
+    appended: list[int] = []
+
+    def disk_full_on_the_fifth(self, row) -> None:
+        appended.append(1)
+        if len(appended) == 5:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_append(self, row)
+
+    monkeypatch.setattr(cache_module.ArrayWriter, "append", disk_full_on_the_fifth)
+    with pytest.raises(PipelineError) as raised:
+        _run(dataset.parent, out, seed=7)
+    message = str(raised.value)
+    assert f"no space left on the disk of {tmp_path} to write the split cache: it needed" in message
+    assert "--output_dir (main: --processed_dir) on another disk" in message
+    assert file_state(out) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_a_real_full_filesystem_keeps_the_previous_output(dataset: Path, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root (CI runs as root)")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)], check=True)
+    try:
+        out = small / "out"
+        _run(dataset.parent, out)  # about 60 KB at 32 px: fits once, not twice over
+        before = file_state(out)
+        with pytest.raises(PipelineError, match=f"no space left on the disk of {small}"):
+            _run(dataset.parent, out, image_size=64, seed=8)
+        assert file_state(out) == before
+        assert leftovers(small) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 # --- workers and memory -----------------------------------------------------------------------

@@ -183,3 +183,33 @@ def test_a_refused_entry_is_reported_not_retried_forever(
     assert not closing.is_alive()
     assert "refused 1 entries" in caplog.text
     assert client.get_metric_history(run_id, "val_dice") == []
+
+
+def test_a_full_disk_leaves_no_half_entry_and_says_what_to_do(
+    tmp_path: Path, run_id: str, monkeypatch
+) -> None:
+    import errno
+    import os
+
+    from pipeline.errors import PipelineError
+
+    journal = Journal(tmp_path / "journal", run_id, MlflowClient())
+    journal.record_metrics({"val_dice": 0.5}, step=1)
+    before = (tmp_path / "journal" / ENTRIES_FILE).read_bytes()
+    real_write = os.write
+
+    def half_then_full(descriptor: int, data) -> int:
+        real_write(descriptor, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(journal_module.os, "write", half_then_full)
+    with pytest.raises(PipelineError) as raised:
+        journal.record_metrics({"val_dice": 0.6, "val_loss": 0.3}, step=3)
+    assert f"no space left on the disk of {tmp_path / 'journal'}" in str(raised.value)
+    assert "--checkpoint_dir on another disk" in str(raised.value)
+    assert (tmp_path / "journal" / ENTRIES_FILE).read_bytes() == before  # cut back, whole lines
+
+    monkeypatch.undo()  # space again: the same step records, as the resumed fit would
+    journal.record_metrics({"val_dice": 0.6}, step=3)
+    journal.close(drain=True)
+    assert [step for step, _, _ in history(run_id, "val_dice")] == [1, 3]

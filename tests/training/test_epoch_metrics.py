@@ -12,8 +12,8 @@ import mlflow
 import pytest
 
 from pipeline.settings import with_settings
+from pipeline.training.checkpoints import LAST_CHECKPOINT, DurableCheckpointIO
 from pipeline.training.fit import fit
-from pipeline.training.journal_logger import LAST_CHECKPOINT, ReleasingCheckpointIO
 from pipeline.training.recipes import DEFAULT
 from pipeline.training.runtime import RuntimeConfig
 from tests.training.caches import write_cache
@@ -26,7 +26,7 @@ def test_each_last_checkpoint_is_written_after_its_epochs_training_metrics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     held_at_save: list[set[str]] = []
-    save = ReleasingCheckpointIO.save_checkpoint
+    save = DurableCheckpointIO.save_checkpoint
 
     def noting_what_the_journal_holds(self, checkpoint, path, storage_options=None) -> None:
         if Path(path).name == LAST_CHECKPOINT:
@@ -34,7 +34,7 @@ def test_each_last_checkpoint_is_written_after_its_epochs_training_metrics(
             held_at_save.append({key for key, step in self.journal._seen if step == epoch_end})
         save(self, checkpoint, path, storage_options)
 
-    monkeypatch.setattr(ReleasingCheckpointIO, "save_checkpoint", noting_what_the_journal_holds)
+    monkeypatch.setattr(DurableCheckpointIO, "save_checkpoint", noting_what_the_journal_holds)
     recipe = with_settings(DEFAULT, {**SETTINGS, "augment": "none"})
     runtime = RuntimeConfig(accelerator="cpu", num_workers=0, checkpoint_dir=str(tmp_path))
     with mlflow.start_run() as run, warnings.catch_warnings():
