@@ -245,12 +245,17 @@ def parse(params_class: type, argv: list[str] | None = None, prog: str | None = 
             metavar=spec.name.upper(),
             help=f"{spec.metadata.get('help', '')} ({shown})",
         )
-    raw = vars(parser.parse_args(argv))
     # MLflow's Kubernetes backend runs the command without a shell, each word still quoted for
     # one (mlflow/projects/kubernetes.py, _get_run_command): `''` for an empty value.
-    return params_class(
-        **{name: convert(params_class, name, shell_unquoted(text)) for name, text in raw.items()}
-    )
+    given = {name: shell_unquoted(text) for name, text in vars(parser.parse_args(argv)).items()}
+    for spec in dataclasses.fields(params_class):
+        if spec.default is dataclasses.MISSING and not given[spec.name].strip():
+            # argparse takes `--model_uri ''`; the step would open a run and fail inside it.
+            raise PipelineError(
+                f"parameter {spec.name} is required but was given empty: give "
+                f"{spec.metadata.get('help', 'a value')}"
+            )
+    return params_class(**{name: convert(params_class, name, text) for name, text in given.items()})
 
 
 def shell_unquoted(text: str) -> str:
