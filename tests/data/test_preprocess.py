@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import gc
 import os
-import subprocess
 import tracemalloc
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from pipeline.data.preprocess import BadRow, load_pair, preprocess, split_rows
 from pipeline.entrypoints import preprocess as preprocess_entry_point
 from pipeline.errors import PipelineError
 from tests.conftest import last_run
+from tests.filesystems import tmpfs
 
 SIZE = 32
 
@@ -564,12 +564,7 @@ def test_a_full_disk_keeps_the_previous_output_and_says_how_much_was_needed(
 
 
 def test_a_real_full_filesystem_keeps_the_previous_output(dataset: Path, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem needs root (CI runs as root)")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "size=200k") as small:
         out = small / "out"
         _run(dataset.parent, out)  # about 60 KB at 32 px: fits once, not twice over
         before = file_state(out)
@@ -577,8 +572,6 @@ def test_a_real_full_filesystem_keeps_the_previous_output(dataset: Path, tmp_pat
             _run(dataset.parent, out, image_size=64, seed=8)
         assert file_state(out) == before
         assert leftovers(small) == []
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 # --- workers and memory -----------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from pipeline.tracking.tags import CHECKPOINT_SET_ASIDE_TAG, ERROR_TAG
 from pipeline.training.checkpoints import LAST_CHECKPOINT, resumable_step
 from tests.conftest import isolated_environment
 from tests.e2e.test_resume import MAX_EPOCHS, main_process, wait_for_checkpoint
+from tests.filesystems import tmpfs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
@@ -32,16 +32,9 @@ def assert_every_epoch_logged_once(client: MlflowClient, run_id: str) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    """A real 8 MB filesystem (tmpfs) for the checkpoints: mounting one needs root."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem needs root (CI runs as root)")
-    mount_point = tmp_path / "checkpoints"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], check=True)
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    """A real 8 MB filesystem for the checkpoints."""
+    with tmpfs(tmp_path / "checkpoints", "size=8m") as folder:
+        yield folder
 
 
 def test_a_disk_that_fills_during_training_ends_it_in_one_line_and_main_resumes(

@@ -27,6 +27,7 @@ from pipeline.entrypoints.runner import run_entry_point
 from pipeline.params import DownloadParams
 from pipeline.tracking.runs import DEFAULT_EXPERIMENT, masked, tracking_uri
 from tests.conftest import free_port
+from tests.filesystems import tmpfs
 from tests.stack.stack import Database, fresh_database, postgres_settings
 from tests.test_mlproject import PARAMS
 
@@ -138,15 +139,8 @@ def read_only_folder(folder: Path) -> Iterator[Path]:
         finally:
             folder.chmod(0o700)
         return
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"root cannot mount a read-only tmpfs here: {mounted.stderr!r}")
-    try:
+    with tmpfs(folder, "ro,size=1m"):
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_sqlite_store_in_a_read_only_folder_is_refused(monkeypatch, tmp_path, capsys) -> None:
@@ -211,7 +205,7 @@ def test_a_server_password_in_the_uri_is_never_shown(monkeypatch, capsys) -> Non
     ("uri", "shown"),
     [
         ("postgresql+psycopg2://u:pw@h:5432/db", "postgresql+psycopg2://u:***@h:5432/db"),
-        ("https://u:p%40ss@host/prefix?x=1", "https://u:***@host/prefix?x=1"),
+        ("https://u:test%40pw@host/prefix?x=1", "https://u:***@host/prefix?x=1"),
         ("postgresql://u@h/db", "postgresql://u@h/db"),
         ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
     ],

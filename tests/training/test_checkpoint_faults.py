@@ -31,6 +31,7 @@ from pipeline.training.runtime import RuntimeConfig
 from tests.training.caches import write_cache
 
 SETTINGS = {"base_channels": 2, "depth": 1, "batch_size": 4, "augment": "none", "patience": 50}
+EXPERIMENT = "checkpoint-faults"
 
 
 def fit_epochs(folder: Path, run_id: str | None, epochs: int) -> str:
@@ -41,6 +42,8 @@ def fit_epochs(folder: Path, run_id: str | None, epochs: int) -> str:
     if not cache.exists():
         cache.mkdir()
         write_cache(cache)
+    # Named, so that resuming does not depend on which experiment this process had active.
+    mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_id=run_id) as run, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         fit(recipe, runtime, cache, run.info.run_id, seed=0, grid_every=100)
@@ -118,7 +121,7 @@ def test_a_checkpoint_the_disk_cannot_take_ends_the_fit_in_one_line_and_it_resum
     monkeypatch.setattr(disk.os, "fdopen", FullDiskAfter(allowed=2))
     with pytest.raises(PipelineError, match=r"no space left on the disk of .* to write checkpoint"):
         fit_epochs(tmp_path, None, epochs=4)
-    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("Default").experiment_id])
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name(EXPERIMENT).experiment_id])
     folder = tmp_path / "ck" / run.info.run_id
     assert sorted(path.name for path in folder.glob("*.ckpt*")) == [
         BEST_CHECKPOINT,
