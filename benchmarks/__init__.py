@@ -26,7 +26,15 @@ from benchmarks.report import machine_line, rows_for, summary_table
 # The CPU suite of issue 10, in the order it runs and is summarised.
 SUITE = ("loader", "tracking_overhead", "preprocess_memory", "train_step", "serving")
 GPU = ("gpu", "gpu_pipeline")
-NAMES = (*SUITE, *GPU, "serving_memory", "tracking_load", "onnx_speed", "checkpoint_save")
+NAMES = (
+    *SUITE,
+    *GPU,
+    "serving_memory",
+    "tracking_load",
+    "onnx_speed",
+    "checkpoint_save",
+    "tune",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 REPORT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 HEADER = """# Benchmarks

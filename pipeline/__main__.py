@@ -19,6 +19,7 @@ ENTRY_POINTS = (
     "export",
     "main",
     "ablate",
+    "tune",
     "demo",
 )
 # Commands that only read what the pipeline recorded: no MLflow run, not in the MLproject.

@@ -7,6 +7,14 @@ class PipelineError(Exception):
     """A problem the user can fix: the message names the file, row or parameter and what to do."""
 
 
+class EndedEarly(PipelineError):
+    """A step stopped on purpose before its end (a pruned tune trial): its run ends KILLED with
+    the message as its error tag, and the step exits with ENDED_EARLY_EXIT, not as a failure."""
+
+
+ENDED_EARLY_EXIT = 3
+
+
 def first_line(text: str, limit: int = 300) -> str:
     """The first line of a long error text (a traceback, an HTML page), for a one-line message."""
     lines = str(text).strip().splitlines()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import PipelineError
@@ -18,6 +19,42 @@ from pipeline.errors import PipelineError
 TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off"}
 AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class SearchRange:
+    """Where `tune` may look for a setting's value, declared beside the setting; `why` is where
+    the range comes from, shown with it (README, `tune --help`).
+
+    `kind` is "float" or "int" (between `low` and `high`, on a log scale when `log`) or
+    "choice" (one of `choices`).
+    """
+
+    kind: str
+    why: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(str, self.choices))
+        scale = "log-uniform" if self.log else "uniform"
+        return f"{self.kind} {scale} in [{self.low:g}, {self.high:g}]"
+
+
+def between(low: float, high: float, why: str, *, log: bool = False) -> SearchRange:
+    """A float range; `log` for scale parameters such as a learning rate."""
+    return SearchRange("float", why, low, high, log)
+
+
+def whole_between(low: int, high: int, why: str, *, log: bool = False) -> SearchRange:
+    return SearchRange("int", why, low, high, log)
+
+
+def one_of(*choices: Any, why: str) -> SearchRange:
+    return SearchRange("choice", why, choices=choices)
 
 
 def setting(
@@ -28,19 +65,32 @@ def setting(
     minimum: float | None = None,
     above: float | None = None,
     below: float | None = None,
+    search: SearchRange | None = None,
 ) -> Any:
     """A dataclass field that is a setting: `minimum` is the least allowed value, `above` and
-    `below` bounds the value must lie strictly between."""
-    return dataclasses.field(
-        default=default,
-        metadata={
-            "help": help,
-            "choices": choices,
-            "minimum": minimum,
-            "above": above,
-            "below": below,
-        },
-    )
+    `below` bounds the value must lie strictly between; `search` the range `tune` may search
+    (checked against those bounds where the setting is declared)."""
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "above": above}
+    metadata |= {"below": below, "search": search}
+    if search is not None:
+        _check_range(search, metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _check_range(search: SearchRange, metadata: dict[str, Any]) -> None:
+    """A range must only hold values the setting allows: a declaration error, found on import."""
+    ends = search.choices if search.kind == "choice" else (search.low, search.high)
+    for value in ends:
+        if metadata["choices"] is not None and value not in metadata["choices"]:
+            raise ValueError(f"search value {value!r} is not one of {metadata['choices']}")
+        if metadata["minimum"] is not None and value < metadata["minimum"]:
+            raise ValueError(f"search value {value!r} is below the minimum {metadata['minimum']}")
+        if metadata["above"] is not None and value <= metadata["above"]:
+            raise ValueError(f"search value {value!r} is not above {metadata['above']}")
+        if metadata["below"] is not None and value >= metadata["below"]:
+            raise ValueError(f"search value {value!r} is not below {metadata['below']}")
+    if search.kind != "choice" and not search.low < search.high:
+        raise ValueError(f"search range [{search.low}, {search.high}] is empty")
 
 
 def about(text: str) -> dict[str, str]:

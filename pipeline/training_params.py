@@ -1,4 +1,4 @@
-"""Parameters of the entry points that train: train, main and ablate.
+"""Parameters of the entry points that train: train, main, ablate and tune.
 
 Training's settings are declared once, in the configs they configure (`Recipe` and the configs
 it nests, `RuntimeConfig`; pipeline/settings.py); each becomes a parameter here with the same
@@ -11,10 +11,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import PipelineError
 from pipeline.params import DataSourceParams, PromoteParams, same_as
 from pipeline.registry.request import check_promotion
+from pipeline.search.space import DEFAULT_SPACE, parse_search_space, searchable
+from pipeline.search.study import SAMPLERS, check_storage_url
 from pipeline.settings import about, declared, parameter_fields
 from pipeline.study.variants import PlannedVariant, parse_seeds, plan_variants
+from pipeline.training.pruning import PRUNERS
 from pipeline.training.recipes import Recipe, recipe_overrides, resolve_recipe
 from pipeline.training.runtime import RuntimeConfig
 
@@ -180,3 +184,87 @@ class AblateParams(DataSourceParams, RuntimeParams):
         """The variants and seeds to run."""
         overrides = {name: getattr(self, name) for name in STUDY_OVERRIDES}
         return plan_variants(self.variants, self.recipe, overrides), parse_seeds(self.seeds)
+
+
+@dataclass(frozen=True)
+class TuneParams(DataSourceParams, RuntimeParams, TrainingParams):
+    """A hyperparameter search on Optuna whose every trial is a train step: a child run of this
+    one, reused when its settings were trained before and resumed when it was interrupted; the
+    best trial's model is evaluated and promoted as `main`'s is. The settings not searched are
+    the recipe's, or the ones given here."""
+
+    search_space: str = field(
+        default=DEFAULT_SPACE,
+        metadata=about(
+            "settings to search: default (every one with a declared range: "
+            + ", ".join(searchable())
+            + "), or a comma list of them"
+        ),
+    )
+    n_trials: int = field(
+        default=20, metadata=about("finished (or pruned) trials of the study, across every worker")
+    )
+    timeout: int = field(
+        default=0, metadata=about("seconds this command starts trials for; 0 = no limit")
+    )
+    workers: int = field(
+        default=1,
+        metadata=about(
+            "trials this command trains at once, each in its own train process; more commands "
+            "with the same study_name and storage join the study from anywhere"
+        ),
+    )
+    study_name: str = field(default="unet-person", metadata=about("the Optuna study's name"))
+    storage: str = field(
+        default="",
+        metadata=about(
+            "Optuna storage: journal:<file>, or a database URL shared by workers on several "
+            "machines (postgresql+psycopg2://...); empty = journal:<output_dir>/optuna-journal.log"
+        ),
+    )
+    sampler: str = field(default="tpe", metadata=about("tpe or random"))
+    pruner: str = field(
+        default="median", metadata=about("median, hyperband or none: stops trials that lag")
+    )
+    reuse: bool = field(
+        default=True, metadata=about("reuse trained runs of the same settings and data")
+    )
+    promote: bool = same_as(MainParams, "promote")
+    model_name: str = same_as(PromoteParams, "model_name")
+    alias: str = same_as(PromoteParams, "alias")
+    min_improvement: float = same_as(PromoteParams, "min_improvement")
+    min_dice: float = same_as(PromoteParams, "min_dice")
+    output_dir: str = field(
+        default="tune", metadata=about("local folder for trials.csv, the figures and the journal")
+    )
+
+    def __post_init__(self) -> None:
+        DataSourceParams.__post_init__(self)
+        self.runtime_config()
+        self.recipe_config()
+        searched = parse_search_space(self.search_space)
+        fixed = [name for name in searched if getattr(self, name) is not None]
+        if fixed:
+            raise PipelineError(
+                f"parameter search_space searches {', '.join(fixed)}, which this command also "
+                "sets: leave it out of one of the two"
+            )
+        if self.n_trials < 1:
+            raise PipelineError(f"parameter n_trials={self.n_trials} must be at least 1")
+        if self.workers < 1:
+            raise PipelineError(f"parameter workers={self.workers} must be at least 1")
+        if self.timeout < 0:
+            raise PipelineError(f"parameter timeout={self.timeout} must be 0 (none) or more")
+        if not self.study_name.strip():
+            raise PipelineError("parameter study_name is empty: name the study")
+        if self.storage:
+            check_storage_url(self.storage)
+        if self.sampler not in SAMPLERS:
+            raise PipelineError(
+                f"parameter sampler={self.sampler!r} is not one of {', '.join(SAMPLERS)}"
+            )
+        if self.pruner not in PRUNERS:
+            raise PipelineError(
+                f"parameter pruner={self.pruner!r} is not one of {', '.join(PRUNERS)}"
+            )
+        check_promotion(self.model_name, self.alias, self.min_improvement, self.min_dice)

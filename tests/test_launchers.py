@@ -1,7 +1,8 @@
 """Launch lines for several GPUs and nodes: every command of docs/scale-out.md and the `srun`
-line of slurm/train.sbatch, checked against the pipeline's own parameters, torchrun's own
-argument parser and `mlflow run`'s own CLI, with the numbers that must agree compared; and the
-batch script run by bash with stand-ins for srun and Python, first start, requeue and resume.
+lines of slurm/train.sbatch and slurm/tune.sbatch, checked against the pipeline's own
+parameters, torchrun's own argument parser and `mlflow run`'s own CLI, with the numbers that
+must agree compared; and the batch scripts run by bash with stand-ins for srun and Python: the
+training's first start, requeue and resume, and a search's array element.
 
 Real multi-process training is the DDP tests' job: these only parse and compare, so a line that
 drifts from the pipeline (a renamed parameter, nodes and devices that disagree) fails here fast.
@@ -32,6 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "scale-out.md"
 README = ROOT / "README.md"
 SBATCH = ROOT / "slurm" / "train.sbatch"
+TUNE_SBATCH = ROOT / "slurm" / "tune.sbatch"
+ENV_EXAMPLE = ROOT / "slurm" / "env.example"
+# The entry point each batch script's srun line starts, and so what options after its name mean.
+SBATCH_ENTRY_POINTS = {"slurm/train.sbatch": "train", "slurm/tune.sbatch": "tune"}
 KUBERNETES_CONFIG = "kubernetes/kubernetes_config.json"
 SEPARATORS = {"&&", "||", ";", "|"}
 # Lightning takes a SLURM job of these names for an interactive session and then ignores SLURM.
@@ -185,9 +190,9 @@ def test_documented_pipeline_lines_use_its_parameters() -> None:
         elif words[0] == "sbatch":
             script = next(word for word in words[1:] if not word.startswith("-"))
             assert (ROOT / script).is_file(), script
-            assert script == SBATCH.relative_to(ROOT).as_posix()
-            # After the script's name: options for `python -m pipeline train` (the srun line).
-            check_pipeline_args("train", words[words.index(script) + 1 :])
+            assert script in SBATCH_ENTRY_POINTS, f"{script}: not a batch script of slurm/"
+            # After the script's name: options for its srun line's `python -m pipeline ...`.
+            check_pipeline_args(SBATCH_ENTRY_POINTS[script], words[words.index(script) + 1 :])
         elif words[:2] == ["mlflow", "run"]:
             check_mlflow_run(words)
         elif call := pipeline_invocation(words):
@@ -211,6 +216,29 @@ def test_readme_command_lines_use_the_pipelines_parameters() -> None:
             continue
         checked += 1
     assert checked >= 12
+
+
+def test_docs_show_every_way_to_run_the_search() -> None:
+    """The search on many machines keeps its three lines: compose, Kubernetes, SLURM."""
+    words = documented_commands()
+    assert any(w[0] == "sbatch" and TUNE_SBATCH.relative_to(ROOT).as_posix() in w for w in words)
+    assert any(w[:2] == ["kubectl", "apply"] and "kubernetes/tune_job.yaml" in w for w in words)
+    assert any(
+        w[:2] == ["docker", "compose"] and "tune" in w and any(x.startswith("tuner=") for x in w)
+        for w in words
+    )
+
+
+def test_documented_kubectl_apply_lines_name_files_of_the_repository() -> None:
+    checked = 0
+    for words in documented_commands():
+        if words[:2] == ["kubectl", "apply"] and "-f" in words:
+            path = words[words.index("-f") + 1]
+            if path.startswith("~"):  # the filled-in copy of the Secret, outside the repository
+                continue
+            assert (ROOT / path).is_file(), f"`{shlex.join(words)}`: no {path}"
+            checked += 1
+    assert checked >= 2
 
 
 def test_checks_catch_a_drifted_line() -> None:
@@ -239,11 +267,11 @@ def test_checks_catch_a_drifted_line() -> None:
 # --- The batch script, read -------------------------------------------------------------------
 
 
-def sbatch_directives() -> dict[str, str]:
+def sbatch_directives(script: Path = SBATCH) -> dict[str, str]:
     """#SBATCH options (`--name=value` or `--name value`; a flag maps to ""), checked to stand
     before the first command: sbatch reads none after it."""
     directives, commands_started = {}, False
-    for line in SBATCH.read_text().splitlines():
+    for line in script.read_text().splitlines():
         stripped = line.strip()
         if stripped.startswith("#SBATCH"):
             assert not commands_started, f"#SBATCH after the first command is ignored: {line}"
@@ -256,8 +284,8 @@ def sbatch_directives() -> dict[str, str]:
     return directives
 
 
-def srun_words() -> list[str]:
-    (line,) = [line for line in logical_lines(SBATCH.read_text()) if line.startswith("srun ")]
+def srun_words(script: Path = SBATCH) -> list[str]:
+    (line,) = [line for line in logical_lines(script.read_text()) if line.startswith("srun ")]
     return shlex.split(line)
 
 
@@ -347,8 +375,13 @@ def cluster(tmp_path: Path) -> dict:
 
 
 def submit(cluster: dict, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return run_script(SBATCH, cluster, *args, **env)
+
+
+def run_script(script: Path, cluster: dict, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """The batch script as sbatch starts it on the allocation: bash, in the fake environment."""
     return subprocess.run(
-        ["bash", str(SBATCH), *args],
+        ["bash", str(script), *args],
         env={**cluster["env"], **env},
         capture_output=True,
         text=True,
@@ -421,6 +454,158 @@ def test_batch_script_warns_about_a_readable_env_file(cluster: dict) -> None:
     result = submit(cluster)
     assert result.returncode == 0, result.stderr
     assert "chmod 600" in result.stderr
+
+
+# --- The search's batch script: an array of tune workers --------------------------------------
+
+STORAGE = "postgresql+psycopg2://optuna@db.example.internal:5432/optuna"
+
+
+def test_tune_script_is_valid_bash() -> None:
+    subprocess.run(["bash", "-n", str(TUNE_SBATCH)], check=True)
+
+
+def test_tune_script_is_an_array_of_one_gpu_workers() -> None:
+    directives = sbatch_directives(TUNE_SBATCH)
+    match = re.fullmatch(r"(\d+)-(\d+)(%\d+)?", directives["--array"])
+    assert match and int(match[2]) > int(match[1]), directives["--array"]
+    for option in ("--nodes", "--ntasks-per-node", "--gpus-per-node"):
+        assert directives[option] == "1", option
+    assert int(directives["--cpus-per-task"]) >= 1
+    assert "--ntasks" not in directives
+    assert directives["--job-name"] not in INTERACTIVE_JOB_NAMES
+    assert "--requeue" in directives
+    assert "%a" in directives["--output"], "one log per element: %a is its index"
+
+
+def test_tune_srun_starts_one_worker_on_the_given_storage() -> None:
+    directives = sbatch_directives(TUNE_SBATCH)
+    call = pipeline_invocation(srun_words(TUNE_SBATCH))
+    assert call and call[0] == "tune", "srun must start `python -m pipeline tune`"
+    argv = [word for word in call[1] if word != "$@"]
+    check_pipeline_args("tune", argv, values=False)
+    assert option_value(argv, "--workers") == "1"
+    assert option_value(argv, "--storage") == "$OPTUNA_STORAGE"
+    assert option_value(argv, "--devices") == directives["--gpus-per-node"]
+    assert call[1][-1] == "$@", "the script's own arguments go last, so they can override"
+
+
+@pytest.fixture
+def tune_cluster(cluster: dict) -> dict:
+    """The fake allocation as element 1 of tune.sbatch's array: its directives' shape, the
+    array's variables, a storage in the env file, and an srun that also records the environment
+    it hands on (MLFLOW_RUN_ID as `unset` when there is none)."""
+    directives = sbatch_directives(TUNE_SBATCH)
+    bin_dir = Path(cluster["env"]["PATH"].split(os.pathsep)[0])
+    stand_in(
+        bin_dir / "srun",
+        'n=$(ls "$RECORDS" | grep -c "^srun.*[.]args$" || true)\n'
+        'printf "%s\\0" "$@" > "$RECORDS/srun$n.args"\n'
+        'printf "%s" "${MLFLOW_RUN_ID-unset}" > "$RECORDS/srun$n.run_id"\n'
+        'env -0 > "$RECORDS/srun$n.env"\n',
+    )
+    cluster["env_file"].write_text(
+        "MLFLOW_TRACKING_URI=http://mlflow:5000\n"
+        f"UNET_PERSON_SHARED={cluster['shared']}\n"
+        f"OPTUNA_STORAGE={STORAGE}\n"
+    )
+    env = {
+        **cluster["env"],
+        "SLURM_JOB_ID": "4300",
+        "SLURM_ARRAY_JOB_ID": "4299",
+        "SLURM_ARRAY_TASK_ID": "1",
+        "SLURM_JOB_NAME": directives["--job-name"],
+        "SLURM_NNODES": directives["--nodes"],
+        "SLURM_NTASKS_PER_NODE": directives["--ntasks-per-node"],
+        "SLURM_GPUS_PER_NODE": directives["--gpus-per-node"],
+        "SLURM_CPUS_PER_TASK": directives["--cpus-per-task"],
+    }
+    return {**cluster, "env": env}
+
+
+def run_tune_element(cluster: dict, *args: str, **env: str):
+    """The element's result, and the params of the one `python -m pipeline tune` it started."""
+    result = run_script(TUNE_SBATCH, cluster, *args, **env)
+    assert result.returncode == 0, result.stderr
+    ((argv, _),) = srun_calls(cluster)
+    call = pipeline_invocation(argv)
+    assert call and call[0] == "tune", argv
+    return result, check_pipeline_args("tune", call[1])
+
+
+def srun_environment(cluster: dict, n: int = 0) -> dict[str, str]:
+    text = (cluster["records"] / f"srun{n}.env").read_text()
+    return dict(entry.split("=", 1) for entry in text.split("\0") if "=" in entry)
+
+
+def test_tune_element_runs_one_worker_of_the_study(tune_cluster: dict) -> None:
+    _, params = run_tune_element(tune_cluster, "--n_trials", "40", "--sampler", "random")
+    directives = sbatch_directives(TUNE_SBATCH)
+    assert params.workers == 1
+    assert params.storage == STORAGE
+    assert params.study_name == "unet-person"
+    assert params.n_trials == 40 and params.sampler == "random"
+    assert params.accelerator == "gpu" and params.devices == directives["--gpus-per-node"]
+    assert params.num_workers == int(directives["--cpus-per-task"]) - 1
+    # The data, the trials' checkpoints and the workers' locks where every node finds them.
+    shared: Path = tune_cluster["shared"]
+    assert Path(params.checkpoint_dir) == shared / "checkpoints"
+    assert Path(params.raw_dir).is_relative_to(shared)
+    assert Path(params.processed_dir).is_relative_to(shared)
+    assert Path(srun_environment(tune_cluster)["UNET_PERSON_CACHE"]).is_relative_to(shared)
+    # A folder of its own for trials.csv and the figures: other elements write theirs.
+    assert Path(params.output_dir).is_relative_to(shared)
+    assert Path(params.output_dir).name == "4299_1" and Path(params.output_dir).is_dir()
+    # A tune run of its own: nothing opened for it beforehand.
+    assert srun_calls(tune_cluster)[0][1] == "unset"
+    assert not (tune_cluster["records"] / "opened").exists()
+
+
+def test_each_tune_element_opens_a_run_of_its_own(tune_cluster: dict) -> None:
+    """An MLFLOW_RUN_ID in sbatch's environment is not handed on: N workers would share it."""
+    run_tune_element(tune_cluster, MLFLOW_RUN_ID="earlier0run")
+    assert srun_calls(tune_cluster)[0][1] == "unset"
+    assert "MLFLOW_RUN_ID" not in srun_environment(tune_cluster)
+
+
+def test_the_study_is_named_by_tune_study_name_and_options_after_the_script_win(
+    tune_cluster: dict,
+) -> None:
+    _, params = run_tune_element(tune_cluster, TUNE_STUDY_NAME="wider-sweep")
+    assert params.study_name == "wider-sweep"
+    for record in tune_cluster["records"].glob("srun*"):
+        record.unlink()
+    _, params = run_tune_element(
+        tune_cluster, "--study_name", "other", "--storage", "postgresql://tuner@db2/optuna"
+    )
+    assert params.study_name == "other" and params.storage == "postgresql://tuner@db2/optuna"
+
+
+@pytest.mark.parametrize("variable", ["OPTUNA_STORAGE", "MLFLOW_TRACKING_URI"])
+def test_tune_script_stops_without_a_storage_or_a_server(tune_cluster: dict, variable: str) -> None:
+    env_file: Path = tune_cluster["env_file"]
+    kept = [line for line in env_file.read_text().splitlines() if not line.startswith(variable)]
+    env_file.write_text("\n".join(kept) + "\n")
+    result = run_script(TUNE_SBATCH, tune_cluster)
+    assert result.returncode != 0
+    assert f"set {variable} in {env_file}" in result.stderr
+    assert srun_calls(tune_cluster) == []
+
+
+def test_tune_script_warns_about_a_readable_env_file(tune_cluster: dict) -> None:
+    tune_cluster["env_file"].chmod(0o644)
+    result, _ = run_tune_element(tune_cluster)
+    assert "chmod 600" in result.stderr
+
+
+def test_env_example_names_every_setting_the_scripts_require() -> None:
+    defined = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    for script in (SBATCH, TUNE_SBATCH):
+        required = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):\?set ", script.read_text()))
+        assert required, script
+        assert required <= defined, f"{script.name} requires {sorted(required - defined)}"
+    assert "OPTUNA_STORAGE" in defined
+    assert "TUNE_STUDY_NAME" in ENV_EXAMPLE.read_text()
 
 
 def test_open_run_opens_a_run_the_pipeline_can_close() -> None:

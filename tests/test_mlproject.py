@@ -22,7 +22,13 @@ from pipeline.params import (
     PromoteParams,
     convert,
 )
-from pipeline.training_params import AblateParams, MainParams, RuntimeParams, TrainParams
+from pipeline.training_params import (
+    AblateParams,
+    MainParams,
+    RuntimeParams,
+    TrainParams,
+    TuneParams,
+)
 
 PARAMS = {
     "download": DownloadParams,
@@ -34,6 +40,7 @@ PARAMS = {
     "export": ExportParams,
     "main": MainParams,
     "ablate": AblateParams,
+    "tune": TuneParams,
     "demo": DemoParams,
 }
 MLPROJECT_TYPES = {str: "string", int: "int", float: "float", bool: "string"}

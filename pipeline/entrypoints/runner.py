@@ -23,14 +23,20 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import disk
 from pipeline.console import quiet_libraries
-from pipeline.errors import PipelineError, first_line
+from pipeline.errors import ENDED_EARLY_EXIT, EndedEarly, PipelineError, first_line
 from pipeline.params import as_text, convert, parse, shell_unquoted
 from pipeline.processes import is_rank_zero, rank_variables
 from pipeline.tracking.code_version import code_digest
 from pipeline.tracking.journal import is_lasting_refusal
 from pipeline.tracking.lease import close_abandoned_runs, lease
 from pipeline.tracking.runs import configure_tracking, mark_as_model_training, tracking_uri
-from pipeline.tracking.tags import CODE_TAG, ENTRY_POINT_TAG, ERROR_TAG, RECIPE_TAG
+from pipeline.tracking.tags import (
+    CODE_TAG,
+    ENDED_EARLY_TAG,
+    ENTRY_POINT_TAG,
+    ERROR_TAG,
+    RECIPE_TAG,
+)
 
 RESOLVED_PREFIX = "resolved."  # params, not tags: `resolved.<setting>` (log_settings)
 
@@ -96,7 +102,11 @@ def step_run(entry_point: str, params) -> Iterator[mlflow.ActiveRun]:
             failure = disk.out_of_space_from(error) if disk.is_out_of_space(error) else error
             if isinstance(failure, PipelineError):
                 mlflow.set_tag(ERROR_TAG, str(failure)[:5000])
-            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            ended = RunStatus.FAILED
+            if isinstance(failure, EndedEarly):
+                mlflow.set_tag(ENDED_EARLY_TAG, str(failure)[:5000])
+                ended = RunStatus.KILLED
+            mlflow.end_run(RunStatus.to_string(ended))
             if failure is error:
                 raise
             raise failure from error
@@ -110,6 +120,7 @@ def run_entry_point(
     body: Callable,
     argv: list[str] | None = None,
     other_ranks: Callable | None = None,
+    before_run: Callable | None = None,
 ) -> int:
     """Parse the params, open the run, do the step.
 
@@ -137,8 +148,13 @@ def run_entry_point(
             mlflow.set_tracking_uri(tracking_uri())  # to read inputs given as artifact URIs
             other_ranks(params)
             return 0
+        if before_run is not None:
+            before_run(params)
         with step_run(entry_point, params):
             body(params)
+    except EndedEarly as ended:
+        print(f"{entry_point}: {ended}", file=sys.stderr)
+        return ENDED_EARLY_EXIT
     except PipelineError as error:
         print(f"{entry_point}: error: {error}", file=sys.stderr)
         return 2

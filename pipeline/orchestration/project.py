@@ -13,7 +13,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from mlflow.projects import _project_spec
 
@@ -43,6 +47,33 @@ class StepInterrupted(PipelineError):
     """The step was stopped by SIGTERM or Ctrl-C: the workflow stops too, not only this step."""
 
 
+# The step processes running now, each with the stop signals passed on to it: `tune` runs
+# steps from several threads, and only the main thread may handle a signal.
+_running: dict[subprocess.Popen, list[signal.Signals]] = {}
+_running_lock = threading.Lock()
+
+
+def _forward(signum: int, frame: FrameType | None) -> None:
+    with _running_lock:
+        for process, stops in _running.items():
+            stops.append(signal.Signals(signum))
+            process.send_signal(signum)
+
+
+@contextmanager
+def stops_forwarded() -> Iterator[None]:
+    """SIGTERM passed on to every step started meanwhile, from any thread. Installed from the
+    main thread (a worker thread's steps rely on the main thread having done so)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_step(entry_point: str, params: dict[str, str], environment: dict[str, str]) -> int:
     """Run one step's command in the project folder with this interpreter first on PATH.
 
@@ -52,26 +83,23 @@ def run_step(entry_point: str, params: dict[str, str], environment: dict[str, st
     env = {**os.environ, **environment}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env[PARENT_PID_VARIABLE] = str(os.getpid())
-    process = subprocess.Popen(
-        shlex.split(step_command(entry_point, params)), cwd=project_dir(), env=env
-    )
+    command = shlex.split(step_command(entry_point, params))
     stops: list[signal.Signals] = []
-
-    def forward(signum: int, frame) -> None:
-        stops.append(signal.Signals(signum))
-        process.send_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, forward)
+    with _running_lock:
+        process = subprocess.Popen(command, cwd=project_dir(), env=env)
+        _running[process] = stops
     try:
-        while True:
-            try:
-                exit_code = process.wait()
-                break
-            except KeyboardInterrupt:
-                stops.append(signal.SIGINT)
-                process.send_signal(signal.SIGINT)
+        with stops_forwarded():
+            while True:
+                try:
+                    exit_code = process.wait()
+                    break
+                except KeyboardInterrupt:
+                    stops.append(signal.SIGINT)
+                    process.send_signal(signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        with _running_lock:
+            del _running[process]
     if stops:
         raise StepInterrupted(
             f"step {entry_point} was stopped ({stops[0].name}; it exited with code {exit_code})"

@@ -23,6 +23,7 @@ from pipeline.params import same_values
 from pipeline.tracking.code_version import code_digest
 from pipeline.tracking.tags import (
     CODE_TAG,
+    ENDED_EARLY_TAG,
     ENTRY_POINT_TAG,
     INPUT_TAG,
     MODEL_URI_TAG,
@@ -100,12 +101,14 @@ def finished_run(runs: list[Run]) -> Run | None:
 
 
 def interrupted_training(runs: list[Run], checkpoint_dir: Path) -> Run | None:
-    """A failed or killed train run that left a checkpoint to resume from."""
+    """A failed or killed train run that left a checkpoint to resume from (not one that ended
+    early on purpose: a pruned trial is over)."""
     return next(
         (
             run
             for run in runs
             if run.info.status in INTERRUPTED
+            and ENDED_EARLY_TAG not in run.data.tags
             and (checkpoint_dir / run.info.run_id / "last.ckpt").is_file()
         ),
         None,

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline.data.download import source_fingerprint, source_kind
-from pipeline.errors import PipelineError
+from pipeline.errors import ENDED_EARLY_EXIT, PipelineError
 from pipeline.orchestration.project import StepInterrupted, run_step
 from pipeline.orchestration.reuse import (
     StepRequest,
@@ -31,7 +31,7 @@ from pipeline.params import (
     as_text,
 )
 from pipeline.tracking.artifacts import is_artifact_uri
-from pipeline.tracking.lease import heartbeat_tag
+from pipeline.tracking.lease import close_abandoned_runs, heartbeat_tag
 from pipeline.tracking.runs import wait_for_server
 from pipeline.tracking.tags import (
     CLOSED_TAG,
@@ -67,12 +67,20 @@ class Workflow:
         self.checkpoint_dir = checkpoint_dir
         self.done: list[StepDone] = []  # what each step did, for main's summary
 
-    def run(self, request: StepRequest) -> Run:
+    def run(self, request: StepRequest, environment: dict[str, str] | None = None) -> Run:
+        """The step's run: a finished one reused, an interrupted training resumed, or a new
+        one; `environment` goes to the step's process besides the run's own variables. A step
+        that ended early on purpose (a pruned trial) returns its KILLED run."""
         wait_for_server(f"step {request.entry_point}")
+        # A run whose process died (a killed `tune` worker's trial) is closed first, so that
+        # its training is resumed rather than begun again.
+        close_abandoned_runs(self.client, self.experiment_id)
         candidates = matching_runs(self.client, self.experiment_id, request)
         if self.reuse and request.reusable and (done := finished_run(candidates)):
             log.info("%s: reusing finished run %s", request.entry_point, done.info.run_id)
-            mlflow.set_tag(reused_tag(request.entry_point), done.info.run_id)
+            self.client.set_tag(
+                self.parent.info.run_id, reused_tag(request.entry_point), done.info.run_id
+            )
             self.done.append(StepDone(request.entry_point, done.info.run_id, "reused"))
             return done
         resumed = None
@@ -92,6 +100,7 @@ class Workflow:
                 request.entry_point,
                 as_text(request.params),
                 {
+                    **(environment or {}),
                     "MLFLOW_RUN_ID": run_id,
                     "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
                     "MLFLOW_EXPERIMENT_ID": self.experiment_id,
@@ -102,6 +111,9 @@ class Workflow:
             self._close_if_running(run_id, RunStatus.KILLED)
             raise
         wait_for_server(f"the result of step {request.entry_point}")
+        if exit_code == ENDED_EARLY_EXIT:
+            self.done.append(StepDone(request.entry_point, run_id, "ended early"))
+            return self.client.get_run(run_id)
         if exit_code != 0:
             self._close_if_running(run_id, RunStatus.FAILED)
             raise PipelineError(
@@ -221,13 +233,25 @@ def train_and_evaluate(
         StepRequest("train", params, data.digest, run_name=run_name, labels=labels)
     )
     model_uri = train.data.tags[MODEL_URI_TAG]
+    evaluate, metrics = evaluate_model(workflow, model_uri, data, run_name, labels)
+    return TrainedModel(train, evaluate, model_uri, metrics)
+
+
+def evaluate_model(
+    workflow: Workflow,
+    model_uri: str,
+    data: PreparedData,
+    run_name: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> tuple[Run, dict[str, float]]:
+    """evaluate on the test split: its run and test metrics."""
     evaluate = workflow.run(
         StepRequest(
             "evaluate",
             EvaluateParams(model_uri=model_uri, data_dir=data.processed_dir),
             data.digest,
             run_name=run_name and f"evaluate {run_name}",
-            labels=labels,
+            labels=labels or {},
         )
     )
     metrics = {
@@ -235,7 +259,7 @@ def train_and_evaluate(
     }
     if "test_dice" not in metrics:
         raise PipelineError(f"evaluate run {evaluate.info.run_id} logged no test_dice")
-    return TrainedModel(train, evaluate, model_uri, metrics)
+    return evaluate, metrics
 
 
 @dataclass(frozen=True)
@@ -257,14 +281,15 @@ def run_pipeline(params: MainParams) -> PipelineOutcome:
     best_val_dice = trained.train.data.metrics["best_val_dice"]
     mlflow.set_tag(MODEL_URI_TAG, trained.model_uri)
     mlflow.log_metrics({**trained.test_metrics, "best_val_dice": best_val_dice})
-    promotion = _promote(workflow, params, trained.model_uri, data) if params.promote else {}
+    promotion = promote_model(workflow, params, trained.model_uri, data) if params.promote else {}
     return PipelineOutcome(workflow.done, trained.test_metrics, best_val_dice, promotion)
 
 
-def _promote(
+def promote_model(
     workflow: Workflow, params: MainParams, model_uri: str, data: PreparedData
 ) -> dict[str, str]:
-    """Never reused: who holds the alias may have changed since any earlier promote run."""
+    """promote `model_uri` as `params` say (main's or tune's promotion params). Never reused:
+    who holds the alias may have changed since any earlier promote run."""
     promote = workflow.run(
         StepRequest(
             "promote",

@@ -41,6 +41,19 @@ CLOSED_TAG = "unet_person.closed_because"
 # Written by Workflow.run (orchestration/workflow.py) on a train run it resumes from its
 # checkpoint: how the interrupted attempt ended; read by people.
 RESUMED_TAG = "unet_person.resumed_after"
+# Written by step_run (entrypoints/runner.py) on a run whose step stopped on purpose before its
+# end (a `tune` trial its pruner stopped), with why; read by reuse (orchestration/reuse.py), which
+# never resumes such a run, and by `tune`, which counts it as a pruned trial.
+ENDED_EARLY_TAG = "unet_person.ended_early"
+# Written by tune (orchestration/tuning.py) on each trial's train run: `<study name>#<trial
+# number>`; read by people.
+TRIAL_TAG = "unet_person.trial"
+# Written by tune on its own run: the study's name and storage (password masked), the best
+# trial's number and its train run; read by people.
+STUDY_TAG = "unet_person.study_name"
+STORAGE_TAG = "unet_person.storage"
+BEST_TRIAL_TAG = "unet_person.best_trial"
+BEST_RUN_TAG = "unet_person.best_run"
 # Written by fit (training/fit.py) on a train run whose checkpoints could not all be read: which
 # were set aside (renamed, never deleted) and where training went on from; read by people.
 CHECKPOINT_SET_ASIDE_TAG = "unet_person.checkpoint_set_aside"

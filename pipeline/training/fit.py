@@ -53,6 +53,7 @@ from pipeline.training.checkpoints import (
 )
 from pipeline.training.journal_logger import EpochMetricsBeforeCheckpoints, JournalLogger
 from pipeline.training.module import SegmentationModule
+from pipeline.training.pruning import TrialLink, TrialPruned, TrialPruning
 from pipeline.training.recipes import Recipe
 from pipeline.training.runtime import RuntimeConfig, compile_tag, resolve_hardware
 
@@ -152,6 +153,9 @@ def fit(
         *([] if interactive else [EpochSummary()]),
         *([WeightEMA(recipe.ema_decay)] if recipe.ema_decay else []),
     ]
+    trial = TrialLink.from_environment()
+    if trial and is_rank_zero():
+        callbacks.append(TrialPruning(trial))
     train_images = len(open_split(cache, "train")[0])
     journal = open_journal(checkpoint_dir, run_id, resume) if first else None
     trainer = L.Trainer(
@@ -192,7 +196,9 @@ def fit(
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint)
     except BaseException as failure:
         if journal:
-            journal.close(drain=False)  # what is not delivered waits on disk for the resumed run
+            # A pruned trial is over: its metrics go out now. Otherwise what is not delivered
+            # waits on disk for the resumed run.
+            journal.close(drain=isinstance(failure, TrialPruned))
         if isinstance(failure, SIGTERMException):
             if not first:
                 # The first rank reports the stop; an error code here would have Lightning's

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline.settings import check_settings, setting
+from pipeline.settings import between, check_settings, setting
 from pipeline.training.schedule import one_cycle
 
 if TYPE_CHECKING:  # only its type: importing Lightning costs seconds
@@ -24,8 +24,30 @@ class OptimizationConfig:
     """The optimizer and its schedule, the reference report's by default."""
 
     optimizer: str = setting("adam", "adam or adamw", choices=tuple(OPTIMIZERS))
-    lr: float = setting(1e-5, "peak learning rate", above=0)
-    weight_decay: float = setting(0.0, "optimizer weight decay", minimum=0)
+    lr: float = setting(
+        1e-5,
+        "peak learning rate",
+        above=0,
+        search=between(
+            1e-4,
+            1e-2,
+            log=True,
+            why="a decade either side of the default recipe's one-cycle peak 1e-3, where the "
+            "range test of Smith (2018, arXiv:1803.09820) puts Adam's usable peaks",
+        ),
+    )
+    weight_decay: float = setting(
+        0.0,
+        "optimizer weight decay",
+        minimum=0,
+        search=between(
+            1e-6,
+            1e-2,
+            log=True,
+            why="AdamW's decoupled decay (Loshchilov & Hutter, ICLR 2019) is searched on a log "
+            "scale; two decades either side of the default recipe's 1e-4",
+        ),
+    )
     schedule: str = setting("plateau", "plateau (on val loss) or onecycle", choices=SCHEDULES)
     plateau_patience: int = setting(
         5,

@@ -21,7 +21,7 @@ from typing import Any
 from pipeline.data.augment import AUGMENTATIONS, LIGHT, NONE
 from pipeline.errors import PipelineError
 from pipeline.model.unet import NetworkConfig
-from pipeline.settings import check_settings, flat_settings, setting, with_settings
+from pipeline.settings import check_settings, flat_settings, one_of, setting, with_settings
 from pipeline.training.losses import LOSSES
 from pipeline.training.optimization import OptimizationConfig
 
@@ -33,12 +33,20 @@ class Recipe:
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
-    loss: str = setting("bce", "bce or bce_dice", choices=LOSSES)
+    loss: str = setting(
+        "bce",
+        "bce or bce_dice",
+        choices=LOSSES,
+        search=one_of(*LOSSES, why="the study's loss variant: Dice added to BCE (README)"),
+    )
     augment: str = setting(
         NONE,
         "on-the-fly augmentation: none; light (flips, crops that keep the whole person, mild "
         "colour); strong (flips, any crop down to 0.4 of the area, strong colour, some greyscale)",
         choices=AUGMENTATIONS,
+        search=one_of(
+            *AUGMENTATIONS, why="the study's three levels; on real photos the best is not known"
+        ),
     )
     ema_decay: float = setting(
         0.0,
@@ -46,6 +54,12 @@ class Recipe:
         "validation, checkpoints and the logged model use (e.g. 0.999); 0 = none",
         minimum=0,
         below=1,
+        search=one_of(
+            0.0,
+            0.999,
+            why="off, or the decay of Polyak averaging common in segmentation (timm's ModelEma); "
+            "the study found it neutral on generated data",
+        ),
     )
     batch_size: int = setting(
         4,

@@ -585,6 +585,38 @@ def test_demo_serves_the_champion_from_the_stack_on_loopback() -> None:
     assert published_ports(svc) == [("127.0.0.1", sample_env()["DEMO_PORT"], port)]
 
 
+def test_tuner_replicas_share_one_study_in_the_stacks_postgres() -> None:
+    """`--scale tuner=N`: N tune commands of one trial at a time on the study in the database
+    that postgres-init.sh makes, as the stack's user, the password out of the command line."""
+    from pipeline.params import parse
+    from pipeline.training_params import TuneParams
+
+    svc, trainer, postgres = service("tuner"), service("trainer"), service("postgres")
+    assert svc.get("profiles"), "the tuner is no part of `docker compose up`"
+    assert svc["image"] == trainer["image"] and svc["build"] == trainer["build"]
+    assert svc["deploy"] == trainer["deploy"]
+    # Scaled replicas cannot share a container name or a host port.
+    assert "container_name" not in svc and "ports" not in svc
+    trainer_runs_the_pipeline(svc)
+    assert svc["command"][:4] == ["python", "-m", "pipeline", "tune"]
+    params = parse(TuneParams, svc["command"][4:])
+    assert params.workers == 1
+    assert params.search_space == sample_env()["TUNE_SEARCH_SPACE"]
+    assert params.n_trials == int(sample_env()["TUNE_N_TRIALS"])
+    uri = postgres_uri(params.storage)
+    assert (uri.scheme, uri.host, uri.port) == ("postgresql+psycopg2", "postgres", 5432)
+    assert (uri.user, uri.password) == (environment(postgres)["POSTGRES_USER"], None)
+    assert uri.database == environment(postgres)["OPTUNA_DB"]
+    assert uri.database not in (
+        environment(postgres)["POSTGRES_DB"],
+        environment(postgres)["MLFLOW_AUTH_DB"],
+    )
+    assert environment(svc)["PGPASSWORD"] == environment(postgres)["POSTGRES_PASSWORD"]
+    assert svc["depends_on"]["postgres"]["condition"] == HEALTHY
+    assert svc["depends_on"]["mlflow"]["condition"] == HEALTHY
+    assert svc["restart"].startswith("on-failure"), "a replica that dies joins the study again"
+
+
 def test_trainer_image_is_the_mlproject_image_of_this_version() -> None:
     image = project().docker_env["image"]
     assert service("trainer")["image"] == image
@@ -690,9 +722,11 @@ def test_trainer_caches_live_in_the_mounted_data_folder() -> None:
         assert env[name].startswith(f"{WORKDIR}/data/cache/"), name
 
 
-def test_trainer_installs_the_encoders_extra() -> None:
+def test_trainer_installs_the_encoders_and_postgres_extras() -> None:
+    """The postgres extra: the tuner's study lives in the stack's PostgreSQL."""
     (install,) = [run for run in lines_of(TRAINER_DOCKERFILE, "RUN") if "tomllib" in run]
     assert "['optional-dependencies']['encoders']" in install
+    assert "['optional-dependencies']['postgres']" in install
 
 
 def test_mlflow_run_mounts_the_users_mlflow_credentials_read_only(tmp_path: Path) -> None:
@@ -1607,17 +1641,18 @@ def psql(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-def test_postgres_init_script_creates_the_auth_database_once() -> None:
+def test_postgres_init_script_creates_the_auth_and_optuna_databases_once() -> None:
     # The suite's PostgreSQL: PGHOST's, or the session's embedded cluster (tests/conftest.py).
     assert psql("-d", "postgres", "-Atc", "select 1").returncode == 0, "PostgreSQL is not running"
-    name = f"unet_person_auth_{uuid.uuid4().hex[:8]}"
+    names = [f"unet_person_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("auth", "optuna")]
     settings = postgres_settings()
     env = {
         "PGHOST": settings["host"],
         "PGPORT": str(settings["port"]),
         "POSTGRES_USER": settings["user"],
         "POSTGRES_DB": "postgres",
-        "MLFLOW_AUTH_DB": name,
+        "MLFLOW_AUTH_DB": names[0],
+        "OPTUNA_DB": names[1],
     }
     try:
         for _ in range(2):  # the second run finds it and changes nothing
@@ -1628,12 +1663,17 @@ def test_postgres_init_script_creates_the_auth_database_once() -> None:
                 text=True,
             )
             assert result.returncode == 0, result.stderr
-        listed = psql(
-            "-d", "postgres", "-Atc", f"select count(*) from pg_database where datname = '{name}'"
-        )
-        assert listed.stdout.strip() == "1"
+        for name in names:
+            listed = psql(
+                "-d",
+                "postgres",
+                "-Atc",
+                f"select count(*) from pg_database where datname = '{name}'",
+            )
+            assert listed.stdout.strip() == "1", name
     finally:
-        psql("-d", "postgres", "-c", f'drop database if exists "{name}"')
+        for name in names:
+            psql("-d", "postgres", "-c", f'drop database if exists "{name}"')
 
 
 # --- Secrets ---------------------------------------------------------------------------------
