@@ -69,6 +69,7 @@ from pipeline.training_params import TuneParams
 RUN_ID_ATTR = "run_id"
 FAILURE_ATTR = "failure"
 NOT_RUN_ATTR = "not_run"  # a trial asked for after other workers had filled n_trials
+VALUE_NAME = "best val Dice"  # what a trial's value is, on the figures
 WAIT_SECONDS = 2.0  # how often a worker with nothing left to ask looks at the others' trials
 
 
@@ -315,11 +316,15 @@ def _publish_trials(study: Any, folder: Path) -> None:
     table: pd.DataFrame = study.trials_dataframe()
     table.to_csv(folder / "trials.csv", index=False)
     drawn = {
-        "optimization_history": lambda: plots.plot_optimization_history(study),
-        "parallel_coordinate": lambda: plots.plot_parallel_coordinate(study),
+        "optimization_history": lambda: plots.plot_optimization_history(
+            study, target_name=VALUE_NAME
+        ),
+        "parallel_coordinate": lambda: plots.plot_parallel_coordinate(
+            study, target_name=VALUE_NAME
+        ),
         # No scikit-learn needed, unlike the default fANOVA.
         "param_importances": lambda: plots.plot_param_importances(
-            study, evaluator=PedAnovaImportanceEvaluator()
+            study, evaluator=PedAnovaImportanceEvaluator(), target_name=VALUE_NAME
         ),
     }
     for name, draw in drawn.items():

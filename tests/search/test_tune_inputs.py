@@ -155,3 +155,30 @@ def test_the_readme_shows_every_declared_range_as_declared() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name, search in searchable().items():
         assert f"| `{name}` | {search.describe()} | {search.why} |" in readme, name
+
+
+def test_a_trial_that_crashes_is_failed_with_its_reason_and_the_search_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Out of memory at a large width, say: the trial ends FAIL with the step's message and the
+    search still fills n_trials with finished ones."""
+    from pipeline.orchestration.tuning import FAILURE_ATTR, Search, TrialFailed
+
+    url = f"journal:{tmp_path / 'journal.log'}"
+    storage = open_storage(url)
+    study = optuna.create_study(study_name="crash", storage=storage, direction="maximize")
+
+    class Objective:
+        params = parse(TuneParams, ["--n_trials", "3"])
+        worker_lock = tmp_path / "worker.lock"
+
+        def __call__(self, trial: optuna.Trial) -> float:
+            if trial.number == 1:
+                raise TrialFailed("step train failed: CUDA out of memory at base_channels 64")
+            return 0.5 + trial.number / 10
+
+    Search(study, storage, Objective()).loop(deadline=None)
+    states = [trial.state for trial in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    (failed,) = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert "out of memory" in failed.user_attrs[FAILURE_ATTR]
