@@ -127,3 +127,12 @@ def isolated_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     yield tmp_path
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture
+def database():
+    """A fresh database of the suite's PostgreSQL, dropped after the test (tests/stack/ has its
+    own, owned by a role with a password)."""
+    from tests.stack.stack import fresh_database  # it imports this module
+
+    yield from fresh_database()

@@ -45,6 +45,7 @@ from pipeline.search.study import (
     default_storage,
     finished_trials,
     heartbeat,
+    is_storage_error,
     make_sampler,
     open_study,
     state_counts,
@@ -131,12 +132,7 @@ def run_tune(params: TuneParams) -> TuneOutcome:
 def storage_failure(error: Exception, storage: str) -> Exception:
     """A study storage that fails mid-search (its database down, its disk gone) as one line
     that says how to go on; any other error as it is."""
-    import optuna
-
-    from_storage = isinstance(error, (OSError, optuna.exceptions.StorageInternalError)) or (
-        type(error).__module__.startswith("sqlalchemy")
-    )
-    if not from_storage:
+    if not is_storage_error(error):
         return error
     return PipelineError(
         f"the Optuna storage {masked(storage)} failed ({first_line(str(error))}): the trials' "

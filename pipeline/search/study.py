@@ -93,18 +93,13 @@ def open_study(
             pruner=pruner,
             load_if_exists=True,
         )
-    except (OSError, ImportError) as error:
+    except Exception as error:
+        if not (isinstance(error, ImportError) or is_storage_error(error)):
+            raise
         raise PipelineError(
             f"cannot open the Optuna storage {storage_url} ({first_line(str(error))}): fix "
             "parameter storage, or start its database"
         ) from None
-    except Exception as error:  # SQLAlchemy's errors for an RDB that is down or refuses us
-        if type(error).__module__.startswith("sqlalchemy"):
-            raise PipelineError(
-                f"cannot open the Optuna storage {storage_url} ({first_line(str(error))}): fix "
-                "parameter storage, or start its database"
-            ) from None
-        raise
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise PipelineError(
             f"parameter study_name={study_name!r}: that study in {storage_url} minimises; tune "
@@ -119,6 +114,16 @@ def open_study(
             f"not {', '.join(space)}: give the same search_space, or another study_name"
         )
     return study, storage
+
+
+def is_storage_error(error: BaseException) -> bool:
+    """An error of the study's storage: its file (OSError), or its database (SQLAlchemy's
+    errors for an RDB that is down or refuses us, and Optuna's wrapping of them)."""
+    import optuna
+
+    return isinstance(error, (OSError, optuna.exceptions.StorageInternalError)) or type(
+        error
+    ).__module__.startswith("sqlalchemy")
 
 
 def sweep_dead_workers_trials(study: Any, storage: Any) -> list[int]:

@@ -60,6 +60,13 @@ def main_process(
         "onnx": "false",  # a third of a tiny train step, and nothing here reads it
         **overrides,
     }
+    return start_entry_point(folder, entry_point, params, new_session)
+
+
+def start_entry_point(
+    folder: Path, entry_point: str, params: dict[str, str], new_session: bool = False
+) -> Started:
+    """An entry point's MLproject command, tracking into `folder`, its output in a log there."""
     command = shlex.split(step_command(entry_point, params))
     log = folder / f"{entry_point}-{len(list(folder.glob(f'{entry_point}-*.log')))}.log"
     process = subprocess.Popen(

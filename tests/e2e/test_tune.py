@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
-import shlex
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -19,7 +14,6 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline.orchestration.project import project_dir, step_command
 from pipeline.search.study import RETRY_OF_ATTR, default_storage
 from pipeline.tracking.tags import (
     BEST_RUN_TAG,
@@ -30,9 +24,9 @@ from pipeline.tracking.tags import (
     TRIAL_TAG,
 )
 from pipeline.training.pruning import open_storage
-from tests.conftest import isolated_environment
-from tests.e2e.test_resume import Started, checkpoint_epoch
-from tests.stack.stack import Database, fresh_database
+from tests.e2e.test_hard_kill import client_for, runs_by_entry_point
+from tests.e2e.test_resume import Started, start_entry_point, wait_for_checkpoint
+from tests.stack.stack import Database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
@@ -60,31 +54,11 @@ def tune_process(folder: Path, **params: str) -> Started:
         "output_dir": str(folder / "tune"),
         **params,
     }
-    command = shlex.split(step_command("tune", everything))
-    log = folder / f"tune-{len(list(folder.glob('tune-*.log')))}.log"
-    process = subprocess.Popen(
-        [sys.executable, *command[1:]],
-        cwd=project_dir(),
-        env=isolated_environment(folder),
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return Started(process, log)
+    return start_entry_point(folder, "tune", everything, new_session=True)
 
 
 def runs_of(folder: Path) -> tuple[MlflowClient, dict[str, list[Run]]]:
-    client = MlflowClient(tracking_uri=isolated_environment(folder)["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("unet-person")
-    found: dict[str, list[Run]] = {}
-    for run in client.search_runs([experiment.experiment_id], max_results=1000):
-        found.setdefault(run.data.tags["mlflow.project.entryPoint"], []).append(run)
-    return client, found
-
-
-@pytest.fixture
-def database() -> Iterator[Database]:
-    yield from fresh_database()
+    return client_for(folder), runs_by_entry_point(folder)
 
 
 def statuses(runs: dict[str, list[Run]]) -> set[str]:
@@ -144,25 +118,11 @@ def test_two_workers_on_postgres_share_one_study_of_child_train_runs(
     assert statuses(runs) <= {"FINISHED", "KILLED"}
 
 
-def wait_for_trial_checkpoint(folder: Path, started: Started, min_epoch: int) -> Path:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        for found in (folder / "checkpoints").glob("*/last.ckpt"):
-            try:
-                if checkpoint_epoch(found) >= min_epoch:
-                    return found
-            except (OSError, RuntimeError, EOFError):  # caught mid-write
-                pass
-        assert started.process.poll() is None, started.output()[-6000:]
-        time.sleep(0.05)
-    raise AssertionError(f"no trial checkpoint past epoch {min_epoch}")
-
-
 def test_a_worker_killed_mid_trial_leaves_its_trial_to_the_other(tmp_path: Path) -> None:
     # One trial: the second worker's only work is the killed one's, resumed.
     common = {"n_trials": "1", "max_epochs": "60", "patience": "100", "pruner": "none"}
     first = tune_process(tmp_path, **common)
-    checkpoint = wait_for_trial_checkpoint(tmp_path, first, min_epoch=2)
+    checkpoint = wait_for_checkpoint(tmp_path, first, timeout=300, min_epoch=2)
     killed_run = checkpoint.parent.name
     os.killpg(first.process.pid, signal.SIGKILL)  # an epoch takes a fraction of a second
     first.process.wait(timeout=30)

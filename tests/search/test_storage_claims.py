@@ -13,7 +13,6 @@ is why `tune` does not offer MlflowStorage (README, "Search").
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import pytest
 from mlflow.optuna.storage import MlflowStorage
 
 from pipeline.training.pruning import open_storage
-from tests.stack.stack import Database, fresh_database
+from tests.stack.stack import Database
 
 RUNNING = optuna.trial.TrialState.RUNNING
 
@@ -54,13 +53,11 @@ def claim_at_once(storages: list[Any], trial_id: int) -> list[bool]:
 
 
 @pytest.fixture(params=["journal", "postgresql"])
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A storage `tune` takes: the default journal file, or the suite's PostgreSQL."""
     if request.param == "journal":
-        yield f"journal:{tmp_path / 'journal.log'}"
-    else:
-        for database in fresh_database():
-            yield database.uri
+        return f"journal:{tmp_path / 'journal.log'}"
+    return request.getfixturevalue("database").uri
 
 
 def test_the_storages_tune_takes_give_a_queued_trial_to_one_worker(storage_url: str) -> None:
@@ -95,11 +92,6 @@ def test_mlflow_storage_gives_one_queued_trial_to_two_workers(tmp_path: Path) ->
 
         client.get_run = read_then_wait
     assert claim_at_once(workers, trial_id) == [True, True]  # both train it
-
-
-@pytest.fixture
-def database() -> Iterator[Database]:
-    yield from fresh_database()
 
 
 def test_workers_started_together_on_a_new_database_all_open_it(database: Database) -> None:

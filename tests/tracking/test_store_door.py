@@ -28,7 +28,7 @@ from pipeline.params import DownloadParams
 from pipeline.tracking.runs import DEFAULT_EXPERIMENT, masked, tracking_uri
 from tests.conftest import free_port
 from tests.filesystems import tmpfs
-from tests.stack.stack import Database, fresh_database, postgres_settings
+from tests.stack.stack import Database, postgres_settings
 from tests.test_mlproject import PARAMS
 
 DOOR_SECONDS = 15  # refused within this (issue 28), not after MLflow's ~100 s of retries
@@ -84,11 +84,6 @@ def test_a_missing_driver_names_the_package_to_install(monkeypatch, capsys) -> N
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "needs the database driver psycopg, which is not installed" in line
     assert "unet-person[postgres]" in line and ":pw@" not in line
-
-
-@pytest.fixture
-def database() -> Iterator[Database]:
-    yield from fresh_database()
 
 
 def test_a_bare_postgresql_uri_tracks_into_the_database(database: Database, tmp_path) -> None:
