@@ -12,7 +12,16 @@ class EndedEarly(PipelineError):
     the message as its error tag, and the step exits with ENDED_EARLY_EXIT, not as a failure."""
 
 
+class TrackingAway(PipelineError):
+    """The tracking store did not answer, or stopped answering for longer than the MLflow
+    client's retries: nothing is wrong with the step, which can run again once it is back.
+    The step exits with TRACKING_AWAY_EXIT."""
+
+
 ENDED_EARLY_EXIT = 3
+# sysexits' EX_TEMPFAIL: the step stopped because the tracking store stayed away longer than the
+# MLflow client's retries; once it is back the same step can run again into the same run.
+TRACKING_AWAY_EXIT = 75
 
 
 def first_line(text: str, limit: int = 300) -> str:

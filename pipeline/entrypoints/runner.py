@@ -23,7 +23,14 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import disk
 from pipeline.console import quiet_libraries
-from pipeline.errors import ENDED_EARLY_EXIT, EndedEarly, PipelineError, first_line
+from pipeline.errors import (
+    ENDED_EARLY_EXIT,
+    TRACKING_AWAY_EXIT,
+    EndedEarly,
+    PipelineError,
+    TrackingAway,
+    first_line,
+)
 from pipeline.params import as_text, convert, parse, shell_unquoted
 from pipeline.processes import is_rank_zero, rank_variables
 from pipeline.tracking.code_version import code_digest
@@ -126,8 +133,9 @@ def run_entry_point(
 
     Every parameter is checked while parsing (the params classes' own checks), so a bad value
     stops before any run opens and a typo leaves no failed run behind. A
-    PipelineError becomes one clear line and exit code 2, as does a tracking store that stays
-    away longer than the MLflow client's retries.
+    PipelineError becomes one clear line and exit code 2; a tracking store that cannot be
+    reached, or stays away longer than the MLflow client's retries, one line and
+    TRACKING_AWAY_EXIT (the same command can run again once it is back).
 
     Launchers of a distributed fit start every rank with the same command: the first does the
     step in its run; the others do `other_ranks` instead and open, end and log nothing (a step
@@ -155,6 +163,9 @@ def run_entry_point(
     except EndedEarly as ended:
         print(f"{entry_point}: {ended}", file=sys.stderr)
         return ENDED_EARLY_EXIT
+    except TrackingAway as error:
+        print(f"{entry_point}: error: {error}", file=sys.stderr)
+        return TRACKING_AWAY_EXIT
     except PipelineError as error:
         print(f"{entry_point}: error: {error}", file=sys.stderr)
         return 2
@@ -166,5 +177,5 @@ def run_entry_point(
             "What finished is kept: run the same command again once it is back",
             file=sys.stderr,
         )
-        return 2
+        return TRACKING_AWAY_EXIT
     return 0

@@ -22,6 +22,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.entities import Run
+from tqdm import tqdm
 
 from pipeline import locks
 from pipeline.console import log
@@ -54,7 +55,7 @@ from pipeline.search.study import (
     trials_before,
 )
 from pipeline.tracking.artifacts import cache_root
-from pipeline.tracking.runs import masked
+from pipeline.tracking.runs import masked, wait_for_server
 from pipeline.tracking.tags import (
     BEST_RUN_TAG,
     BEST_TRIAL_TAG,
@@ -72,6 +73,9 @@ FAILURE_ATTR = "failure"
 NOT_RUN_ATTR = "not_run"  # a trial asked for after other workers had filled n_trials
 VALUE_NAME = "best val Dice"  # what a trial's value is, on the figures
 WAIT_SECONDS = 2.0  # how often a worker with nothing left to ask looks at the others' trials
+# Trials of one command failing one after another: the cause is no longer the settings drawn
+# (a large width out of memory) but one they share, and trying more would loop forever.
+FAILURES_IN_A_ROW = 5
 
 
 class TrialFailed(Exception):
@@ -119,6 +123,7 @@ def run_tune(params: TuneParams) -> TuneOutcome:
     with locks.hold(cache_root() / "leases" / f"{name}.lock") as worker:
         objective = TrialObjective(workflow, params, data, space, storage, worker)
         search = Search(study, optuna_storage, objective)
+        log.info("%s", search.bar.line())
         deadline = time.monotonic() + params.timeout if params.timeout else None
         with stops_forwarded(), ThreadPoolExecutor(params.workers) as pool:
             for thread in [pool.submit(search.loop, deadline) for _ in range(params.workers)]:
@@ -148,12 +153,15 @@ class Search:
     def __init__(self, study: Any, storage: Any, objective: TrialObjective) -> None:
         self.study, self.storage, self.objective = study, storage, objective
         self.n_trials = objective.params.n_trials
+        self.bar = TrialsBar(study, self.n_trials)
         self.lock = threading.Lock()
+        self.failures_in_a_row = 0
+        self.stopped = threading.Event()
 
     def loop(self, deadline: float | None) -> None:
         import optuna
 
-        while deadline is None or time.monotonic() < deadline:
+        while not self.stopped.is_set() and (deadline is None or time.monotonic() < deadline):
             with self.lock:
                 if swept := sweep_dead_workers_trials(self.study, self.storage):
                     log.warning("tune: trials %s of a dead worker failed; queued again", swept)
@@ -175,7 +183,7 @@ class Search:
                 return
             with heartbeat(self.storage, self.study, trial.number):
                 self._run(trial)
-            log.info("tune: %s", progress(self.study, self.n_trials))
+            log.info("%s", self.bar.line())
 
     def _run(self, trial: Any) -> None:
         import optuna
@@ -188,6 +196,8 @@ class Search:
         except TrialFailed as failure:
             trial.set_user_attr(FAILURE_ATTR, str(failure)[:2000])
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self._count_failure(failure)
+            return
         except BaseException:
             # Stopped (SIGTERM, Ctrl-C) or broken: the trial is queued again, so the next
             # `tune` resumes its train run from its checkpoint.
@@ -196,19 +206,55 @@ class Search:
             raise
         else:
             self.study.tell(trial, value)
+        with self.lock:
+            self.failures_in_a_row = 0
+
+    def _count_failure(self, failure: TrialFailed) -> None:
+        """Stop this command's search once FAILURES_IN_A_ROW trials have failed in a row."""
+        with self.lock:
+            self.failures_in_a_row += 1
+            if self.failures_in_a_row < FAILURES_IN_A_ROW:
+                return
+            self.stopped.set()  # the other workers finish their trials and stop
+        raise PipelineError(
+            f"tune: the last {FAILURES_IN_A_ROW} trials failed, the last one with: "
+            f"{first_line(str(failure))}; the search stops. Fix what they share (see the "
+            "messages above), or leave the setting that fails out of search_space, and run the "
+            "same tune command again: finished trials count"
+        )
 
 
-def progress(study: Any, n_trials: int) -> str:
-    """`4/6 trials: 3 complete, 1 pruned, 0 failed; best 0.7412 (trial 2)`."""
-    counts = state_counts(study)
-    done = counts["complete"] + counts["pruned"]
-    line = (
-        f"{done}/{n_trials} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
-        f"{counts['fail']} failed"
-    )
-    if counts["complete"]:
-        line += f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
-    return line
+class TrialsBar:
+    """A progress bar over the study's trials (finished, pruned, failed, best so far), printed
+    as a line when a trial ends: the trials' own epoch lines, several at once, come between
+    them, and would garble a bar redrawn in place. It counts every worker's trials; its rate
+    and time left count the ones finished since this command began."""
+
+    FORMAT = "{l_bar}{bar:20}| {n_fmt}/{total_fmt} trials [{elapsed}<{remaining}]{postfix}"
+
+    def __init__(self, study: Any, n_trials: int) -> None:
+        self.study, self.n_trials = study, n_trials
+        self.started = time.monotonic()
+        self.initial = min(finished_trials(study), n_trials)
+
+    def line(self) -> str:
+        """`tune:  67%|█████▎  | 4/6 trials [10:05<05:02], 3 complete, 1 pruned, 0 failed;
+        best 0.7412 (trial 2)`."""
+        counts = state_counts(self.study)
+        postfix = f"{counts['complete']} complete, {counts['pruned']} pruned, "
+        postfix += f"{counts['fail']} failed"
+        if counts["complete"]:
+            best = self.study.best_trial
+            postfix += f"; best {best.value:.4f} (trial {best.number})"
+        return tqdm.format_meter(
+            min(counts["complete"] + counts["pruned"], self.n_trials),
+            self.n_trials,
+            time.monotonic() - self.started,
+            prefix="tune",
+            postfix=postfix,
+            bar_format=self.FORMAT,
+            initial=self.initial,
+        )
 
 
 class TrialObjective:
@@ -237,6 +283,8 @@ class TrialObjective:
             run_name=f"trial {trial.number}",
             labels={TRIAL_TAG: f"{self.params.study_name}#{trial.number}"},
         )
+        # The runs of these settings are looked up before the step waits for the server itself.
+        wait_for_server(f"trial {trial.number}")
         pruned_before = self._pruned_run(request)
         if pruned_before is not None:
             trial.set_user_attr(RUN_ID_ATTR, pruned_before.info.run_id)

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline.data.download import source_fingerprint, source_kind
-from pipeline.errors import ENDED_EARLY_EXIT, PipelineError
+from pipeline.errors import ENDED_EARLY_EXIT, TRACKING_AWAY_EXIT, PipelineError
 from pipeline.orchestration.project import StepInterrupted, run_step
 from pipeline.orchestration.reuse import (
     StepRequest,
@@ -47,6 +47,10 @@ from pipeline.tracking.tags import (
 from pipeline.training_params import MainParams, RuntimeParams, TrainingParams, TrainParams
 
 log = logging.getLogger("unet_person")
+
+# Times a train step stopped by a tracking outage runs again (each once the server answers):
+# a server that keeps going away is a fault to report, not to wait out for ever.
+TRACKING_AWAY_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -95,17 +99,22 @@ class Workflow:
                 self.client.delete_tag(run_id, stale)  # they describe the attempt that ended
         else:
             run_id = self._create_child(request)
+        step_environment = {
+            **(environment or {}),
+            "MLFLOW_RUN_ID": run_id,
+            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+            "MLFLOW_EXPERIMENT_ID": self.experiment_id,
+        }
         try:
-            exit_code = run_step(
-                request.entry_point,
-                as_text(request.params),
-                {
-                    **(environment or {}),
-                    "MLFLOW_RUN_ID": run_id,
-                    "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
-                    "MLFLOW_EXPERIMENT_ID": self.experiment_id,
-                },
-            )
+            exit_code = run_step(request.entry_point, as_text(request.params), step_environment)
+            # A training caught outside its journal by an outage (starting while the server
+            # went away, say) goes on once it is back: the same run, from its checkpoint.
+            for _ in range(TRACKING_AWAY_RETRIES):
+                if exit_code != TRACKING_AWAY_EXIT or request.entry_point != "train":
+                    break
+                log.warning("train: run %s stopped by the tracking outage; it goes on", run_id)
+                wait_for_server(f"step train again into run {run_id}")
+                exit_code = run_step("train", as_text(request.params), step_environment)
         except StepInterrupted:
             wait_for_server(f"closing run {run_id}")
             self._close_if_running(run_id, RunStatus.KILLED)

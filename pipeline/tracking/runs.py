@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import read_mlflow_creds
 
 from pipeline.console import log
-from pipeline.errors import PipelineError, first_line
+from pipeline.errors import PipelineError, TrackingAway, first_line
 from pipeline.locks import hold
 from pipeline.tracking.concurrent_writes import write_despite_races
 from pipeline.tracking.tags import (
@@ -227,7 +227,7 @@ def _check_server(uri: str) -> None:
     try:
         requests.get(f"{base}/health", timeout=SERVER_CHECK_TIMEOUT).raise_for_status()
     except requests.RequestException as error:
-        raise PipelineError(
+        raise TrackingAway(
             f"cannot reach the MLflow tracking server at {shown} ({first_line(error)}). Start it "
             "(docker compose up -d), fix MLFLOW_TRACKING_URI, or unset it to track into "
             f"./{DEFAULT_STORE}"

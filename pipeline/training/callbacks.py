@@ -63,16 +63,22 @@ class EpochTimer(L.Callback):
 
 
 class EpochSummary(L.Callback):
-    """One line per epoch where there is no terminal for a progress bar (CI, `mlflow run` logs)."""
+    """One line per epoch where there is no terminal for a progress bar (CI, `mlflow run` logs),
+    or where several trainings share one (tune's trials); `label` says whose epoch it is."""
 
     KEYS = ("train_loss_epoch", "val_loss", "val_dice", "lr", "epoch_time_s")
+
+    def __init__(self, label: str = "") -> None:
+        self.label = label
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
         shown = " ".join(f"{key}={float(metrics[key]):.4g}" for key in self.KEYS if key in metrics)
-        log.info("epoch %d/%d %s", trainer.current_epoch + 1, trainer.max_epochs, shown)
+        log.info(
+            "%sepoch %d/%d %s", self.label, trainer.current_epoch + 1, trainer.max_epochs, shown
+        )
 
 
 class PredictionGrid(L.Callback):

@@ -133,7 +133,9 @@ def fit(
         enable_version_counter=False,
     )
     val_images, val_masks = open_split(cache, "val")
-    interactive = sys.stderr.isatty()
+    trial = TrialLink.from_environment()
+    # A tune trial's epochs are lines, never a live bar: its workers share one terminal.
+    interactive = sys.stderr.isatty() and trial is None
     callbacks = [
         EpochMetricsBeforeCheckpoints(),
         best_checkpoint,
@@ -150,10 +152,9 @@ def fit(
         PredictionGrid(
             np.array(val_images[:GRID_IMAGES]), np.array(val_masks[:GRID_IMAGES]), grid_every
         ),
-        *([] if interactive else [EpochSummary()]),
+        *([] if interactive else [EpochSummary(f"trial {trial.trial_number}: " if trial else "")]),
         *([WeightEMA(recipe.ema_decay)] if recipe.ema_decay else []),
     ]
-    trial = TrialLink.from_environment()
     if trial and is_rank_zero():
         callbacks.append(TrialPruning(trial))
     train_images = len(open_split(cache, "train")[0])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -71,9 +72,14 @@ def test_two_workers_on_postgres_share_one_study_of_child_train_runs(
     storage = database.uri
     common = {"storage": storage, "study_name": "shared", "n_trials": "6", "max_epochs": "3"}
     workers = [tune_process(tmp_path, workers="2", **common), tune_process(tmp_path, **common)]
+    outputs = []
     for worker in workers:
         returncode, output = worker.finish(timeout=900)
         assert returncode == 0, output[-6000:]
+        outputs.append(output)
+    # The bar over the study's trials, and each trial's epochs as lines that say whose they are.
+    assert any(re.search(r"tune:\s+100%\|.*\| 6/6 trials", output) for output in outputs)
+    assert re.search(r"trial \d+: epoch 1/3 .*val_dice=", outputs[0])
 
     study = optuna.load_study(study_name="shared", storage=storage)
     states = optuna.trial.TrialState

@@ -182,3 +182,47 @@ def test_a_trial_that_crashes_is_failed_with_its_reason_and_the_search_goes_on(
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3
     (failed,) = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert "out of memory" in failed.user_attrs[FAILURE_ATTR]
+
+
+def test_the_progress_bar_counts_every_workers_trials_and_names_the_best() -> None:
+    """A command that joins a study with two trials done: the bar counts the study's trials,
+    finished, pruned and failed, and the best so far."""
+    from pipeline.orchestration.tuning import TrialsBar
+
+    study = optuna.create_study(direction="maximize")
+    state = optuna.trial.TrialState
+    for value in (0.61, 0.7412):
+        study.add_trial(optuna.trial.create_trial(value=value))
+    bar = TrialsBar(study, n_trials=6)
+    first = bar.line()
+    assert re.search(r"^tune:\s+33%\|.*\| 2/6 trials .*, 2 complete, 0 pruned, 0 failed", first)
+    study.add_trial(optuna.trial.create_trial(state=state.PRUNED))
+    study.add_trial(optuna.trial.create_trial(state=state.FAIL))
+    line = bar.line()
+    assert " 3/6 trials " in line and " 50%|" in line
+    assert line.endswith("2 complete, 1 pruned, 1 failed; best 0.7412 (trial 1)")
+
+
+def test_trials_that_all_fail_stop_the_search_instead_of_looping(tmp_path: Path) -> None:
+    """A cause the trials share (a broken install, a full disk): failed trials never fill
+    n_trials, so the search stops after FAILURES_IN_A_ROW of them, with the last reason."""
+    from pipeline.orchestration.tuning import FAILURES_IN_A_ROW, Search, TrialFailed
+
+    storage = open_storage(f"journal:{tmp_path / 'journal.log'}")
+    study = optuna.create_study(study_name="broken", storage=storage, direction="maximize")
+
+    class Objective:
+        params = parse(TuneParams, ["--n_trials", "3"])
+        worker_lock = tmp_path / "worker.lock"
+
+        def __call__(self, trial: optuna.Trial) -> float:
+            if trial.number == 0:
+                return 0.5  # a success before does not count: the failures are in a row
+            raise TrialFailed(f"step train failed: no space left on device (trial {trial.number})")
+
+    with pytest.raises(PipelineError, match=rf"the last {FAILURES_IN_A_ROW} trials failed") as e:
+        Search(study, storage, Objective()).loop(deadline=None)
+    assert f"no space left on device (trial {FAILURES_IN_A_ROW})" in str(e.value)
+    states = [trial.state for trial in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == FAILURES_IN_A_ROW
+    assert len(states) == FAILURES_IN_A_ROW + 1

@@ -1,9 +1,12 @@
 """Training outlives a tracking outage longer than the MLflow client's retries: the real
 Postgres-backed server (docker/mlflow-server.sh) is stopped for 60 s in the middle of `main`'s
 training; training goes on, and every epoch's metrics arrive exactly once when it is back.
+A train step that the outage catches while it starts (two `tune` trials) goes on once the
+server is back, in the same run.
 
 Before the journal, the client gave up after its retries, `main` ended with a traceback, its
-main and train runs stayed RUNNING, and the next `main` trained from epoch 1 again."""
+main and train runs stayed RUNNING, and the next `main` trained from epoch 1 again. Before
+train steps were run again after an outage, such a tune trial failed, its run FAILED."""
 
 from __future__ import annotations
 
@@ -15,9 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipeline.orchestration.project import project_dir, step_command
+from pipeline.tracking.tags import TRIAL_TAG
 from tests.e2e.test_resume import checkpoint_epoch
 from tests.stack.stack import (
     Database,
@@ -57,10 +62,10 @@ def wait_for(condition, timeout: float, what: str, process: subprocess.Popen, lo
         time.sleep(0.2)
 
 
-def test_training_goes_on_through_an_outage_and_logs_every_epoch_once(
-    tmp_path: Path, database: Database, s3
-) -> None:
-    server = start_server(tmp_path, database, s3)
+def start_command(
+    tmp_path: Path, server: Server, entry_point: str, max_time: str, **extra: str
+) -> tuple[subprocess.Popen, Path, Path]:
+    """`entry_point` on tiny data against `server`: its process, log and checkpoint folder."""
     folder = tmp_path / "client"
     checkpoints = folder / "checkpoints"
     params = {
@@ -70,8 +75,7 @@ def test_training_goes_on_through_an_outage_and_logs_every_epoch_once(
         "depth": "1",
         "max_epochs": "100000",
         "patience": "100000",
-        # Training ends half-way through the outage, then waits to deliver what it kept.
-        "max_time": "00:00:00:30",
+        "max_time": max_time,
         "batch_size": "8",
         "num_workers": "0",
         "promote": "false",
@@ -80,15 +84,25 @@ def test_training_goes_on_through_an_outage_and_logs_every_epoch_once(
         "processed_dir": str(folder / "processed"),
         "checkpoint_dir": str(checkpoints),
         "onnx": "false",
+        **extra,
     }
-    log = tmp_path / "main.log"
-    main = subprocess.Popen(
-        [sys.executable, *shlex.split(step_command("main", params))[1:]],
+    log = tmp_path / f"{entry_point}.log"
+    process = subprocess.Popen(
+        [sys.executable, *shlex.split(step_command(entry_point, params))[1:]],
         cwd=project_dir(),
         env={**client_environment(folder, server), **SHORT_RETRIES},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
+    return process, log, checkpoints
+
+
+def test_training_goes_on_through_an_outage_and_logs_every_epoch_once(
+    tmp_path: Path, database: Database, s3
+) -> None:
+    server = start_server(tmp_path, database, s3)
+    # Training ends half-way through the outage, then waits to deliver what it kept.
+    main, log, checkpoints = start_command(tmp_path, server, "main", max_time="00:00:00:30")
     try:
         wait_for(lambda: last_epoch(checkpoints) >= 1, 300, "a checkpoint", main, log)
         stop_server(server)
@@ -114,12 +128,25 @@ def check_every_epoch_arrived_once(
     assert re.search(r"the tracking store is back after \d+ s", output)
 
     client = MlflowClient(tracking_uri=server.url)
-    experiment = client.get_experiment_by_name("unet-person")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = runs_of(client)
     assert {run.info.status for run in runs} == {"FINISHED"}  # no ghost left RUNNING
     (train,) = [r for r in runs if r.data.tags["mlflow.project.entryPoint"] == "train"]
-    epochs = len(re.findall(r"unet_person epoch \d+/", output))  # one line per epoch trained
+    epochs = check_epochs_logged_once(client, train, output)
     assert epochs > epoch_when_back
+    evaluate = [r for r in runs if r.data.tags["mlflow.project.entryPoint"] == "evaluate"]
+    assert "test_dice" in evaluate[0].data.metrics
+
+
+def runs_of(client: MlflowClient) -> list[Run]:
+    experiment = client.get_experiment_by_name("unet-person")
+    return client.search_runs([experiment.experiment_id])
+
+
+def check_epochs_logged_once(client: MlflowClient, train: Run, output: str) -> int:
+    """The epochs `train` trained, each of whose metrics arrived once and in order."""
+    trial = train.data.tags.get(TRIAL_TAG, "").partition("#")[2]
+    label = f"trial {trial}: " if trial else ""  # a tune trial's epoch lines carry its number
+    epochs = len(re.findall(rf"unet_person {label}epoch \d+/", output))  # a line per epoch
     for key in ("val_dice", "train_loss_epoch", "train_dice", "epoch_time_s"):
         history = client.get_metric_history(train.info.run_id, key)
         steps = [metric.step for metric in history]
@@ -127,5 +154,61 @@ def check_every_epoch_arrived_once(
         assert steps == sorted(set(steps)), key
         delivered = [metric.timestamp for metric in sorted(history, key=lambda m: m.step)]
         assert delivered == sorted(delivered), key  # recorded in training order
-    evaluate = [r for r in runs if r.data.tags["mlflow.project.entryPoint"] == "evaluate"]
-    assert "test_dice" in evaluate[0].data.metrics
+    return epochs
+
+
+def steps_started(parent: int, entry_point: str) -> int:
+    """Step processes of `entry_point` that process `parent` started (and that still run)."""
+    started = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            args = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):  # a process that ended meanwhile
+            continue
+        started += ppid == parent and entry_point.encode() in args
+    return started
+
+
+def test_tune_trials_caught_starting_by_an_outage_go_on_when_it_is_back(
+    tmp_path: Path, database: Database, s3
+) -> None:
+    """Two trials start together and the server goes away while they import: both steps give
+    up after the client's retries, and each runs again into its own run once it is back."""
+    server = start_server(tmp_path, database, s3)
+    tune, log, _ = start_command(
+        tmp_path,
+        server,
+        "tune",
+        max_time="00:00:00:10",
+        n_trials="2",
+        workers="2",
+        search_space="lr",
+        pruner="none",
+        output_dir=str(tmp_path / "client" / "tune"),
+    )
+    try:
+        wait_for(lambda: steps_started(tune.pid, "train") == 2, 300, "two trials", tune, log)
+        stop_server(server)
+        time.sleep(OUTAGE_SECONDS / 2)  # the steps' imports and retries take less
+        assert tune.poll() is None, log.read_text()[-4000:]
+        server = serve(server.env, server.log)
+        tune.wait(timeout=600)
+        output = log.read_text()
+        assert tune.returncode == 0, output[-4000:]
+        assert "stopped by the tracking outage; it goes on" in output
+        client = MlflowClient(tracking_uri=server.url)
+        runs = runs_of(client)
+        assert {run.info.status for run in runs} == {"FINISHED"}
+        trains = [r for r in runs if r.data.tags["mlflow.project.entryPoint"] == "train"]
+        named = [(r.info.run_id, r.info.run_name, r.data.tags.get(TRIAL_TAG)) for r in trains]
+        assert sorted(r.info.run_name for r in trains) == ["trial 0", "trial 1"], named
+        for train in trains:
+            assert check_epochs_logged_once(client, train, output) > 0
+        (search,) = [r for r in runs if r.data.tags["mlflow.project.entryPoint"] == "tune"]
+        assert search.data.metrics["trials_complete"] == 2
+        assert search.data.metrics["trials_fail"] == 0
+    finally:
+        tune.kill()
+        if server.process.poll() is None:
+            stop_server(server)

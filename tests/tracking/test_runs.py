@@ -16,7 +16,7 @@ from mlflow.projects._project_spec import EntryPoint
 from mlflow.tracking import MlflowClient
 
 from pipeline.entrypoints.runner import run_entry_point, step_run
-from pipeline.errors import PipelineError
+from pipeline.errors import TRACKING_AWAY_EXIT, PipelineError
 from pipeline.params import (
     DownloadParams,
     EvaluateParams,
@@ -160,7 +160,7 @@ def test_unreachable_tracking_server_fails_fast_before_any_work(tmp_path: Path) 
         text=True,
         timeout=120,
     )
-    assert result.returncode == 2
+    assert result.returncode == TRACKING_AWAY_EXIT  # come back later, not a bad input
     assert f"cannot reach the MLflow tracking server at {url}" in result.stderr
     assert "MLFLOW_TRACKING_URI" in result.stderr
     assert not (tmp_path / "raw").exists()

@@ -24,6 +24,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.entrypoints.runner import run_entry_point
+from pipeline.errors import TRACKING_AWAY_EXIT
 from pipeline.params import DownloadParams
 from pipeline.tracking.runs import DEFAULT_EXPERIMENT, masked, tracking_uri
 from tests.conftest import free_port
@@ -190,7 +191,7 @@ def test_a_server_that_is_not_mlflow_is_refused(api_answer: int, monkeypatch, ca
 def test_a_server_password_in_the_uri_is_never_shown(monkeypatch, capsys) -> None:
     password = f"Leak{uuid.uuid4().hex}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:{password}@127.0.0.1:{free_port()}")
-    assert run_entry_point("download", DownloadParams, must_not_run, []) == 2
+    assert run_entry_point("download", DownloadParams, must_not_run, []) == TRACKING_AWAY_EXIT
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "cannot reach the MLflow tracking server at http://alice:***@127.0.0.1:" in line
     assert password not in line
