@@ -163,12 +163,9 @@ def run_entry_point(
     except EndedEarly as ended:
         print(f"{entry_point}: {ended}", file=sys.stderr)
         return ENDED_EARLY_EXIT
-    except TrackingAway as error:
-        print(f"{entry_point}: error: {error}", file=sys.stderr)
-        return TRACKING_AWAY_EXIT
     except PipelineError as error:
         print(f"{entry_point}: error: {error}", file=sys.stderr)
-        return 2
+        return TRACKING_AWAY_EXIT if isinstance(error, TrackingAway) else 2
     except MlflowException as error:
         if is_lasting_refusal(error):
             raise

@@ -109,9 +109,9 @@ class Workflow:
             exit_code = run_step(request.entry_point, as_text(request.params), step_environment)
             # A training caught outside its journal by an outage (starting while the server
             # went away, say) goes on once it is back: the same run, from its checkpoint.
-            for _ in range(TRACKING_AWAY_RETRIES):
-                if exit_code != TRACKING_AWAY_EXIT or request.entry_point != "train":
-                    break
+            retries = TRACKING_AWAY_RETRIES if request.entry_point == "train" else 0
+            while exit_code == TRACKING_AWAY_EXIT and retries:
+                retries -= 1
                 log.warning("train: run %s stopped by the tracking outage; it goes on", run_id)
                 wait_for_server(f"step train again into run {run_id}")
                 exit_code = run_step("train", as_text(request.params), step_environment)

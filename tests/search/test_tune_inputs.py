@@ -157,27 +157,38 @@ def test_the_readme_shows_every_declared_range_as_declared() -> None:
         assert f"| `{name}` | {search.describe()} | {search.why} |" in readme, name
 
 
-def test_a_trial_that_crashes_is_failed_with_its_reason_and_the_search_goes_on(
-    tmp_path: Path,
-) -> None:
-    """Out of memory at a large width, say: the trial ends FAIL with the step's message and the
-    search still fills n_trials with finished ones."""
-    from pipeline.orchestration.tuning import FAILURE_ATTR, Search, TrialFailed
+def search_of(tmp_path: Path, objective) -> tuple[optuna.Study, object]:
+    """A journal study of 3 trials and the Search of one command over it, whose trials are
+    `objective`'s outcomes instead of train steps."""
+    from pipeline.orchestration.tuning import Search
 
-    url = f"journal:{tmp_path / 'journal.log'}"
-    storage = open_storage(url)
-    study = optuna.create_study(study_name="crash", storage=storage, direction="maximize")
+    storage = open_storage(f"journal:{tmp_path / 'journal.log'}")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
 
     class Objective:
         params = parse(TuneParams, ["--n_trials", "3"])
         worker_lock = tmp_path / "worker.lock"
 
         def __call__(self, trial: optuna.Trial) -> float:
-            if trial.number == 1:
-                raise TrialFailed("step train failed: CUDA out of memory at base_channels 64")
-            return 0.5 + trial.number / 10
+            return objective(trial)
 
-    Search(study, storage, Objective()).loop(deadline=None)
+    return study, Search(study, storage, Objective())
+
+
+def test_a_trial_that_crashes_is_failed_with_its_reason_and_the_search_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Out of memory at a large width, say: the trial ends FAIL with the step's message and the
+    search still fills n_trials with finished ones."""
+    from pipeline.orchestration.tuning import FAILURE_ATTR, TrialFailed
+
+    def objective(trial: optuna.Trial) -> float:
+        if trial.number == 1:
+            raise TrialFailed("step train failed: CUDA out of memory at base_channels 64")
+        return 0.5 + trial.number / 10
+
+    study, search = search_of(tmp_path, objective)
+    search.loop(deadline=None)
     states = [trial.state for trial in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3
     (failed,) = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
@@ -206,22 +217,16 @@ def test_the_progress_bar_counts_every_workers_trials_and_names_the_best() -> No
 def test_trials_that_all_fail_stop_the_search_instead_of_looping(tmp_path: Path) -> None:
     """A cause the trials share (a broken install, a full disk): failed trials never fill
     n_trials, so the search stops after FAILURES_IN_A_ROW of them, with the last reason."""
-    from pipeline.orchestration.tuning import FAILURES_IN_A_ROW, Search, TrialFailed
+    from pipeline.orchestration.tuning import FAILURES_IN_A_ROW, TrialFailed
 
-    storage = open_storage(f"journal:{tmp_path / 'journal.log'}")
-    study = optuna.create_study(study_name="broken", storage=storage, direction="maximize")
+    def objective(trial: optuna.Trial) -> float:
+        if trial.number == 0:
+            return 0.5  # a success before does not count: the failures are in a row
+        raise TrialFailed(f"step train failed: no space left on device (trial {trial.number})")
 
-    class Objective:
-        params = parse(TuneParams, ["--n_trials", "3"])
-        worker_lock = tmp_path / "worker.lock"
-
-        def __call__(self, trial: optuna.Trial) -> float:
-            if trial.number == 0:
-                return 0.5  # a success before does not count: the failures are in a row
-            raise TrialFailed(f"step train failed: no space left on device (trial {trial.number})")
-
+    study, search = search_of(tmp_path, objective)
     with pytest.raises(PipelineError, match=rf"the last {FAILURES_IN_A_ROW} trials failed") as e:
-        Search(study, storage, Objective()).loop(deadline=None)
+        search.loop(deadline=None)
     assert f"no space left on device (trial {FAILURES_IN_A_ROW})" in str(e.value)
     states = [trial.state for trial in study.trials]
     assert states.count(optuna.trial.TrialState.FAIL) == FAILURES_IN_A_ROW
