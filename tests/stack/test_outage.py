@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,10 @@ from pipeline.tracking.tags import TRIAL_TAG
 from tests.e2e.test_resume import checkpoint_epoch
 from tests.stack.stack import (
     Database,
+    Role,
     Server,
     client_environment,
+    fresh_database,
     serve,
     start_server,
     stop_server,
@@ -42,6 +45,12 @@ SHORT_RETRIES = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
+
+
+@pytest.fixture
+def database(role: Role) -> Iterator[Database]:
+    """A database per test: each test counts every run its store holds."""
+    yield from fresh_database(role)
 
 
 def last_epoch(folder: Path) -> int:
