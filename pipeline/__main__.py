@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import ast
 import importlib
 import sys
-from pathlib import Path
 
+from pipeline.entrypoints import command_modules
 from pipeline.processes import die_with_parent
-
-ENTRY_POINTS = (
-    "download",
-    "preprocess",
-    "train",
-    "evaluate",
-    "promote",
-    "predict",
-    "export",
-    "main",
-    "ablate",
-    "tune",
-    "demo",
-)
-# Commands that only read what the pipeline recorded: no MLflow run, not in the MLproject.
-READING_COMMANDS = ("history",)
-ENTRY_POINT_FOLDER = Path(__file__).parent / "entrypoints"
-
-
-def summary(entry_point: str) -> str:
-    """The first line of the entry point's docstring, read without importing torch and MLflow."""
-    source = (ENTRY_POINT_FOLDER / f"{entry_point}.py").read_text()
-    docstring = ast.get_docstring(ast.parse(source)) or ""
-    return docstring.splitlines()[0].split(": ", 1)[-1] if docstring else ""
 
 
 def usage() -> str:
-    width = max(map(len, ENTRY_POINTS + READING_COMMANDS))
-    steps = [f"  {name:<{width}}  {summary(name)}" for name in ENTRY_POINTS]
-    reading = [f"  {name:<{width}}  {summary(name)}" for name in READING_COMMANDS]
+    modules = command_modules()
+    width = max(len(module.name) for module in modules)
+    steps = [f"  {m.name:<{width}}  {m.summary}" for m in modules if m.in_mlproject]
+    others = [f"  {m.name:<{width}}  {m.summary}" for m in modules if not m.in_mlproject]
     return "\n".join(
         [
             "usage: python -m pipeline <entry point> [--param value ...]",
@@ -47,8 +23,8 @@ def usage() -> str:
             "entry points:",
             *steps,
             "",
-            "reading what was recorded:",
-            *reading,
+            "other commands (no run, not in the MLproject):",
+            *others,
             "",
             "`python -m pipeline <entry point> --help` lists its parameters and their defaults.",
         ]
@@ -60,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(usage())
         return 0
-    if not argv or argv[0] not in ENTRY_POINTS + READING_COMMANDS:
+    if not argv or argv[0] not in {module.name for module in command_modules()}:
         unknown = f"unknown entry point {argv[0]!r}\n\n" if argv else ""
         print(unknown + usage(), file=sys.stderr)
         return 2

@@ -4,9 +4,9 @@ and checked there, so a bad value stops before any MLflow run exists.
 The parameters of the entry points that train (train, main, ablate) are in
 pipeline/training_params.py, derived from the configs that declare them; the others are declared
 here or, for promote, with its request (pipeline/registry/request.py). This module loads no
-PyTorch, so the steps that need none start in a moment. The MLproject declares the same names
-and defaults (a test keeps the two in step); these classes add the types, so values compare as
-numbers, not as the strings MLflow stores.
+PyTorch, so the steps that need none start in a moment. The MLproject is written from these
+classes (`python -m pipeline mlproject`); they add the types, so values compare as numbers, not
+as the strings MLflow stores.
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ class PredictParams:
 @dataclass(frozen=True)
 class ExportParams:
     """Write a logged model's network as one ONNX file (uint8 photos in, logits out; free batch
-    size, height and width), check it against PyTorch in ONNX Runtime, and log both."""
+    size, height and width), check it against PyTorch in ONNX Runtime, and log both. In the
+    trainer image output_path is inside the container: take the file from the run's artifacts."""
 
     model_uri: str = same_as(PredictParams, "model_uri")
     output_path: str = field(
@@ -161,7 +162,8 @@ class ExportParams:
 class DemoParams:
     """A page in the browser to try a model on your own photos: each photo beside its mask and
     overlay, with the person's share, the time taken, a threshold slider and the mask to
-    download. It serves until stopped (Ctrl-C) and logs no run."""
+    download. It serves until stopped (Ctrl-C) and logs no run. In the trainer image 127.0.0.1
+    is the container's own: `-A network=host`, or the compose service `demo`."""
 
     model_uri: str = same_as(PredictParams, "model_uri")
     host: str = field(
@@ -231,7 +233,7 @@ def parse(params_class: type, argv: list[str] | None = None, prog: str | None = 
     )
     for spec in dataclasses.fields(params_class):
         required = spec.default is dataclasses.MISSING
-        default = None if required else _text(spec.default)
+        default = None if required else text_of(spec.default)
         if required:
             shown = "required"
         elif spec.default is None:
@@ -274,10 +276,10 @@ def as_text(params: Any) -> dict[str, str]:
     """Parameters (a params object or a mapping) as the strings MLflow logs, with booleans in
     the MLproject's spelling."""
     values = params if isinstance(params, Mapping) else dataclasses.asdict(params)
-    return {name: _text(value) for name, value in values.items()}
+    return {name: text_of(value) for name, value in values.items()}
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
     if value is None:
         return ""
     return str(value).lower() if isinstance(value, bool) else str(value)

@@ -114,7 +114,9 @@ RuntimeParams = dataclasses.make_dataclass(
 
 @dataclass(frozen=True)
 class TrainParams(RuntimeParams, TrainingParams):
-    """Fit the U-Net on the preprocessed cache and log the best model into the run."""
+    """Fit the U-Net on the preprocessed cache and log the best model into the run. With
+    several devices or num_nodes > 1 it runs one process per device (DDP): batch_size is per
+    device, and only the first process logs into the run (README, "Several GPUs")."""
 
     data_dir: str = field(
         default="data/processed", metadata=about("preprocess output folder or its artifact URI")

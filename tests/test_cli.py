@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import subprocess
 import sys
 
 import pytest
 
-from pipeline import params, training_params
-from pipeline.__main__ import ENTRY_POINTS, main
+from pipeline.__main__ import main
+from pipeline.entrypoints import command_modules
 from pipeline.orchestration.project import project_dir
+
+COMMANDS = [module.name for module in command_modules()]
 
 
 def test_help_lists_every_entry_point_with_a_line_and_exits_0() -> None:
@@ -21,7 +24,7 @@ def test_help_lists_every_entry_point_with_a_line_and_exits_0() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    for entry_point in ENTRY_POINTS:
+    for entry_point in COMMANDS:
         (line,) = [line for line in lines if line.split()[:1] == [entry_point]]
         assert len(line.split()) > 3, line  # a description, not just the name
 
@@ -33,7 +36,7 @@ def test_an_unknown_entry_point_is_named_and_refused(capsys) -> None:
     assert "train" in error
 
 
-@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+@pytest.mark.parametrize("entry_point", COMMANDS)
 def test_entry_point_help_describes_it_and_every_parameter(entry_point: str, capsys) -> None:
     with pytest.raises(SystemExit) as stopped:
         main([entry_point, "--help"])
@@ -43,8 +46,7 @@ def test_entry_point_help_describes_it_and_every_parameter(entry_point: str, cap
     description = text.split("\n\n")[1]
     assert "Params(" not in description and len(description.split()) >= 8, description
     options = " ".join(text.split("options:")[1].split())  # argparse wraps help lines
-    name = f"{entry_point.capitalize()}Params"
-    params_class = getattr(params, name, None) or getattr(training_params, name)
+    params_class = importlib.import_module(f"pipeline.entrypoints.{entry_point}").PARAMS
     for spec in dataclasses.fields(params_class):
         assert f"--{spec.name} {spec.name.upper()} " in options, spec.name
         after = options.split(f"--{spec.name} {spec.name.upper()} ")[1].split(" --")[0]

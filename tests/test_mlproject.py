@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 import shlex
 import typing
@@ -10,38 +11,14 @@ import typing
 import pytest
 from mlflow.projects import _project_spec
 
-from pipeline.__main__ import ENTRY_POINTS
-from pipeline.orchestration.project import project_dir, step_command
-from pipeline.params import (
-    DemoParams,
-    DownloadParams,
-    EvaluateParams,
-    ExportParams,
-    PredictParams,
-    PreprocessParams,
-    PromoteParams,
-    convert,
-)
-from pipeline.training_params import (
-    AblateParams,
-    MainParams,
-    RuntimeParams,
-    TrainParams,
-    TuneParams,
-)
+from pipeline.entrypoints import command_modules, entry_points, mlproject
+from pipeline.errors import PipelineError
+from pipeline.orchestration.project import MLPROJECT, project_dir, step_command
+from pipeline.params import convert
+from pipeline.training_params import AblateParams, MainParams, RuntimeParams, TrainParams
 
 PARAMS = {
-    "download": DownloadParams,
-    "preprocess": PreprocessParams,
-    "train": TrainParams,
-    "evaluate": EvaluateParams,
-    "promote": PromoteParams,
-    "predict": PredictParams,
-    "export": ExportParams,
-    "main": MainParams,
-    "ablate": AblateParams,
-    "tune": TuneParams,
-    "demo": DemoParams,
+    name: importlib.import_module(f"pipeline.entrypoints.{name}").PARAMS for name in entry_points()
 }
 MLPROJECT_TYPES = {str: "string", int: "int", float: "float", bool: "string"}
 
@@ -52,7 +29,47 @@ def project():
 
 
 def test_every_entry_point_has_a_params_class(project) -> None:
-    assert set(project._entry_points) == set(PARAMS) == set(ENTRY_POINTS)
+    assert set(project._entry_points) == set(PARAMS)
+    assert {"main", "train", "tune", "promote"} <= set(PARAMS)
+    assert all(dataclasses.is_dataclass(params_class) for params_class in PARAMS.values())
+
+
+def test_the_committed_mlproject_is_what_the_declarations_give() -> None:
+    """A setting, parameter or entry point added in the code reaches the MLproject only by
+    `python -m pipeline mlproject`: forgetting to run it fails here."""
+    assert (project_dir() / MLPROJECT).read_text() == mlproject.mlproject_text()
+    assert mlproject.main(["--check", "true"]) == 0
+
+
+def test_mlproject_check_names_a_stale_file_and_what_to_run(tmp_path, monkeypatch, capsys) -> None:
+    stale = mlproject.mlproject_text().replace("--seed {seed}", "", 1)
+    (tmp_path / MLPROJECT).write_text(stale)
+    monkeypatch.setattr(mlproject, "project_dir", lambda: tmp_path)
+    assert mlproject.main(["--check", "true"]) == 1
+    assert "run `python -m pipeline mlproject`" in capsys.readouterr().err
+    assert mlproject.main([]) == 0
+    assert (tmp_path / MLPROJECT).read_text() == mlproject.mlproject_text()
+
+
+def test_every_module_of_the_folder_is_a_command_named_as_its_file() -> None:
+    modules = {module.name: module for module in command_modules()}
+    files = {path.stem for path in (project_dir() / "pipeline" / "entrypoints").glob("*.py")}
+    assert set(modules) == files - {"__init__", "runner"}
+    assert not modules["history"].in_mlproject and not modules["mlproject"].in_mlproject
+    for name in modules:
+        assert callable(importlib.import_module(f"pipeline.entrypoints.{name}").main), name
+
+
+@pytest.mark.parametrize("entry_point", sorted(PARAMS))
+def test_step_commands_are_the_ones_mlflow_computes(project, entry_point: str, tmp_path) -> None:
+    """step_command fills the MLproject's template itself; MLflow's loader must agree, with
+    values that need quoting, and with every default."""
+    fields = dataclasses.fields(PARAMS[entry_point])
+    given = {spec.name: f"it's {spec.name} 1e-5" for spec in fields}
+    required = {spec.name: "x y" for spec in fields if spec.default is dataclasses.MISSING}
+    for params in (given, required):
+        expected = project.get_entry_point(entry_point).compute_command(params, str(tmp_path))
+        assert step_command(entry_point, params) == expected
 
 
 @pytest.mark.parametrize("entry_point", sorted(PARAMS))
@@ -86,11 +103,11 @@ def test_computed_command_quotes_values() -> None:
     assert shlex.split(command)[4:6] == ["--source", "my data/folder with spaces"]
 
 
-def test_computed_command_refuses_a_missing_required_parameter() -> None:
-    from mlflow.exceptions import ExecutionException
-
-    with pytest.raises(ExecutionException, match="model_uri"):
+def test_computed_command_refuses_a_missing_or_unknown_parameter() -> None:
+    with pytest.raises(PipelineError, match="evaluate needs parameter model_uri"):
         step_command("evaluate", {})
+    with pytest.raises(PipelineError, match="evaluate has no parameter modle_uri"):
+        step_command("evaluate", {"model_uri": "runs:/x/model", "modle_uri": "y"})
 
 
 def test_project_runs_in_the_trainer_image(project) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 from pipeline.console import log
 from pipeline.entrypoints.runner import run_entry_point
 from pipeline.orchestration.ablation import run_study
 from pipeline.study.summary import markdown_table
 from pipeline.training_params import AblateParams
+
+PARAMS = AblateParams
 
 
 def run(params: AblateParams) -> None:
@@ -17,8 +17,4 @@ def run(params: AblateParams) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("ablate", AblateParams, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_entry_point(__name__, PARAMS, run, argv)

@@ -17,6 +17,8 @@ from pipeline.serving.segmenter import max_pixels_setting
 from pipeline.tracking.models import load_predictor, segmenter_of
 from pipeline.tracking.runs import configure_tracking
 
+PARAMS = DemoParams
+
 
 def check(params: DemoParams) -> None:
     try:
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     quiet_libraries()
     try:
-        params = parse(DemoParams, argv, prog="python -m pipeline demo")
+        params = parse(PARAMS, argv, prog="python -m pipeline demo")
         check(params)
         serve(params)
     except PipelineError as error:
@@ -58,7 +60,3 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,6 +14,8 @@ from pipeline.entrypoints.runner import run_entry_point
 from pipeline.params import DownloadParams
 from pipeline.tracking.artifacts import cache_root
 from pipeline.tracking.tags import OUTPUT_DIGEST_TAG, OUTPUT_PATH_TAG, SOURCE_KIND_TAG
+
+PARAMS = DownloadParams
 
 
 def run(params: DownloadParams) -> None:
@@ -51,8 +52,4 @@ def run(params: DownloadParams) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("download", DownloadParams, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_entry_point(__name__, PARAMS, run, argv)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from pipeline.params import EvaluateParams
 from pipeline.tracking.artifacts import local_input
 from pipeline.tracking.models import load_predictor, segmenter_of
 from pipeline.tracking.tags import EVALUATED_MODEL_ID_TAG, EVALUATED_MODEL_TAG, INPUT_DIGEST_TAG
+
+PARAMS = EvaluateParams
 
 
 def run(params: EvaluateParams) -> None:
@@ -58,8 +59,4 @@ def run(params: EvaluateParams) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("evaluate", EvaluateParams, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_entry_point(__name__, PARAMS, run, argv)

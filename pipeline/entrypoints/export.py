@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import mlflow
@@ -10,7 +9,6 @@ import mlflow
 from pipeline.console import log
 from pipeline.entrypoints.runner import run_entry_point
 from pipeline.errors import PipelineError
-from pipeline.export import check_opset
 from pipeline.export.onnx_export import export_onnx, spatial_multiple
 from pipeline.params import ExportParams
 from pipeline.serving.parity import ATOL, RTOL, check_photos, onnx_parity
@@ -18,6 +16,8 @@ from pipeline.tracking.models import load_predictor, segmenter_of
 from pipeline.tracking.tags import EXPORTED_MODEL_TAG
 
 CHECK_PHOTOS = 4
+
+PARAMS = ExportParams
 
 
 def run(params: ExportParams) -> None:
@@ -62,13 +62,4 @@ def run(params: ExportParams) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("export", ExportParams, run, argv, check)
-
-
-def check(params: ExportParams) -> None:
-    """Before any run opens: a bad opset would fail only after the model is loaded."""
-    check_opset(params.opset)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_entry_point(__name__, PARAMS, run, argv)

@@ -10,11 +10,13 @@ from pipeline.errors import PipelineError, first_line
 from pipeline.params import HistoryParams, parse
 from pipeline.registry.history import history_table
 
+PARAMS = HistoryParams
+
 
 def main(argv: list[str] | None = None) -> int:
     """Print the table; no run is opened, since reading the record changes nothing."""
     try:
-        params = parse(HistoryParams, argv, prog="python -m pipeline history")
+        params = parse(PARAMS, argv, prog="python -m pipeline history")
         print(history_table(params.model_name, params.alias))
     except PipelineError as error:
         print(f"history: error: {error}", file=sys.stderr)
@@ -24,7 +26,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"history: error: the tracking store failed ({failure})", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import mlflow
 
 from pipeline.entrypoints.runner import run_entry_point
 from pipeline.orchestration.summary import pipeline_summary
 from pipeline.orchestration.workflow import run_pipeline
 from pipeline.training_params import MainParams
+
+PARAMS = MainParams
 
 
 def run(params: MainParams) -> None:
@@ -18,8 +18,4 @@ def run(params: MainParams) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("main", MainParams, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_entry_point(__name__, PARAMS, run, argv)

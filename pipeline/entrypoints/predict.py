@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import mlflow
@@ -15,6 +14,8 @@ from pipeline.prediction.photos import PREDICTED, SKIPPED, TABLE, predict_folder
 from pipeline.serving.segmenter import max_pixels_setting
 from pipeline.tracking.models import load_predictor, segmenter_of
 from pipeline.tracking.tags import PREDICTED_WITH_TAG
+
+PARAMS = PredictParams
 
 
 def run(params: PredictParams) -> None:
@@ -48,8 +49,4 @@ def run(params: PredictParams) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("predict", PredictParams, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_entry_point(__name__, PARAMS, run, argv)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from pipeline.entrypoints.runner import run_entry_point
 from pipeline.params import PreprocessParams
 from pipeline.tracking.artifacts import local_input
 from pipeline.tracking.tags import INPUT_DIGEST_TAG, OUTPUT_DIGEST_TAG, OUTPUT_PATH_TAG
+
+PARAMS = PreprocessParams
 
 
 def run(params: PreprocessParams) -> None:
@@ -65,8 +66,4 @@ def run(params: PreprocessParams) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("preprocess", PreprocessParams, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_entry_point(__name__, PARAMS, run, argv)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import mlflow
 
 from pipeline.console import log
 from pipeline.entrypoints.runner import run_entry_point
 from pipeline.params import PromoteParams
 from pipeline.registry.promote import promote
+
+PARAMS = PromoteParams
 
 
 def run(params: PromoteParams) -> None:
@@ -25,8 +25,4 @@ def run(params: PromoteParams) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("promote", PromoteParams, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_entry_point(__name__, PARAMS, run, argv)

@@ -122,14 +122,14 @@ def step_run(entry_point: str, params) -> Iterator[mlflow.ActiveRun]:
 
 
 def run_entry_point(
-    entry_point: str,
+    module: str,
     params_class: type,
     body: Callable,
     argv: list[str] | None = None,
     other_ranks: Callable | None = None,
     before_run: Callable | None = None,
 ) -> int:
-    """Parse the params, open the run, do the step.
+    """Parse the params, open the run, do the step: entry point `module`'s (its `__name__`).
 
     Every parameter is checked while parsing (the params classes' own checks), so a bad value
     stops before any run opens and a typo leaves no failed run behind. A
@@ -141,6 +141,7 @@ def run_entry_point(
     step in its run; the others do `other_ranks` instead and open, end and log nothing (a step
     without `other_ranks` does not run distributed).
     """
+    entry_point = module.rpartition(".")[2]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     quiet_libraries()
     # The MLflow client's retries each log a warning; an outage is reported once, by us.

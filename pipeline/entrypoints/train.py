@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import mlflow
@@ -19,6 +18,8 @@ from pipeline.training.fit import checkpoint_root, fit
 from pipeline.training.ranks import run_id_of_launch, sharing_run
 from pipeline.training.recipes import Recipe
 from pipeline.training_params import TrainParams
+
+PARAMS = TrainParams
 
 
 def run(params: TrainParams) -> None:
@@ -50,8 +51,4 @@ def fit_with(params: TrainParams, recipe: Recipe, cache: Path, run_id: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry_point("train", TrainParams, run, argv, run_other_rank)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_entry_point(__name__, PARAMS, run, argv, run_other_rank)

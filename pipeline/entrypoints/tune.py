@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import mlflow
 
 from pipeline.entrypoints.runner import run_entry_point
@@ -11,6 +9,8 @@ from pipeline.orchestration.summary import where_to_look
 from pipeline.orchestration.tuning import TuneOutcome, open_tune_study, run_tune
 from pipeline.tracking.tags import DECISION_TAG, MODEL_VERSION_TAG, REASON_TAG
 from pipeline.training_params import TuneParams
+
+PARAMS = TuneParams
 
 
 def summary(outcome: TuneOutcome, params: TuneParams, run: mlflow.ActiveRun) -> str:
@@ -42,8 +42,4 @@ def run(params: TuneParams) -> None:
 def main(argv: list[str] | None = None) -> int:
     # The study is opened before the run: a storage that is down, or a study of another
     # direction or space, leaves no run behind.
-    return run_entry_point("tune", TuneParams, run, argv, before_run=open_tune_study)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_entry_point(__name__, PARAMS, run, argv, before_run=open_tune_study)

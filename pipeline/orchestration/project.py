@@ -12,24 +12,25 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from mlflow.projects import _project_spec
+import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.processes import PARENT_PID_VARIABLE
 from pipeline.tracking.code_version import PACKAGE_ROOT
 
+MLPROJECT = "MLproject"
+
 
 def project_dir() -> Path:
     """The folder with the MLproject: beside the package, else the working folder."""
     for candidate in (PACKAGE_ROOT.parent, Path.cwd()):
-        if (candidate / "MLproject").is_file():
+        if (candidate / MLPROJECT).is_file():
             return candidate
     raise PipelineError(
         f"no MLproject beside {PACKAGE_ROOT} or in {Path.cwd()}: run from the project folder"
@@ -37,10 +38,21 @@ def project_dir() -> Path:
 
 
 def step_command(entry_point: str, params: dict[str, str]) -> str:
-    """The shell command `mlflow run -e <entry_point>` would run with these parameters."""
-    project = _project_spec.load_project(str(project_dir()))
-    with tempfile.TemporaryDirectory() as storage:
-        return project.get_entry_point(entry_point).compute_command(params, storage)
+    """The shell command `mlflow run -e <entry_point>` runs with these parameters: the
+    MLproject's template with each value quoted for the shell, a parameter not given its
+    default (as MLflow computes it; tests/test_mlproject.py holds the two to each other)."""
+    spec = yaml.safe_load((project_dir() / MLPROJECT).read_text())["entry_points"][entry_point]
+    declared = spec["parameters"]
+    unknown = sorted(params.keys() - declared.keys())
+    if unknown:
+        raise PipelineError(f"entry point {entry_point} has no parameter {', '.join(unknown)}")
+    values = {}
+    for name, declaration in declared.items():
+        value = params.get(name, declaration.get("default"))
+        if value is None:
+            raise PipelineError(f"entry point {entry_point} needs parameter {name}")
+        values[name] = shlex.quote(str(value))
+    return spec["command"].format(**values)
 
 
 class StepInterrupted(PipelineError):

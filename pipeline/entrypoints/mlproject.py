@@ -1,0 +1,164 @@
+"""Command `mlproject`: write the MLproject from the entry points' parameter classes.
+
+Each entry point's parameters, types, defaults and command are its `PARAMS` class's fields, so a
+setting declared in a config (pipeline/settings.py) reaches train, main, ablate and tune, their
+parameters and their commands, by itself. The file stays committed and readable at the top
+level, where `mlflow run` reads it; a test fails when it is not what this writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import json
+import sys
+import textwrap
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from pipeline.entrypoints import entry_points
+from pipeline.errors import PipelineError
+from pipeline.orchestration.project import MLPROJECT, project_dir
+from pipeline.params import parse, text_of
+from pipeline.settings import about
+
+WIDTH = 100
+# What `mlflow run` runs every entry point in; written as it is, above the entry points.
+DOCKER_ENV = """\
+# Every entry point runs in the trainer image (docker/Dockerfile; `docker compose build trainer`
+# builds this tag). Without Docker, the same commands run as
+# `python -m pipeline <entry point> --<param> <value>` (see README).
+#
+# MLflow joins the `docker run` arguments into one bash command line (run in this folder), so
+# ${...} below is expanded by that shell on the host.
+# MLflow itself passes MLFLOW_TRACKING_URI, MLFLOW_RUN_ID and MLFLOW_EXPERIMENT_ID (the
+# experiment `mlflow run` chose, from --experiment-name or the host's MLFLOW_EXPERIMENT_NAME).
+# MLFLOW_EXPERIMENT_NAME is left out on purpose: MLflow stops a run whose name and ID disagree,
+# and an empty name fails as "Invalid experiment name".
+# No `environment:` with credentials: MLflow puts every entry on that command line as
+# `-e NAME=value`, where `ps` shows it to every user. The tracking server's user and password
+# come from the host user's ~/.mlflow/credentials instead (MLflow clients read that file),
+# mounted read-only into the home of the image's user, `trainer` (docker/Dockerfile).
+# Data and checkpoints are this folder's data/ and checkpoints/. Create the three folders before
+# the first run: a folder docker creates belongs to root. The image keeps its download caches
+# in data/.
+docker_env:
+  image: unet-person-trainer:0.1.0
+  volumes:
+    - '"${PWD}/data":/mlflow/projects/code/data'
+    - '"${PWD}/checkpoints":/mlflow/projects/code/checkpoints'
+    - '"${HOME}/.mlflow":/home/trainer/.mlflow:ro'
+  # Settings, never secrets: passed on, empty (the default) when the host has none.
+  environment:
+    - ["UNET_PERSON_MAX_PIXELS", '"${UNET_PERSON_MAX_PIXELS:-}"']
+"""
+MLPROJECT_TYPES = {str: "string", int: "int", float: "float", bool: "string"}
+
+
+@dataclass(frozen=True)
+class MlprojectParams:
+    """Write the MLproject from the entry points' parameter classes (pipeline/entrypoints/), or
+    with --check true only say whether the committed one is what they give."""
+
+    check: bool = field(
+        default=False, metadata=about("compare only: exit 1 if the MLproject is out of date")
+    )
+
+
+PARAMS = MlprojectParams
+
+
+def mlproject_text() -> str:
+    blocks = [entry_point_block(name) for name in entry_points()]
+    return (
+        "\n".join(
+            [
+                "name: unet-person",
+                "",
+                "# Written by `python -m pipeline mlproject` from the entry points' parameter",
+                "# classes (pipeline/entrypoints/): change those and run it again, not this file.",
+                "#",
+                DOCKER_ENV,
+                "entry_points:",
+                "\n\n".join(blocks),
+            ]
+        )
+        + "\n"
+    )
+
+
+def entry_point_block(name: str) -> str:
+    params_class = importlib.import_module(f"pipeline.entrypoints.{name}").PARAMS
+    hints = typing.get_type_hints(params_class)
+    fields = dataclasses.fields(params_class)
+    about_it = inspect.cleandoc(params_class.__doc__ or "").replace("\n", " ")
+    if any(is_optional(hints[spec.name]) for spec in fields):
+        about_it += " An empty setting takes the recipe's value (pipeline/training/recipes.py)."
+    words = [f"--{spec.name} {{{spec.name}}}" for spec in fields]
+    return "\n".join(
+        [
+            f"  {name}:",
+            *textwrap.wrap(about_it, WIDTH, initial_indent="    # ", subsequent_indent="    # "),
+            "    parameters:",
+            *(f"      {spec.name}: {declaration(spec, hints[spec.name])}" for spec in fields),
+            "    command: >-",
+            *folded([f"python -m pipeline {name}", *words], "      "),
+        ]
+    )
+
+
+def folded(words: list[str], indent: str) -> list[str]:
+    """`words` in lines of at most WIDTH, none split (a `--name {name}` stays whole)."""
+    lines = [indent + words[0]]
+    for word in words[1:]:
+        if len(lines[-1]) + 1 + len(word) > WIDTH:
+            lines.append(indent + word)
+        else:
+            lines[-1] += " " + word
+    return lines
+
+
+def is_optional(kind: typing.Any) -> bool:
+    """`int | None`: a setting whose empty value is "the recipe's"."""
+    return type(None) in typing.get_args(kind)
+
+
+def declaration(spec: dataclasses.Field, kind: typing.Any) -> str:
+    """`{type: ..., default: ...}`; a required parameter has no default."""
+    kind_name = "string" if is_optional(kind) else MLPROJECT_TYPES[kind]
+    if spec.default is dataclasses.MISSING:
+        return f"{{type: {kind_name}}}"
+    return f"{{type: {kind_name}, default: {scalar(text_of(spec.default), kind_name)}}}"
+
+
+def scalar(text: str, kind_name: str) -> str:
+    """`text` as YAML reads it back: a string that YAML would take for something else (true,
+    10, empty, a colon) in double quotes, a number as it is."""
+    if kind_name != "string":
+        return text
+    plain = yaml.safe_load(f"{{value: {text}}}") if text else None
+    return text if plain == {"value": text} else json.dumps(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        params = parse(PARAMS, argv, prog="python -m pipeline mlproject")
+        path = project_dir() / MLPROJECT
+        text = mlproject_text()
+        if params.check:
+            if path.read_text() != text:
+                raise PipelineError(
+                    f"{path} is not what the parameter classes give: run `python -m pipeline "
+                    "mlproject` and commit it"
+                )
+            print(f"{path} is up to date")
+            return 0
+        path.write_text(text)
+        print(f"wrote {path}")
+    except PipelineError as error:
+        print(f"mlproject: error: {error}", file=sys.stderr)
+        return 1
+    return 0
