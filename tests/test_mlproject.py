@@ -34,21 +34,32 @@ def test_every_entry_point_has_a_params_class(project) -> None:
     assert all(dataclasses.is_dataclass(params_class) for params_class in PARAMS.values())
 
 
-def test_the_committed_mlproject_is_what_the_declarations_give() -> None:
-    """A setting, parameter or entry point added in the code reaches the MLproject only by
-    `python -m pipeline mlproject`: forgetting to run it fails here."""
+def test_the_committed_files_are_what_the_declarations_give() -> None:
+    """A setting, parameter or entry point added in the code reaches the MLproject and the
+    parameters page only by `python -m pipeline mlproject`: forgetting to run it fails here."""
     assert (project_dir() / MLPROJECT).read_text() == mlproject.mlproject_text()
+    assert (project_dir() / mlproject.REFERENCE).read_text() == mlproject.reference_text()
     assert mlproject.main(["--check", "true"]) == 0
+
+
+def test_the_parameters_page_holds_every_parameter_with_its_help() -> None:
+    page = mlproject.reference_text()
+    for name, params_class in PARAMS.items():
+        section = page.split(f"## `{name}`")[1].split("\n## ")[0]
+        for spec in dataclasses.fields(params_class):
+            assert f"| `{spec.name}` |" in section and spec.metadata["help"] in section, spec.name
 
 
 def test_mlproject_check_names_a_stale_file_and_what_to_run(tmp_path, monkeypatch, capsys) -> None:
     stale = mlproject.mlproject_text().replace("--seed {seed}", "", 1)
     (tmp_path / MLPROJECT).write_text(stale)
+    (tmp_path / "docs").mkdir()
     monkeypatch.setattr(mlproject, "project_dir", lambda: tmp_path)
     assert mlproject.main(["--check", "true"]) == 1
-    assert "run `python -m pipeline mlproject`" in capsys.readouterr().err
+    assert f"{tmp_path / MLPROJECT} is not what" in capsys.readouterr().err
     assert mlproject.main([]) == 0
     assert (tmp_path / MLPROJECT).read_text() == mlproject.mlproject_text()
+    assert (tmp_path / mlproject.REFERENCE).read_text() == mlproject.reference_text()
 
 
 def test_every_module_of_the_folder_is_a_command_named_as_its_file() -> None:

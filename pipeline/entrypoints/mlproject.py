@@ -1,9 +1,10 @@
-"""Command `mlproject`: write the MLproject from the entry points' parameter classes.
+"""Command `mlproject`: write the MLproject and docs/parameters.md from the parameter classes.
 
 Each entry point's parameters, types, defaults and command are its `PARAMS` class's fields, so a
 setting declared in a config (pipeline/settings.py) reaches train, main, ablate and tune, their
-parameters and their commands, by itself. The file stays committed and readable at the top
-level, where `mlflow run` reads it; a test fails when it is not what this writes.
+parameters, their commands and the reference page, by itself. Both files stay committed and
+readable (the MLproject at the top level, where `mlflow run` reads it); a test fails when either
+is not what this writes.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import sys
 import textwrap
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
-from pipeline.entrypoints import entry_points
+from pipeline.entrypoints import command_modules, entry_points
 from pipeline.errors import PipelineError
 from pipeline.orchestration.project import MLPROJECT, project_dir
 from pipeline.params import parse, text_of
+from pipeline.search.space import searchable
 from pipeline.settings import about
 
 WIDTH = 100
@@ -58,13 +61,17 @@ docker_env:
 MLPROJECT_TYPES = {str: "string", int: "int", float: "float", bool: "string"}
 
 
+REFERENCE = Path("docs") / "parameters.md"
+
+
 @dataclass(frozen=True)
 class MlprojectParams:
-    """Write the MLproject from the entry points' parameter classes (pipeline/entrypoints/), or
-    with --check true only say whether the committed one is what they give."""
+    """Write the MLproject and docs/parameters.md from the entry points' parameter classes
+    (pipeline/entrypoints/), or with --check true only say whether the committed ones are what
+    they give."""
 
     check: bool = field(
-        default=False, metadata=about("compare only: exit 1 if the MLproject is out of date")
+        default=False, metadata=about("compare only: exit 1 if either file is out of date")
     )
 
 
@@ -90,13 +97,24 @@ def mlproject_text() -> str:
     )
 
 
+def params_of(name: str) -> type:
+    return importlib.import_module(f"pipeline.entrypoints.{name}").PARAMS
+
+
+def described(params_class: type) -> str:
+    """The class's docstring as one paragraph, with what an empty setting means."""
+    about_it = inspect.cleandoc(params_class.__doc__ or "").replace("\n", " ")
+    hints = typing.get_type_hints(params_class)
+    if any(is_optional(hints[spec.name]) for spec in dataclasses.fields(params_class)):
+        about_it += " An empty setting takes the recipe's value (pipeline/training/recipes.py)."
+    return about_it
+
+
 def entry_point_block(name: str) -> str:
-    params_class = importlib.import_module(f"pipeline.entrypoints.{name}").PARAMS
+    params_class = params_of(name)
     hints = typing.get_type_hints(params_class)
     fields = dataclasses.fields(params_class)
-    about_it = inspect.cleandoc(params_class.__doc__ or "").replace("\n", " ")
-    if any(is_optional(hints[spec.name]) for spec in fields):
-        about_it += " An empty setting takes the recipe's value (pipeline/training/recipes.py)."
+    about_it = described(params_class)
     words = [f"--{spec.name} {{{spec.name}}}" for spec in fields]
     return "\n".join(
         [
@@ -143,21 +161,67 @@ def scalar(text: str, kind_name: str) -> str:
     return text if plain == {"value": text} else json.dumps(text)
 
 
+def reference_text() -> str:
+    """Every entry point's parameters with default and help, and tune's search ranges."""
+    lines = [
+        "# Parameters",
+        "",
+        "Written by `python -m pipeline mlproject` from the entry points' parameter classes",
+        "(`pipeline/entrypoints/`, the settings' declarations in the configs they configure):",
+        "change those and run it again, not this page. `python -m pipeline <entry point> --help`",
+        "says the same. Run them as `python -m pipeline <entry point> --<parameter> <value>` or",
+        "`mlflow run . -e <entry point> -P <parameter>=<value>`.",
+    ]
+    for module in command_modules():
+        params_class = params_of(module.name)
+        where = "" if module.in_mlproject else " (no run; not in the MLproject)"
+        lines += ["", f"## `{module.name}`{where}", "", described(params_class), ""]
+        lines += ["| parameter | default | what it is |", "|---|---|---|"]
+        for spec in dataclasses.fields(params_class):
+            if spec.default is dataclasses.MISSING:
+                default = "required"
+            elif spec.default is None:
+                default = "the recipe's"
+            else:
+                default = f"`{text_of(spec.default)}`" if text_of(spec.default) else "empty"
+            lines.append(f"| `{spec.name}` | {default} | {cell(spec.metadata['help'])} |")
+    lines += ["", "## Search ranges of `tune`", "", SEARCH_RANGES_ABOUT, ""]
+    lines += ["| setting | range | why |", "|---|---|---|"]
+    for name, search in searchable().items():
+        lines.append(f"| `{name}` | {search.describe()} | {cell(search.why)} |")
+    return "\n".join(lines) + "\n"
+
+
+SEARCH_RANGES_ABOUT = (
+    "`--search_space default` searches each of these; a range is declared beside its setting "
+    "(`setting(..., search=...)`) and checked against the values the setting allows."
+)
+
+
+def cell(text: str) -> str:
+    """Text in a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+GENERATED = {MLPROJECT: mlproject_text, REFERENCE: reference_text}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         params = parse(PARAMS, argv, prog="python -m pipeline mlproject")
-        path = project_dir() / MLPROJECT
-        text = mlproject_text()
-        if params.check:
-            if path.read_text() != text:
+        for name, text_of_file in GENERATED.items():
+            path = project_dir() / name
+            text = text_of_file()
+            if not params.check:
+                path.write_text(text)
+                print(f"wrote {path}")
+            elif not path.is_file() or path.read_text() != text:
                 raise PipelineError(
                     f"{path} is not what the parameter classes give: run `python -m pipeline "
                     "mlproject` and commit it"
                 )
-            print(f"{path} is up to date")
-            return 0
-        path.write_text(text)
-        print(f"wrote {path}")
+            else:
+                print(f"{path} is up to date")
     except PipelineError as error:
         print(f"mlproject: error: {error}", file=sys.stderr)
         return 1

@@ -18,13 +18,15 @@ from pipeline.errors import PipelineError
 from pipeline.model.encoders import NO_ENCODER
 from pipeline.model.unet import UPSAMPLING_MODES
 from pipeline.settings import with_settings
-from pipeline.training.losses import LOSSES
 from pipeline.training.recipes import RECIPES, Recipe, resolve_recipe
 
 BASELINE = "baseline"
 ALL = "all"
 OPTIMISATION = ("optimizer", "lr", "weight_decay", "schedule")
 EMA_DECAY = 0.999  # the usual decay per step (timm's ModelEmaV3, Lightning's EMAWeightAveraging)
+# The loss variant adds the Dice term to BCE, or takes it away; any other loss is compared with
+# BCE + Dice.
+WITH_DICE = {"bce": "bce_dice", "bce_dice": "bce"}
 # The pretrained encoder the `encoder` variant tries: segmentation_models_pytorch's default.
 STUDY_ENCODER = "resnet34"
 
@@ -81,7 +83,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("width_double", lambda s: {"base_channels": s["base_channels"] * 2}),
         Variant("batch_norm", _flip("batch_norm")),
         Variant("upsampling", _other("upsampling", UPSAMPLING_MODES)),
-        Variant("loss", _other("loss", LOSSES)),
+        Variant("loss", lambda s: {"loss": WITH_DICE.get(s["loss"], "bce_dice")}),
         *(
             Variant(f"augment_{level}", lambda _, a=level: {"augment": a})
             for level in AUGMENTATIONS

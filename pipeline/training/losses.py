@@ -1,11 +1,16 @@
-"""Training losses: the reference's BCE, and BCE plus a soft Dice term."""
+"""Training losses: the reference's BCE, and BCE plus a soft Dice term.
+
+`LOSSES` is the one list of them: a recipe's `loss` setting, its help and choices, tune's
+search over it and the MLproject follow from it, so a new loss is a class and an entry here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
-
-LOSSES = ("bce", "bce_dice")
 
 
 class SoftDiceLoss(nn.Module):
@@ -38,10 +43,26 @@ class BceDiceLoss(nn.Module):
         return self.bce(logits, target) + self.dice(logits, target)
 
 
+@dataclass(frozen=True)
+class Loss:
+    build: Callable[[], nn.Module]
+    about: str  # what it is, in the setting's help
+
+
+LOSSES: dict[str, Loss] = {
+    "bce": Loss(nn.BCEWithLogitsLoss, "binary cross-entropy of the logits (the reference's)"),
+    "bce_dice": Loss(BceDiceLoss, "BCE plus a soft Dice term pooled over the batch"),
+}
+
+
+def loss_help() -> str:
+    return "the training loss: " + "; ".join(
+        f"{name}, {loss.about}" for name, loss in LOSSES.items()
+    )
+
+
 def segmentation_loss(name: str) -> nn.Module:
-    """The loss a recipe names: `bce` or `bce_dice`."""
-    if name == "bce":
-        return nn.BCEWithLogitsLoss()
-    if name == "bce_dice":
-        return BceDiceLoss()
-    raise ValueError(f"unknown loss {name!r}: use bce or bce_dice")
+    """The loss a recipe names."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
+    return LOSSES[name].build()

@@ -22,7 +22,7 @@ from pipeline.data.augment import AUGMENTATIONS, LIGHT, NONE
 from pipeline.errors import PipelineError
 from pipeline.model.unet import NetworkConfig
 from pipeline.settings import check_settings, flat_settings, one_of, setting, with_settings
-from pipeline.training.losses import LOSSES
+from pipeline.training.losses import LOSSES, loss_help
 from pipeline.training.optimization import OptimizationConfig
 
 
@@ -35,9 +35,12 @@ class Recipe:
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
     loss: str = setting(
         "bce",
-        "bce or bce_dice",
-        choices=LOSSES,
-        search=one_of(*LOSSES, why="the study's loss variant: Dice added to BCE (README)"),
+        loss_help(),
+        choices=tuple(LOSSES),
+        search=one_of(
+            *LOSSES,
+            why="every loss of training/losses.py; the study's loss variant adds Dice to BCE",
+        ),
     )
     augment: str = setting(
         NONE,

@@ -151,10 +151,10 @@ def test_a_storage_that_fails_mid_search_stops_with_how_to_go_on(tmp_path: Path)
     assert storage_failure(other, url) is other
 
 
-def test_the_readme_shows_every_declared_range_as_declared() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def test_the_parameters_page_shows_every_declared_range_as_declared() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "parameters.md").read_text()
     for name, search in searchable().items():
-        assert f"| `{name}` | {search.describe()} | {search.why} |" in readme, name
+        assert f"| `{name}` | {search.describe()} | {search.why} |" in page, name
 
 
 def search_of(tmp_path: Path, objective) -> tuple[optuna.Study, object]:

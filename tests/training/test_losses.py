@@ -45,5 +45,5 @@ def test_bce_dice_adds_the_two_and_gives_gradients() -> None:
 def test_losses_by_name() -> None:
     assert isinstance(segmentation_loss("bce"), nn.BCEWithLogitsLoss)
     assert isinstance(segmentation_loss("bce_dice"), BceDiceLoss)
-    with pytest.raises(ValueError, match="unknown loss 'focal'"):
-        segmentation_loss("focal")
+    with pytest.raises(ValueError, match="unknown loss 'no_such_loss': use one of bce, bce_dice"):
+        segmentation_loss("no_such_loss")

@@ -63,7 +63,7 @@ def test_given_settings_override_the_recipe_and_only_those() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"loss": "focal"}, "parameter loss='focal' is not one of bce, bce_dice"),
+        ({"loss": "no_such_loss"}, "parameter loss='no_such_loss' is not one of bce, bce_dice"),
         ({"upsampling": "nearest"}, "parameter upsampling='nearest' is not one of"),
         ({"optimizer": "sgd"}, "parameter optimizer='sgd' is not one of adam, adamw"),
         ({"schedule": "step"}, "parameter schedule='step' is not one of plateau, onecycle"),
