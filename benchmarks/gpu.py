@@ -19,7 +19,6 @@ from benchmarks.report import Headline
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.model.inputs import to_model_input
 from pipeline.model.unet import NetworkConfig, UNet
-from pipeline.training.fit import GRADIENT_CLIP
 from pipeline.training.losses import segmentation_loss
 from pipeline.training.recipes import DEFAULT
 
@@ -133,7 +132,7 @@ class Step:
             loss = self.loss(self.model(images), masks)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), GRADIENT_CLIP)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), DEFAULT.optimization.gradient_clip)
         self.optimizer.step()
 
 

@@ -37,7 +37,7 @@ from pipeline.settings import with_settings
 from pipeline.tracking.journal import NOTHING, Journal
 from pipeline.training.callbacks import EpochTimer, PredictionGrid
 from pipeline.training.checkpoints import LAST_CHECKPOINT, DurableCheckpointIO
-from pipeline.training.fit import EARLY_STOP_MIN_DELTA, GRADIENT_CLIP, GRID_IMAGES, JOURNAL_FOLDER
+from pipeline.training.fit import EARLY_STOP_MIN_DELTA, GRID_IMAGES, JOURNAL_FOLDER
 from pipeline.training.journal_logger import JournalLogger
 from pipeline.training.module import SegmentationModule
 from pipeline.training.recipes import DEFAULT
@@ -147,7 +147,7 @@ def one_fit(
         accelerator="cpu",
         devices=1,
         precision="32-true",
-        gradient_clip_val=GRADIENT_CLIP,
+        **DEFAULT.optimization.trainer_arguments(),
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -25,7 +25,6 @@ from pipeline.data.datamodule import PersonDataModule, SplitDataset
 from pipeline.model.inputs import to_model_input
 from pipeline.model.unet import UNet
 from pipeline.settings import with_settings
-from pipeline.training.fit import GRADIENT_CLIP
 from pipeline.training.module import SegmentationModule
 from pipeline.training.recipes import DEFAULT
 
@@ -110,7 +109,7 @@ def run(options: argparse.Namespace) -> dict:
         accelerator="cpu",
         devices=1,
         precision="32-true",
-        gradient_clip_val=GRADIENT_CLIP,
+        **DEFAULT.optimization.trainer_arguments(),
         callbacks=[turns],
         logger=False,
         enable_checkpointing=False,

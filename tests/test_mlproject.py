@@ -140,6 +140,7 @@ def test_main_accepts_every_setting_train_does_and_passes_it_on() -> None:
         "optimizer": "adam", "schedule": "plateau", "loss": "bce", "augment": "strong",
         "base_channels": 4, "depth": 2, "batch_norm": True, "skip_connections": False,
         "upsampling": "bilinear", "encoder": "resnet18", "patience": 9, "seed": 7,
+        "gradient_clip": 0.5,
         "grid_every": 2, "onnx": False,
         "max_time": "00:00:01:00", **RUNTIME_CHANGED,
     }  # fmt: skip

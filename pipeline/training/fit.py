@@ -58,7 +58,6 @@ from pipeline.training.recipes import Recipe
 from pipeline.training.runtime import RuntimeConfig, compile_tag, resolve_hardware
 
 GRID_IMAGES = 8
-GRADIENT_CLIP = 1.0
 EARLY_STOP_MIN_DELTA = 1e-4
 JOURNAL_FOLDER = "journal"
 
@@ -168,7 +167,7 @@ def fit(
         strategy=runtime.strategy,
         precision=hardware.precision,
         benchmark=hardware.cudnn_benchmark,
-        gradient_clip_val=GRADIENT_CLIP,
+        **recipe.optimization.trainer_arguments(),
         callbacks=callbacks,
         logger=JournalLogger(journal),
         plugins=[DurableCheckpointIO(journal)],

@@ -54,9 +54,18 @@ class OptimizationConfig:
         "epochs without a lower val_loss before the plateau schedule halves the learning rate",
         minimum=0,
     )
+    gradient_clip: float = setting(
+        1.0,
+        "largest gradient norm: a step's larger gradient is scaled down to it; 0 = no clipping",
+        minimum=0,
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
+
+    def trainer_arguments(self) -> dict[str, Any]:
+        """What these settings make of the Lightning Trainer (its own gradient clipping)."""
+        return {"gradient_clip_val": self.gradient_clip or None}
 
     def configure(
         self, parameters, budget: Callable[[], tuple[float, Timer | None]]

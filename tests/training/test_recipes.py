@@ -73,6 +73,7 @@ def test_given_settings_override_the_recipe_and_only_those() -> None:
         ({"batch_size": 0}, "parameter batch_size=0 must be at least 1"),
         ({"lr": 0.0}, "parameter lr=0.0 must be more than 0"),
         ({"weight_decay": -1.0}, "parameter weight_decay=-1.0 must be at least 0"),
+        ({"gradient_clip": -0.5}, "parameter gradient_clip=-0.5 must be at least 0"),
     ],
 )
 def test_bad_settings_name_the_parameter(overrides: dict, message: str) -> None:
@@ -111,3 +112,14 @@ def test_an_empty_setting_on_the_command_line_means_the_recipe() -> None:
     params = parse(TrainParams, ["--lr", "", "--augment", ""])
     assert params.lr is None and params.augment is None
     assert parse(TrainParams, ["--augment", "strong"]).recipe_config().augment == "strong"
+
+
+def test_gradient_clip_is_the_trainers_and_zero_turns_clipping_off() -> None:
+    import lightning as L
+
+    params = parse(TrainParams, ["--gradient_clip", "0.25"])
+    arguments = params.recipe_config().optimization.trainer_arguments()
+    assert L.Trainer(**arguments, logger=False).gradient_clip_val == 0.25
+    off = resolve_recipe("default", {"gradient_clip": 0.0}).optimization.trainer_arguments()
+    assert L.Trainer(**off, logger=False).gradient_clip_val is None
+    assert PAPER.optimization.gradient_clip == 1.0  # what every recipe clipped at before
