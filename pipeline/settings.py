@@ -19,6 +19,7 @@ from pipeline.errors import PipelineError
 TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off"}
 AUTO = "auto"
+SETTING = "setting"  # the metadata key that marks a field made by `setting()`
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ def setting(
     """A dataclass field that is a setting: `minimum` is the least allowed value, `above` and
     `below` bounds the value must lie strictly between; `search` the range `tune` may search
     (checked against those bounds where the setting is declared)."""
-    metadata = {"help": help, "choices": choices, "minimum": minimum, "above": above}
-    metadata |= {"below": below, "search": search}
+    metadata = {SETTING: True, "help": help, "choices": choices, "minimum": minimum}
+    metadata |= {"above": above, "below": below, "search": search}
     if search is not None:
         _check_range(search, metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -99,7 +100,8 @@ def about(text: str) -> dict[str, str]:
 
 
 def is_setting(spec: dataclasses.Field) -> bool:
-    return "help" in spec.metadata
+    """Declared by `setting()`: a field with only `about()` help is a parameter, not a setting."""
+    return spec.metadata.get(SETTING, False)
 
 
 def check_settings(config: Any) -> None:

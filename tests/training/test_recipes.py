@@ -123,3 +123,21 @@ def test_gradient_clip_is_the_trainers_and_zero_turns_clipping_off() -> None:
     off = resolve_recipe("default", {"gradient_clip": 0.0}).optimization.trainer_arguments()
     assert L.Trainer(**off, logger=False).gradient_clip_val is None
     assert PAPER.optimization.gradient_clip == 1.0  # what every recipe clipped at before
+
+
+def test_a_field_with_help_alone_is_no_setting() -> None:
+    """`about()` gives a parameter its help; only `setting()` declares a setting, whose
+    bounds are checked (a help-only field made check_settings fail with KeyError 'choices')."""
+    import dataclasses
+
+    from pipeline.settings import about, check_settings, declared, setting
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        size: int = setting(3, "a size", minimum=1)
+        note: str = dataclasses.field(default="x", metadata=about("a parameter's help"))
+
+    check_settings(Config())
+    assert [name for name, _, _ in declared(Config)] == ["size"]
+    with pytest.raises(PipelineError, match="parameter size=0 must be at least 1"):
+        check_settings(Config(size=0))
