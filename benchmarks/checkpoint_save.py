@@ -18,7 +18,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from benchmarks.measure import check_repeats, load_average, median
-from benchmarks.report import machine_sections
+from benchmarks.report import machine_sections, markdown_table
 from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.training.checkpoints import DurableCheckpointIO
 
@@ -109,18 +109,21 @@ def run(options: argparse.Namespace) -> dict:
 
 
 def table(figures: dict) -> str:
-    lines = [
-        "| network | checkpoint | Lightning's save | whole save | extra | whole / Lightning's |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    header = ["network", "checkpoint", "Lightning's save", "whole save", "extra"]
+    rows = []
     for name, measured in figures["by_network"].items():
         plain, whole = measured["seconds"]["lightning"], measured["seconds"]["durable"]
-        lines.append(
-            f"| {name} ({measured['network']['base_channels']} channels) "
-            f"| {measured['checkpoint_mb']} MB | {plain:.3f} s | {whole:.3f} s "
-            f"| {whole - plain:+.3f} s | {whole / plain:.2f} |"
+        rows.append(
+            [
+                f"{name} ({measured['network']['base_channels']} channels)",
+                f"{measured['checkpoint_mb']} MB",
+                f"{plain:.3f} s",
+                f"{whole:.3f} s",
+                f"{whole - plain:+.3f} s",
+                f"{whole / plain:.2f}",
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table([*header, "whole / Lightning's"], rows)
 
 
 def section(results: dict[str, dict]) -> str:

@@ -15,7 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.measure import check_repeats, load_average, median
-from benchmarks.report import Headline
+from benchmarks.report import Headline, markdown_table
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.model.inputs import to_model_input
 from pipeline.model.unet import NetworkConfig, UNet
@@ -330,35 +330,37 @@ def headline(figures: dict) -> Headline:
 
 
 def table(figures: dict) -> str:
-    lines = [
-        "| precision | mode | batch | img/s | TFLOPS achieved | share of ceiling "
-        "| peak memory GiB |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
+    header = ["precision", "mode", "batch", "img/s", "TFLOPS achieved", "share of ceiling"]
+    rows = []
     for row in figures["rows"]:
+        setting = [row["precision"], row["mode"], row["batch_size"]]
         if "error" in row:
-            lines.append(
-                f"| {row['precision']} | {row['mode']} | {row['batch_size']} "
-                f"| failed: {row['error'][:80]} | | | |"
-            )
+            rows.append([*setting, f"failed: {row['error'][:80]}", "", "", ""])
             continue
         share = row["ceiling_fraction"]
-        lines.append(
-            f"| {row['precision']} | {row['mode']} | {row['batch_size']} "
-            f"| {row['images_per_s']:.0f} | {row['achieved_tflops']:.1f} "
-            f"| {f'{share:.1%}' if share is not None else 'n/a'} | {row['max_memory_gib']} |"
+        rows.append(
+            [
+                *setting,
+                f"{row['images_per_s']:.0f}",
+                f"{row['achieved_tflops']:.1f}",
+                f"{share:.1%}" if share is not None else "n/a",
+                row["max_memory_gib"],
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table([*header, "peak memory GiB"], rows, text_columns=2)
 
 
 def kernel_table(kernels: list[dict]) -> str:
-    lines = ["| CUDA kernel | calls | ms | share |", "|---|---:|---:|---:|"]
-    for kernel in kernels:
-        name = kernel["kernel"].replace("|", "\\|")
-        lines.append(
-            f"| `{name}` | {kernel['calls']} | {kernel['cuda_ms']} | {kernel['share']:.1%} |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [
+            f"`{kernel['kernel'].replace('|', chr(92) + '|')}`",
+            kernel["calls"],
+            kernel["cuda_ms"],
+            f"{kernel['share']:.1%}",
+        ]
+        for kernel in kernels
+    ]
+    return markdown_table(["CUDA kernel", "calls", "ms", "share"], rows)
 
 
 def section(results: dict[str, dict]) -> str:

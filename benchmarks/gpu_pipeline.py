@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.gpu import require_cuda
 from benchmarks.measure import load_average, mlflow_environment
-from benchmarks.report import Headline
+from benchmarks.report import Headline, markdown_table
 from pipeline.tracking.runs import DEFAULT_EXPERIMENT
 from pipeline.tracking.tags import ENTRY_POINT_TAG, TAG_NAMESPACE
 
@@ -133,20 +133,20 @@ def headline(figures: dict) -> Headline:
 def table(figures: dict) -> str:
     steps = ", ".join(f"{name} {seconds} s" for name, seconds in figures["step_seconds"].items())
     tags = ", ".join(f"`{key}={value}`" for key, value in sorted(figures["train_tags"].items()))
-    return "\n".join(
-        [
-            "| figure | value |",
-            "|---|---|",
-            f"| command | `python {figures['command']}` |",
-            f"| wall time | {figures['wall_s']} s |",
-            f"| steps | {steps} |",
-            f"| epochs | {figures['epochs']} (first {figures['first_epoch_s']} s) |",
-            f"| median epoch | {figures['epoch_s']} s: {figures['epoch_images_per_s']} img/s "
-            f"over {figures['train_images']} training photos |",
-            f"| best val Dice / test Dice | {figures['best_val_dice']} / {figures['test_dice']} |",
-            f"| train run tags | {tags} |",
-        ]
+    epoch = (
+        f"{figures['epoch_s']} s: {figures['epoch_images_per_s']} img/s over "
+        f"{figures['train_images']} training photos"
     )
+    rows = [
+        ["command", f"`python {figures['command']}`"],
+        ["wall time", f"{figures['wall_s']} s"],
+        ["steps", steps],
+        ["epochs", f"{figures['epochs']} (first {figures['first_epoch_s']} s)"],
+        ["median epoch", epoch],
+        ["best val Dice / test Dice", f"{figures['best_val_dice']} / {figures['test_dice']}"],
+        ["train run tags", tags],
+    ]
+    return markdown_table(["figure", "value"], rows, text_columns=2)
 
 
 def section(results: dict[str, dict]) -> str:

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.measure import check_repeats, load_average, median
-from benchmarks.report import Headline, machine_sections
+from benchmarks.report import Headline, machine_sections, markdown_table
 from pipeline.data.cache import MANIFEST_FILE
 from pipeline.data.datamodule import PersonDataModule
 
@@ -191,18 +191,22 @@ def headline(figures: dict) -> Headline:
 
 
 def table(figures: dict) -> str:
-    lines = [
-        "| workers | cache batches/s | decode batches/s | cache images/s | decode images/s "
-        "| cache / decode |",
-        "|---:|---:|---:|---:|---:|---:|",
+    header = [
+        "workers", "cache batches/s", "decode batches/s", "cache images/s", "decode images/s",
+        "cache / decode",
+    ]  # fmt: skip
+    rows = [
+        [
+            setting["workers"],
+            f"{setting['cache_batches_per_s']:.1f}",
+            f"{setting['decode_batches_per_s']:.2f}",
+            f"{setting['cache_images_per_s']:.0f}",
+            f"{setting['decode_images_per_s']:.0f}",
+            f"{setting['ratio']:.1f}x",
+        ]
+        for setting in figures["by_workers"]
     ]
-    for setting in figures["by_workers"]:
-        lines.append(
-            f"| {setting['workers']} | {setting['cache_batches_per_s']:.1f} "
-            f"| {setting['decode_batches_per_s']:.2f} | {setting['cache_images_per_s']:.0f} "
-            f"| {setting['decode_images_per_s']:.0f} | {setting['ratio']:.1f}x |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, rows, text_columns=0)
 
 
 def section(results: dict[str, dict]) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import requests
 
 MIN_REPEATS = 3
@@ -91,17 +92,10 @@ def cpu_seconds(pid: int) -> float:
 
 def descendants(pid: int) -> list[int]:
     """The processes below `pid`, however deep (a process pool's workers, uvicorn's)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-    found, generation = [], {pid}
-    while generation:
-        generation = {child for child, parent in parents.items() if parent in generation}
-        found.extend(generation)
-    return found
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:  # gone meanwhile
+        return []
 
 
 def end_with_this_process(group: int) -> subprocess.Popen:

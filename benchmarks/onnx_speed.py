@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from benchmarks.report import markdown_table
 from pipeline.export.onnx_export import export_onnx
 from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.serving.parity import check_photos
@@ -146,22 +147,23 @@ def run(options: argparse.Namespace) -> dict:
 
 
 def table(figures: dict) -> str:
-    lines = [
-        "| measure | PyTorch masks/s | ONNX Runtime masks/s | ONNX Runtime / PyTorch |",
-        "|---|---:|---:|---:|",
-    ]
     photos = figures["photos"]
     names = {
         "network_one": "network only, 256 x 256, one photo a call",
         "network_batch": f"network only, 256 x 256, a batch of {photos}",
         "end_to_end": "end to end (`predict`'s path), 640 x 480 JPEGs",
     }
-    for measure, rates in figures["masks_per_s"].items():
-        lines.append(
-            f"| {names[measure]} | {rates['torch']:.2f} | {rates['onnx']:.2f} "
-            f"| {rates['onnx'] / rates['torch']:.2f} |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [
+            names[measure],
+            f"{rates['torch']:.2f}",
+            f"{rates['onnx']:.2f}",
+            f"{rates['onnx'] / rates['torch']:.2f}",
+        ]
+        for measure, rates in figures["masks_per_s"].items()
+    ]
+    header = ["measure", "PyTorch masks/s", "ONNX Runtime masks/s", "ONNX Runtime / PyTorch"]
+    return markdown_table(header, rows)
 
 
 def section(results: dict[str, dict]) -> str:

@@ -25,7 +25,7 @@ from benchmarks.measure import (
     mlflow_environment,
     rss_bytes,
 )
-from benchmarks.report import Headline, machine_sections
+from benchmarks.report import Headline, machine_sections, markdown_table
 from pipeline.tracking.runs import DEFAULT_EXPERIMENT
 
 TITLE = "Preprocess memory: 500 vs 2,000 pairs"
@@ -170,17 +170,18 @@ def headline(figures: dict) -> Headline:
 
 
 def table(figures: dict) -> str:
-    lines = [
-        "| pairs | peak MB (sum of each process's peak) | sampled peak MB | processes | seconds |",
-        "|---:|---:|---:|---:|---:|",
+    header = ["pairs", "peak MB (sum of each process's peak)", "sampled peak MB", "processes"]
+    rows = [
+        [
+            figures[name]["pairs"],
+            f"{figures[name]['peak_mb']:.0f}",
+            f"{figures[name]['sampled_peak_mb']:.0f}",
+            figures[name]["processes"],
+            f"{figures[name]['seconds']:.1f}",
+        ]
+        for name in ("small", "large")
     ]
-    for name in ("small", "large"):
-        row = figures[name]
-        lines.append(
-            f"| {row['pairs']} | {row['peak_mb']:.0f} | {row['sampled_peak_mb']:.0f} "
-            f"| {row['processes']} | {row['seconds']:.1f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table([*header, "seconds"], rows, text_columns=0)
 
 
 def section(results: dict[str, dict]) -> str:

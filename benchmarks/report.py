@@ -3,7 +3,7 @@ figures, its ratio and whether it meets the target of issue 10."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -18,6 +18,19 @@ class Headline:
     ratio_text: str
     target: str
     met: bool | None
+
+
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[object]], text_columns: int = 1
+) -> str:
+    """A Markdown table whose first `text_columns` columns are left-aligned and the rest, the
+    figures, right-aligned."""
+    rule = "|" + "|".join(["---"] * text_columns + ["---:"] * (len(header) - text_columns)) + "|"
+    return "\n".join([_row(header), rule, *map(_row, rows)])
+
+
+def _row(cells: Sequence[object]) -> str:
+    return "|" + "|".join(f" {cell} " if cell != "" else " " for cell in cells) + "|"
 
 
 def verdict(met: bool | None) -> str:

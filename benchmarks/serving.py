@@ -35,7 +35,7 @@ from benchmarks.measure import (
     mlflow_environment,
     server,
 )
-from benchmarks.report import Headline, machine_sections
+from benchmarks.report import Headline, machine_sections, markdown_table
 from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.serving.parity import check_photos
 from pipeline.serving.segmenter import INPUT_COLUMN, OUTPUT_COLUMN
@@ -212,23 +212,30 @@ def headline(figures: dict) -> Headline:
 def table(figures: dict) -> str:
     width, height = figures["photo_size"]
     names = {"large": f"{width} x {height} JPEGs", "small": "64 x 64 JPEG"}
-    lines = [
-        "| call | in-process s | served s | served overhead ms | of which MLflow's handler ms "
-        "| of which HTTP ms | request MB | in-process masks/s | served masks/s "
-        "| served / in-process | in-process, main thread, s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = [
+        "call", "in-process s", "served s", "served overhead ms", "of which MLflow's handler ms",
+        "of which HTTP ms", "request MB", "in-process masks/s", "served masks/s",
+        "served / in-process", "in-process, main thread, s",
+    ]  # fmt: skip
+    rows = []
     for call, row in figures["calls"].items():
         rates, seconds = row["masks_per_s"], row["seconds"]
-        lines.append(
-            f"| {row['photos']} x {names[call]} | {seconds['in_process']:.3f} "
-            f"| {seconds['served']:.3f} | {row['overhead_ms']:.1f} | {row['handler_ms']:.1f} "
-            f"| {row['http_ms']:.1f} | {row['request_mb']:.3f} "
-            f"| {rates['in_process']:.2f} | {rates['served']:.2f} "
-            f"| {rates['served'] / rates['in_process']:.3f} "
-            f"| {seconds['in_process_main_thread']:.3f} |"
+        rows.append(
+            [
+                f"{row['photos']} x {names[call]}",
+                f"{seconds['in_process']:.3f}",
+                f"{seconds['served']:.3f}",
+                f"{row['overhead_ms']:.1f}",
+                f"{row['handler_ms']:.1f}",
+                f"{row['http_ms']:.1f}",
+                f"{row['request_mb']:.3f}",
+                f"{rates['in_process']:.2f}",
+                f"{rates['served']:.2f}",
+                f"{rates['served'] / rates['in_process']:.3f}",
+                f"{seconds['in_process_main_thread']:.3f}",
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, rows)
 
 
 def explained(figures: dict) -> str:

@@ -35,6 +35,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageOps
 
+from benchmarks.measure import descendants
+from benchmarks.report import markdown_table
 from pipeline.images import encode_png, upright_photo
 from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.serving.segmenter import (
@@ -213,7 +215,7 @@ def measure_served(folder: Path, side: int, repeats: int) -> dict[str, float]:
         small, photo = photo_jpeg(640, 480), photo_jpeg(side, side)
         _invoke(url, small)
         worker = max(
-            [server.pid, *_descendants(server.pid)], key=lambda pid: memory_bytes(pid, "VmRSS")
+            [server.pid, *descendants(server.pid)], key=lambda pid: memory_bytes(pid, "VmRSS")
         )
         reset_peak(worker)
         resident = memory_bytes(worker, "VmRSS")
@@ -247,21 +249,6 @@ def _invoke(url: str, photo: bytes) -> None:
     payload = {"dataframe_split": {"columns": [INPUT_COLUMN], "data": rows}}
     answer = requests.post(f"{url}/invocations", json=payload, timeout=600)
     answer.raise_for_status()
-
-
-def _descendants(pid: int) -> list[int]:
-    """The processes below `pid`: `mlflow models serve` starts uvicorn, which serves."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-    found, generation = [], {pid}
-    while generation:
-        generation = {child for child, parent in parents.items() if parent in generation}
-        found.extend(generation)
-    return found
 
 
 def run(options: argparse.Namespace) -> dict:
@@ -298,21 +285,29 @@ def run(options: argparse.Namespace) -> dict:
 
 
 def table(figures: dict) -> str:
-    lines = [
-        "| photo | MP | JPEG MB | decode only MB | before MB | after MB | before MB/MP "
-        "| after MB/MP | before s | after s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = [
+        "photo", "MP", "JPEG MB", "decode only MB", "before MB", "after MB", "before MB/MP",
+        "after MB/MP", "before s", "after s",
+    ]  # fmt: skip
+    rows = []
     for row in figures["photos"]:
         megapixels = row["width"] * row["height"] / MB
         before, after = row["before"], row["after"]
-        lines.append(
-            f"| {row['width']}x{row['height']} | {megapixels:.1f} | {row['jpeg_mb']} "
-            f"| {row['decode']['mb']:.0f} | {before['mb']:.0f} | {after['mb']:.0f} "
-            f"| {before['mb'] / megapixels:.1f} | {after['mb'] / megapixels:.1f} "
-            f"| {before['s']:.2f} | {after['s']:.2f} |"
+        rows.append(
+            [
+                f"{row['width']}x{row['height']}",
+                f"{megapixels:.1f}",
+                row["jpeg_mb"],
+                f"{row['decode']['mb']:.0f}",
+                f"{before['mb']:.0f}",
+                f"{after['mb']:.0f}",
+                f"{before['mb'] / megapixels:.1f}",
+                f"{after['mb'] / megapixels:.1f}",
+                f"{before['s']:.2f}",
+                f"{after['s']:.2f}",
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, rows)
 
 
 def served_sentence(served: dict) -> str:

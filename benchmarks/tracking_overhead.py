@@ -29,7 +29,7 @@ from benchmarks.measure import (
     median,
     tracking_server,
 )
-from benchmarks.report import Headline, machine_sections
+from benchmarks.report import Headline, machine_sections, markdown_table
 from pipeline.data.cache import open_split
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.model.unet import UNet
@@ -269,19 +269,28 @@ def headline(figures: dict) -> Headline:
 
 def table(figures: dict) -> str:
     median_s, mean_s, cpu = figures["epoch_s"], figures["epoch_s_mean"], figures["cpu_s_per_epoch"]
-    return "\n".join(
+    rows = [
         [
-            "| per epoch | logging on | logging off | overhead |",
-            "|---|---:|---:|---:|",
-            f"| median time | {median_s['on']:.3f} s | {median_s['off']:.3f} s "
-            f"| {figures['overhead_pct']:+.2f} % |",
-            f"| mean time | {mean_s['on']:.3f} s | {mean_s['off']:.3f} s "
-            f"| {figures['overhead_pct_of_means']:+.2f} % |",
-            f"| CPU, training process | {cpu['on']:.3f} s | {cpu['off']:.3f} s "
-            f"| {(cpu['on'] - cpu['off']) * 1000:+.0f} ms |",
-            f"| CPU, tracking server | {figures['server_cpu_s_per_epoch']:.3f} s | | |",
-        ]
-    )
+            "median time",
+            f"{median_s['on']:.3f} s",
+            f"{median_s['off']:.3f} s",
+            f"{figures['overhead_pct']:+.2f} %",
+        ],
+        [
+            "mean time",
+            f"{mean_s['on']:.3f} s",
+            f"{mean_s['off']:.3f} s",
+            f"{figures['overhead_pct_of_means']:+.2f} %",
+        ],
+        [
+            "CPU, training process",
+            f"{cpu['on']:.3f} s",
+            f"{cpu['off']:.3f} s",
+            f"{(cpu['on'] - cpu['off']) * 1000:+.0f} ms",
+        ],
+        ["CPU, tracking server", f"{figures['server_cpu_s_per_epoch']:.3f} s", "", ""],
+    ]
+    return markdown_table(["per epoch", "logging on", "logging off", "overhead"], rows)
 
 
 def section(results: dict[str, dict]) -> str:

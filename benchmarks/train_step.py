@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from benchmarks.measure import check_repeats, load_average, median
 from benchmarks.reference_unet import ReferenceTrainer, ReferenceUNet
-from benchmarks.report import Headline, machine_sections
+from benchmarks.report import Headline, machine_sections, markdown_table
 from pipeline.data.datamodule import PersonDataModule, SplitDataset
 from pipeline.model.inputs import to_model_input
 from pipeline.model.unet import UNet
@@ -162,12 +162,10 @@ def headline(figures: dict) -> Headline:
 
 def table(figures: dict) -> str:
     rates = figures["images_per_s"]
-    return "\n".join(
-        [
-            "| pipeline img/s | reference img/s | pipeline / reference |",
-            "|---:|---:|---:|",
-            f"| {rates['pipeline']:.1f} | {rates['reference']:.1f} | {figures['ratio']:.3f} |",
-        ]
+    return markdown_table(
+        ["pipeline img/s", "reference img/s", "pipeline / reference"],
+        [[f"{rates['pipeline']:.1f}", f"{rates['reference']:.1f}", f"{figures['ratio']:.3f}"]],
+        text_columns=0,
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from benchmarks.measure import check_repeats, load_average, median
-from benchmarks.report import machine_sections
+from benchmarks.report import machine_sections, markdown_table
 from pipeline.orchestration.project import project_dir
 
 TITLE = "Tune: trials per hour with 1 and 2 workers"
@@ -142,18 +142,21 @@ def run(options: argparse.Namespace) -> dict:
 
 def table(figures: dict) -> str:
     one = figures["by_workers"]["1"]["trials_per_hour"]
-    lines = [
-        "| workers | trials per hour | vs 1 worker | outside training, share of a trial "
-        "| whole command |",
-        "|---:|---:|---:|---:|---:|",
+    header = [
+        "workers", "trials per hour", "vs 1 worker", "outside training, share of a trial",
+        "whole command",
+    ]  # fmt: skip
+    rows = [
+        [
+            workers,
+            f"{measured['trials_per_hour']:.0f}",
+            f"{measured['trials_per_hour'] / one:.2f}",
+            f"{measured['outside_training_share']:.0%}",
+            f"{measured['wall_s']:.0f} s",
+        ]
+        for workers, measured in figures["by_workers"].items()
     ]
-    for workers, measured in figures["by_workers"].items():
-        lines.append(
-            f"| {workers} | {measured['trials_per_hour']:.0f} "
-            f"| {measured['trials_per_hour'] / one:.2f} "
-            f"| {measured['outside_training_share']:.0%} | {measured['wall_s']:.0f} s |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, rows, text_columns=0)
 
 
 def section(results: dict[str, dict]) -> str:

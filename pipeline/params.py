@@ -38,10 +38,25 @@ TTA_HELP = (
 )
 
 
+SAME_AS = "same_as"  # metadata: the (params class, name) a parameter is declared as
+
+
 def same_as(params_class: type, name: str) -> Any:
-    """A parameter declared as another step's, with its default and its help."""
+    """A parameter declared as another step's, with its default and its help; `passed_on`
+    hands it to that step under the step's name."""
     spec = next(spec for spec in dataclasses.fields(params_class) if spec.name == name)
-    return field(default=spec.default, metadata=spec.metadata)
+    return field(default=spec.default, metadata={**spec.metadata, SAME_AS: (params_class, name)})
+
+
+def passed_on(params: Any, step_class: type, **given: Any) -> Any:
+    """The `step_class` params a workflow's `params` make: each of its parameters declared
+    `same_as` one of the step's under the step's name, then `given`."""
+    values = {}
+    for spec in dataclasses.fields(params):
+        step, name = spec.metadata.get(SAME_AS, (None, None))
+        if step is step_class:
+            values[name] = getattr(params, spec.name)
+    return step_class(**(values | given))
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,40 @@ def test_main_accepts_every_setting_train_does_and_passes_it_on() -> None:
     assert passed == changed
 
 
+def test_main_passes_its_data_and_promotion_params_to_their_steps() -> None:
+    """Each is declared same_as the step's own parameter, and reaches it under that name."""
+    from pipeline.params import DownloadParams, PreprocessParams, PromoteParams, passed_on
+
+    main = MainParams(
+        source="synthetic:7", image_size=32, val_fraction=0.2, test_fraction=0.1, split_seed=3,
+        strict=True, max_pixels=1000, log_data=False, model_name="m", alias="a",
+        min_improvement=0.01, min_dice=0.2,
+    )  # fmt: skip
+    download = passed_on(main, DownloadParams, output_dir="raw")
+    assert (download.source, download.output_dir, download.log_data) == (
+        "synthetic:7",
+        "raw",
+        False,
+    )
+    preprocess = passed_on(main, PreprocessParams, raw_dir="raw")
+    assert dataclasses.astuple(preprocess) == (
+        "raw",
+        main.processed_dir,
+        32,
+        0.2,
+        0.1,
+        3,
+        True,
+        0,
+        True,
+        1000,
+    )  # num_workers and log_data: the step's own defaults unless given
+    promote = passed_on(main, PromoteParams, model_uri="runs:/x/model")
+    assert (promote.model_name, promote.alias, promote.min_improvement, promote.min_dice) == (
+        "m", "a", 0.01, 0.2
+    )  # fmt: skip
+
+
 # Where and how each train step runs: main and ablate pass all of it on.
 RUNTIME_CHANGED = {
     "precision": "bf16-mixed", "accelerator": "gpu", "devices": "0,1", "num_nodes": 2,

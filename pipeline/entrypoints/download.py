@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -43,10 +42,8 @@ def run(params: DownloadParams) -> None:
     )
     if landed.problems:
         log.warning("%d rows have problems, listed in problems.csv", len(landed.problems))
-        with tempfile.TemporaryDirectory() as scratch:
-            listing = Path(scratch) / "problems.csv"
-            pd.DataFrame(landed.problems, columns=["row", "reason"]).to_csv(listing, index=False)
-            mlflow.log_artifact(str(listing))
+        problems = pd.DataFrame(landed.problems, columns=["row", "reason"])
+        mlflow.log_text(problems.to_csv(index=False), "problems.csv")
     if params.log_data:
         mlflow.log_artifacts(str(landed.path), artifact_path="dataset")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -55,11 +54,8 @@ def run(params: PreprocessParams) -> None:
     mlflow.log_artifact(str(report.output_dir / MANIFEST_FILE))
     if report.bad_rows:
         log.warning("%d bad rows skipped, listed in bad_rows.csv", len(report.bad_rows))
-        with tempfile.TemporaryDirectory() as scratch:
-            listing = Path(scratch) / "bad_rows.csv"
-            frame = pd.DataFrame(report.bad_rows, columns=["row", "image", "mask", "reason"])
-            frame.to_csv(listing, index=False)
-            mlflow.log_artifact(str(listing))
+        bad_rows = pd.DataFrame(report.bad_rows, columns=["row", "image", "mask", "reason"])
+        mlflow.log_text(bad_rows.to_csv(index=False), "bad_rows.csv")
     log_split_inputs(report.output_dir, read_cache_record(report.output_dir), SPLITS)
     if params.log_data:
         mlflow.log_artifacts(str(report.output_dir), artifact_path="processed")

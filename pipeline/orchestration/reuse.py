@@ -46,6 +46,8 @@ class StepRequest:
 
     `reusable` is false for a step whose outcome depends on state outside its inputs (promote
     reads who holds the alias now), so an earlier run of it can never stand in for it.
+    `resumable` is true for a step that keeps checkpoints (train): an interrupted run of it goes
+    on from them, and so does one a tracking outage stopped while it started.
     `run_name` and `labels` (tags) only describe a new run; they play no part in matching.
     """
 
@@ -53,6 +55,7 @@ class StepRequest:
     params: Any
     input_fingerprint: str
     reusable: bool = True
+    resumable: bool = False
     run_name: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
 

@@ -37,6 +37,7 @@ from pipeline.orchestration.workflow import (
     prepare_data,
     promote_model,
     train_params,
+    train_request,
     training_settings,
 )
 from pipeline.search.space import parse_search_space, suggest
@@ -276,10 +277,9 @@ class TrialObjective:
         import optuna
 
         settings = suggest(trial, self.space)
-        request = StepRequest(
-            "train",
+        request = train_request(
             train_params(self.data, self.params, **(training_settings(self.params) | settings)),
-            self.data.digest,
+            self.data,
             run_name=f"trial {trial.number}",
             labels={TRIAL_TAG: f"{self.params.study_name}#{trial.number}"},
         )

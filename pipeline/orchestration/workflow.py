@@ -29,6 +29,7 @@ from pipeline.params import (
     PreprocessParams,
     PromoteParams,
     as_text,
+    passed_on,
 )
 from pipeline.tracking.artifacts import is_artifact_uri
 from pipeline.tracking.lease import close_abandoned_runs, heartbeat_tag
@@ -72,53 +73,21 @@ class Workflow:
         self.done: list[StepDone] = []  # what each step did, for main's summary
 
     def run(self, request: StepRequest, environment: dict[str, str] | None = None) -> Run:
-        """The step's run: a finished one reused, an interrupted training resumed, or a new
-        one; `environment` goes to the step's process besides the run's own variables. A step
-        that ended early on purpose (a pruned trial) returns its KILLED run."""
+        """The step's run: a finished one reused, an interrupted one resumed, or a new one;
+        `environment` goes to the step's process besides the run's own variables. A step that
+        ended early on purpose (a pruned trial) returns its KILLED run."""
         wait_for_server(f"step {request.entry_point}")
         # A run whose process died (a killed `tune` worker's trial) is closed first, so that
         # its training is resumed rather than begun again.
         close_abandoned_runs(self.client, self.experiment_id)
         candidates = matching_runs(self.client, self.experiment_id, request)
         if self.reuse and request.reusable and (done := finished_run(candidates)):
-            log.info("%s: reusing finished run %s", request.entry_point, done.info.run_id)
-            self.client.set_tag(
-                self.parent.info.run_id, reused_tag(request.entry_point), done.info.run_id
-            )
-            self.done.append(StepDone(request.entry_point, done.info.run_id, "reused"))
-            return done
-        resumed = None
-        if request.entry_point == "train":
-            resumed = interrupted_training(candidates, self.checkpoint_dir)
-        if resumed:
-            run_id = resumed.info.run_id
-            log.info("%s: resuming interrupted run %s from its checkpoint", "train", run_id)
-            self.client.set_tag(run_id, MLFLOW_PARENT_RUN_ID, self.parent.info.run_id)
-            self.client.set_tag(run_id, RESUMED_TAG, _how_it_ended(resumed))
-            for stale in {CLOSED_TAG, ERROR_TAG} & resumed.data.tags.keys():
-                self.client.delete_tag(run_id, stale)  # they describe the attempt that ended
-        else:
-            run_id = self._create_child(request)
-        step_environment = {
-            **(environment or {}),
-            "MLFLOW_RUN_ID": run_id,
-            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
-            "MLFLOW_EXPERIMENT_ID": self.experiment_id,
-        }
-        try:
-            exit_code = run_step(request.entry_point, as_text(request.params), step_environment)
-            # A training caught outside its journal by an outage (starting while the server
-            # went away, say) goes on once it is back: the same run, from its checkpoint.
-            retries = TRACKING_AWAY_RETRIES if request.entry_point == "train" else 0
-            while exit_code == TRACKING_AWAY_EXIT and retries:
-                retries -= 1
-                log.warning("train: run %s stopped by the tracking outage; it goes on", run_id)
-                wait_for_server(f"step train again into run {run_id}")
-                exit_code = run_step("train", as_text(request.params), step_environment)
-        except StepInterrupted:
-            wait_for_server(f"closing run {run_id}")
-            self._close_if_running(run_id, RunStatus.KILLED)
-            raise
+            return self._reused(request, done)
+        resumed = (
+            interrupted_training(candidates, self.checkpoint_dir) if request.resumable else None
+        )
+        run_id = self._resumed(request, resumed) if resumed else self._create_child(request)
+        exit_code = self._run_process(request, run_id, environment or {})
         wait_for_server(f"the result of step {request.entry_point}")
         if exit_code == ENDED_EARLY_EXIT:
             self.done.append(StepDone(request.entry_point, run_id, "ended early"))
@@ -131,6 +100,52 @@ class Workflow:
             )
         self.done.append(StepDone(request.entry_point, run_id, "resumed" if resumed else "new"))
         return self.client.get_run(run_id)
+
+    def _reused(self, request: StepRequest, done: Run) -> Run:
+        log.info("%s: reusing finished run %s", request.entry_point, done.info.run_id)
+        self.client.set_tag(
+            self.parent.info.run_id, reused_tag(request.entry_point), done.info.run_id
+        )
+        self.done.append(StepDone(request.entry_point, done.info.run_id, "reused"))
+        return done
+
+    def _resumed(self, request: StepRequest, resumed: Run) -> str:
+        """The interrupted run, a child of this parent now, without the tags of its last end."""
+        run_id = resumed.info.run_id
+        log.info("%s: resuming interrupted run %s from its checkpoint", request.entry_point, run_id)
+        self.client.set_tag(run_id, MLFLOW_PARENT_RUN_ID, self.parent.info.run_id)
+        self.client.set_tag(run_id, RESUMED_TAG, _how_it_ended(resumed))
+        for stale in {CLOSED_TAG, ERROR_TAG} & resumed.data.tags.keys():
+            self.client.delete_tag(run_id, stale)  # they describe the attempt that ended
+        return run_id
+
+    def _run_process(self, request: StepRequest, run_id: str, environment: dict[str, str]) -> int:
+        """The step's exit code. A resumable step caught outside its journal by an outage
+        (starting while the server went away, say) goes on once it is back, in the same run."""
+        step_environment = {
+            **environment,
+            "MLFLOW_RUN_ID": run_id,
+            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+            "MLFLOW_EXPERIMENT_ID": self.experiment_id,
+        }
+        params = as_text(request.params)
+        try:
+            exit_code = run_step(request.entry_point, params, step_environment)
+            retries = TRACKING_AWAY_RETRIES if request.resumable else 0
+            while exit_code == TRACKING_AWAY_EXIT and retries:
+                retries -= 1
+                log.warning(
+                    "%s: run %s stopped by the tracking outage; it goes on",
+                    request.entry_point,
+                    run_id,
+                )
+                wait_for_server(f"step {request.entry_point} again into run {run_id}")
+                exit_code = run_step(request.entry_point, params, step_environment)
+        except StepInterrupted:
+            wait_for_server(f"closing run {run_id}")
+            self._close_if_running(run_id, RunStatus.KILLED)
+            raise
+        return exit_code
 
     def _close_if_running(self, run_id: str, status: int) -> None:
         """End a run its step left open (one that died before it could end it itself)."""
@@ -193,23 +208,19 @@ def prepare_data(workflow: Workflow, params: DataSourceParams) -> PreparedData:
     download = workflow.run(
         StepRequest(
             "download",
-            DownloadParams(source=source, output_dir=raw_dir, log_data=params.log_data),
+            passed_on(params, DownloadParams, source=source, output_dir=raw_dir),
             source_fingerprint(source),
         )
     )
     preprocess = workflow.run(
         StepRequest(
             "preprocess",
-            PreprocessParams(
+            passed_on(
+                params,
+                PreprocessParams,
                 raw_dir=raw_dir,
                 output_dir=processed_dir,
-                image_size=params.image_size,
-                val_fraction=params.val_fraction,
-                test_fraction=params.test_fraction,
-                seed=params.split_seed,
-                strict=params.strict,
-                log_data=params.log_data,
-                max_pixels=params.max_pixels,
+                log_data=params.log_data,  # download's, passed to both
             ),
             download.data.tags[OUTPUT_DIGEST_TAG],
         )
@@ -229,6 +240,15 @@ def training_settings(params: TrainingParams) -> dict[str, Any]:
     return {spec.name: getattr(params, spec.name) for spec in dataclasses.fields(TrainingParams)}
 
 
+def train_request(
+    params: TrainParams, data: PreparedData, run_name: str | None, labels: dict[str, str]
+) -> StepRequest:
+    """A train step: resumed from its checkpoints where a run of it was interrupted."""
+    return StepRequest(
+        "train", params, data.digest, resumable=True, run_name=run_name, labels=labels
+    )
+
+
 def train_and_evaluate(
     workflow: Workflow,
     params: TrainParams,
@@ -238,9 +258,7 @@ def train_and_evaluate(
 ) -> TrainedModel:
     """train → evaluate on the test split; `run_name` and `labels` mark both new runs."""
     labels = labels or {}
-    train = workflow.run(
-        StepRequest("train", params, data.digest, run_name=run_name, labels=labels)
-    )
+    train = workflow.run(train_request(params, data, run_name, labels))
     model_uri = train.data.tags[MODEL_URI_TAG]
     evaluate, metrics = evaluate_model(workflow, model_uri, data, run_name, labels)
     return TrainedModel(train, evaluate, model_uri, metrics)
@@ -302,14 +320,7 @@ def promote_model(
     promote = workflow.run(
         StepRequest(
             "promote",
-            PromoteParams(
-                model_uri=model_uri,
-                model_name=params.model_name,
-                alias=params.alias,
-                min_improvement=params.min_improvement,
-                min_dice=params.min_dice,
-                data_dir=data.processed_dir,
-            ),
+            passed_on(params, PromoteParams, model_uri=model_uri, data_dir=data.processed_dir),
             data.digest,
             reusable=False,
         )

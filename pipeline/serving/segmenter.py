@@ -23,7 +23,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -135,65 +135,35 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-class Taps(NamedTuple):
-    """Bilinear resizing along one axis: for each output position, two source positions and
-    their weights (float32)."""
-
-    low: np.ndarray
-    high: np.ndarray
-    low_weight: np.ndarray
-    high_weight: np.ndarray
-
-
-def bilinear_taps(source_size: int, output_size: int) -> Taps:
-    """The taps of `F.interpolate(mode="bilinear", align_corners=False)`, as PyTorch computes them.
-
-    PyTorch's CPU kernel rounds the source position `scale * (i + 0.5) - 0.5` once (a fused
-    multiply-add); float64 holds that float32 product exactly, so rounding it once to float32
-    gives the same position, and so the same weights.
-    """
-    scale = np.float32(source_size) / np.float32(output_size)
-    centres = np.arange(output_size, dtype=np.float64) + 0.5
-    position = np.maximum((np.float64(scale) * centres - 0.5).astype(np.float32), np.float32(0))
-    low = np.minimum(np.floor(position).astype(np.intp), source_size - 1)
-    high_weight = np.clip(position - low.astype(np.float32), np.float32(0), np.float32(1))
-    high = np.minimum(low + 1, source_size - 1)
-    return Taps(low, high, np.float32(1) - high_weight, high_weight)
-
-
-def _blend(
-    low: np.ndarray, low_weight: np.ndarray, high: np.ndarray, high_weight: np.ndarray
-) -> np.ndarray:
-    """low * low_weight + high * high_weight in float32, rounded as PyTorch's CPU kernel rounds
-    it: high * high_weight alone, then low * low_weight added in one fused multiply-add."""
-    return (low.astype(np.float64) * low_weight + high * high_weight).astype(np.float32)
+def sample_positions(size: int) -> torch.Tensor:
+    """Where output pixel i of `size` samples its source for `F.grid_sample` (align_corners
+    False): the centre (i + 0.5) / size of the source's extent, in [-1, 1]."""
+    return (torch.arange(size, dtype=torch.float64) * 2 + 1) / size - 1
 
 
 def threshold_upsampled(logits: np.ndarray, size: tuple[int, int], cut: float) -> np.ndarray:
     """`F.interpolate(logits, size, mode="bilinear", align_corners=False) > cut` for (h, w) float32
-    logits, as an (H, W) bool mask, without the full-size float32 logits.
+    logits, as an (H, W) bool mask, without the full-size logits.
 
-    Bilinear resizing is separable: the logits are resized along the width once, at their own
-    height, then each band of output rows blends its two source rows and is thresholded
-    straight into the mask. The mask's byte a pixel is all that grows with the photo.
+    Each band of output rows samples the logits bilinearly at its pixels' positions
+    (`F.grid_sample`, border-clamped as interpolate clamps) and is thresholded straight into
+    the mask, so the mask's byte a pixel is all that grows with the photo. The sampling is done
+    in float64: it agrees with interpolate's float32 but where a logit lies within rounding of
+    the cut (tests/serving/test_segmenter.py states how close).
     """
     height, width = size
-    rows = bilinear_taps(logits.shape[0], height)
-    columns = bilinear_taps(logits.shape[1], width)
-    wide = _blend(
-        logits[:, columns.low], columns.low_weight, logits[:, columns.high], columns.high_weight
-    )
+    source = torch.from_numpy(logits).to(torch.float64)[None, None]
+    columns, rows = sample_positions(width), sample_positions(height)
     mask = np.empty(size, dtype=bool)
     band_rows = max(1, BAND_PIXELS // width)
-    for top in range(0, height, band_rows):
-        band = slice(top, top + band_rows)
-        blended = _blend(
-            wide[rows.low[band]],
-            rows.low_weight[band, np.newaxis],
-            wide[rows.high[band]],
-            rows.high_weight[band, np.newaxis],
-        )
-        np.greater(blended, np.float32(cut), out=mask[band])
+    with torch.inference_mode():
+        for top in range(0, height, band_rows):
+            band = rows[top : top + band_rows]
+            grid = torch.stack(torch.broadcast_tensors(columns[None, :], band[:, None]), dim=-1)
+            sampled = F.grid_sample(
+                source, grid[None], mode="bilinear", padding_mode="border", align_corners=False
+            )
+            mask[top : top + len(band)] = (sampled[0, 0] > cut).numpy()
     return mask
 
 

@@ -53,6 +53,16 @@ METRIC_KEY_FORBIDDEN = re.compile(r"[^a-zA-Z0-9_/. -]+")
 FREE_SPACE_ADVICE = "free space there, or give --checkpoint_dir on another disk"
 
 
+def stepped_image_files(key: str, step: int, timestamp: int) -> list[str]:
+    """The names MLflow's `log_image(key=..., step=...)` gives an image and its preview in the
+    run's images/ folder, by which its UI shows a key's images as a stepped series. Kept here
+    because the journal delivers a file it saved earlier, under a name fixed when it was
+    recorded (log_image would name a resent image anew); tests/tracking/test_journal.py holds
+    these to the names log_image writes, so an MLflow that names them otherwise fails there."""
+    stem = f"{key.replace('/', '~')}+step+{step}+timestamp+{timestamp}+{uuid.uuid4()}"
+    return [f"{stem}.png", f"{stem}+compressed.webp"]
+
+
 def is_lasting_refusal(error: Exception) -> bool:
     """A 4xx answer (but 429, "slow down") is the store refusing the entry, not being away:
     sending it again cannot help."""
@@ -102,8 +112,7 @@ class Journal:
     def record_image(self, key: str, image: Image.Image, step: int, position: int) -> None:
         """Keep an image as MLflow's `log_image(key=..., step=...)` names it, so the UI shows
         the images of one key as a stepped series."""
-        stem = f"{key}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
-        files = [f"{stem}.png", f"{stem}+compressed.webp"]
+        files = stepped_image_files(key, step, int(time.time() * 1000))
         try:
             with disk.space_for(self.folder, f"image {key}", None, FREE_SPACE_ADVICE):
                 image.save(self.folder / IMAGES_FOLDER / files[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import lightning as L
 import mlflow
@@ -51,11 +52,11 @@ from pipeline.training.checkpoints import (
     ResumePoint,
     resume_point,
 )
-from pipeline.training.journal_logger import EpochMetricsBeforeCheckpoints, JournalLogger
+from pipeline.training.journal_logger import JournalLogger
 from pipeline.training.module import SegmentationModule
 from pipeline.training.pruning import TrialLink, TrialPruned, TrialPruning
 from pipeline.training.recipes import Recipe
-from pipeline.training.runtime import RuntimeConfig, compile_tag, resolve_hardware
+from pipeline.training.runtime import Hardware, RuntimeConfig, compile_tag, resolve_hardware
 
 GRID_IMAGES = 8
 EARLY_STOP_MIN_DELTA = 1e-4
@@ -75,6 +76,14 @@ def open_journal(checkpoint_dir: Path, run_id: str, resume: ResumePoint) -> Jour
     return journal
 
 
+class FitResult(NamedTuple):
+    """What the first process of a fit returns: the best module by val Dice, and the fit's
+    summary metrics."""
+
+    best: SegmentationModule
+    summary: dict[str, Any]
+
+
 def fit(
     recipe: Recipe,
     runtime: RuntimeConfig,
@@ -82,9 +91,9 @@ def fit(
     run_id: str,
     seed: int,
     grid_every: int,
-) -> tuple[SegmentationModule, dict] | None:
-    """Train as `recipe` says and return the best module by val Dice with a summary of the fit;
-    `seed` seeds weights and data order, `grid_every` spaces the prediction grids (epochs).
+) -> FitResult | None:
+    """Train as `recipe` says; `seed` seeds weights and data order, `grid_every` spaces the
+    prediction grids (epochs).
 
     Checkpoints live in checkpoint_dir/<run_id>; a run started again with the same id resumes
     from its last epoch instead of starting over. In a distributed fit every rank calls this;
@@ -106,16 +115,10 @@ def fit(
     if first and resume.set_aside:
         log.warning("train: %s", resume.description())
         mlflow.set_tag(CHECKPOINT_SET_ASIDE_TAG, resume.description()[:5000])
-    # A pretrained encoder's weights start a fresh fit; a resumed one takes all from its
-    # checkpoint, so it downloads nothing.
-    network = UNet(recipe.network, pretrained=resume.checkpoint is None)
-    module = SegmentationModule(network, recipe.loss, recipe.optimization)
-    if hardware.channels_last:
-        module.net.to(memory_format=torch.channels_last)
-    if hardware.compile is not None:
-        # In place: the parameters keep their names, so checkpoints and the logged network (a
-        # fresh UNet loaded from the best checkpoint) are those of the plain module.
-        module.net.compile(**hardware.compile)
+    module = segmentation_module(recipe, hardware, fresh=resume.checkpoint is None)
+    trial = TrialLink.from_environment()
+    # A tune trial's epochs are lines, never a live bar: its workers share one terminal.
+    interactive = sys.stderr.isatty() and trial is None
     best_checkpoint = BestCheckpoint(
         dirpath=checkpoint_dir,
         filename=Path(BEST_CHECKPOINT).stem,
@@ -123,75 +126,19 @@ def fit(
         mode="max",
         enable_version_counter=False,
     )
-    # Every epoch, not only when val Dice improves (what save_last=True does since Lightning
-    # 2.6): a resumed run must go on from where it stopped, not from its best epoch.
-    last_checkpoint = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        filename=Path(LAST_CHECKPOINT).stem,
-        save_top_k=1,
-        enable_version_counter=False,
+    callbacks = fit_callbacks(
+        recipe, cache, grid_every, checkpoint_dir, best_checkpoint, trial, interactive
     )
-    val_images, val_masks = open_split(cache, "val")
-    trial = TrialLink.from_environment()
-    # A tune trial's epochs are lines, never a live bar: its workers share one terminal.
-    interactive = sys.stderr.isatty() and trial is None
-    callbacks = [
-        EpochMetricsBeforeCheckpoints(),
-        best_checkpoint,
-        last_checkpoint,
-        EarlyStopping(
-            monitor="val_dice",
-            mode="max",
-            patience=recipe.patience,
-            min_delta=EARLY_STOP_MIN_DELTA,
-        ),
-        LearningRateMonitor(logging_interval="epoch"),
-        EpochTimer(),
-        StopTogether(),
-        PredictionGrid(
-            np.array(val_images[:GRID_IMAGES]), np.array(val_masks[:GRID_IMAGES]), grid_every
-        ),
-        *([] if interactive else [EpochSummary(f"trial {trial.trial_number}: " if trial else "")]),
-        *([WeightEMA(recipe.ema_decay)] if recipe.ema_decay else []),
-    ]
-    if trial and is_rank_zero():
-        callbacks.append(TrialPruning(trial))
-    train_images = len(open_split(cache, "train")[0])
     journal = open_journal(checkpoint_dir, run_id, resume) if first else None
-    trainer = L.Trainer(
-        max_epochs=recipe.max_epochs,
-        max_time=runtime.max_time or None,
-        accelerator=hardware.accelerator,
-        devices=hardware.devices,
-        num_nodes=runtime.num_nodes,
-        strategy=runtime.strategy,
-        precision=hardware.precision,
-        benchmark=hardware.cudnn_benchmark,
-        **recipe.optimization.trainer_arguments(),
-        callbacks=callbacks,
-        logger=JournalLogger(journal),
-        plugins=[DurableCheckpointIO(journal)],
-        enable_progress_bar=interactive,
-        default_root_dir=checkpoint_dir,
+    trainer = fit_trainer(
+        recipe, runtime, hardware, callbacks, journal, checkpoint_dir, interactive
     )
     # Each process takes its share of the training images: about once an epoch at least.
-    per_process = train_images // (recipe.batch_size * trainer.world_size)
+    per_process = len(open_split(cache, "train")[0]) // (recipe.batch_size * trainer.world_size)
     trainer.log_every_n_steps = max(1, min(50, per_process))
     if first:
         # Tags, not params: a run resumed on another machine may resolve them differently.
-        mlflow.set_tags(
-            {
-                PRECISION_TAG: hardware.precision,
-                NUM_WORKERS_TAG: hardware.num_workers,
-                DEVICE_TAG: torch.cuda.get_device_name() if hardware.on_gpu else "cpu",
-                CHANNELS_LAST_TAG: str(hardware.channels_last).lower(),
-                COMPILE_TAG: compile_tag(hardware.compile),
-                CUDNN_BENCHMARK_TAG: str(hardware.cudnn_benchmark).lower(),
-                STRATEGY_TAG: type(trainer.strategy).__name__,
-                WORLD_SIZE_TAG: trainer.world_size,
-                GLOBAL_BATCH_TAG: recipe.batch_size * trainer.world_size,
-            }
-        )
+        mlflow.set_tags(hardware_tags(hardware, trainer, recipe.batch_size))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.checkpoint)
     except BaseException as failure:
@@ -212,6 +159,109 @@ def fit(
     if not first:
         return None
     journal.close(drain=True)
+    return fit_result(trainer, best_checkpoint)
+
+
+def segmentation_module(recipe: Recipe, hardware: Hardware, fresh: bool) -> SegmentationModule:
+    """The module to fit, laid out and compiled for the hardware. A pretrained encoder's
+    weights start a fresh fit; a resumed one takes all from its checkpoint, so it downloads
+    nothing."""
+    module = SegmentationModule(
+        UNet(recipe.network, pretrained=fresh), recipe.loss, recipe.optimization
+    )
+    if hardware.channels_last:
+        module.net.to(memory_format=torch.channels_last)
+    if hardware.compile is not None:
+        # In place: the parameters keep their names, so checkpoints and the logged network (a
+        # fresh UNet loaded from the best checkpoint) are those of the plain module.
+        module.net.compile(**hardware.compile)
+    return module
+
+
+def fit_callbacks(
+    recipe: Recipe,
+    cache: Path,
+    grid_every: int,
+    checkpoint_dir: Path,
+    best_checkpoint: BestCheckpoint,
+    trial: TrialLink | None,
+    interactive: bool,
+) -> list[L.Callback]:
+    """The fit's callbacks, in the order they run."""
+    # Every epoch, not only when val Dice improves (what save_last=True does since Lightning
+    # 2.6): a resumed run must go on from where it stopped, not from its best epoch.
+    last_checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename=Path(LAST_CHECKPOINT).stem,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    val_images, val_masks = open_split(cache, "val")
+    return [
+        best_checkpoint,
+        last_checkpoint,
+        EarlyStopping(
+            monitor="val_dice",
+            mode="max",
+            patience=recipe.patience,
+            min_delta=EARLY_STOP_MIN_DELTA,
+        ),
+        LearningRateMonitor(logging_interval="epoch"),
+        EpochTimer(),
+        StopTogether(),
+        PredictionGrid(
+            np.array(val_images[:GRID_IMAGES]), np.array(val_masks[:GRID_IMAGES]), grid_every
+        ),
+        *([] if interactive else [EpochSummary(f"trial {trial.trial_number}: " if trial else "")]),
+        *([WeightEMA(recipe.ema_decay)] if recipe.ema_decay else []),
+        *([TrialPruning(trial)] if trial and is_rank_zero() else []),
+    ]
+
+
+def fit_trainer(
+    recipe: Recipe,
+    runtime: RuntimeConfig,
+    hardware: Hardware,
+    callbacks: list[L.Callback],
+    journal: Journal | None,
+    checkpoint_dir: Path,
+    interactive: bool,
+) -> L.Trainer:
+    """The Trainer of the fit: its budget, hardware and clipping, logging into the journal."""
+    return L.Trainer(
+        max_epochs=recipe.max_epochs,
+        max_time=runtime.max_time or None,
+        accelerator=hardware.accelerator,
+        devices=hardware.devices,
+        num_nodes=runtime.num_nodes,
+        strategy=runtime.strategy,
+        precision=hardware.precision,
+        benchmark=hardware.cudnn_benchmark,
+        **recipe.optimization.trainer_arguments(),
+        callbacks=callbacks,
+        logger=JournalLogger(journal),
+        plugins=[DurableCheckpointIO(journal)],
+        enable_progress_bar=interactive,
+        default_root_dir=checkpoint_dir,
+    )
+
+
+def hardware_tags(hardware: Hardware, trainer: L.Trainer, batch_size: int) -> dict[str, Any]:
+    """Where and how the fit runs, as the run's tags."""
+    return {
+        PRECISION_TAG: hardware.precision,
+        NUM_WORKERS_TAG: hardware.num_workers,
+        DEVICE_TAG: torch.cuda.get_device_name() if hardware.on_gpu else "cpu",
+        CHANNELS_LAST_TAG: str(hardware.channels_last).lower(),
+        COMPILE_TAG: compile_tag(hardware.compile),
+        CUDNN_BENCHMARK_TAG: str(hardware.cudnn_benchmark).lower(),
+        STRATEGY_TAG: type(trainer.strategy).__name__,
+        WORLD_SIZE_TAG: trainer.world_size,
+        GLOBAL_BATCH_TAG: batch_size * trainer.world_size,
+    }
+
+
+def fit_result(trainer: L.Trainer, best_checkpoint: BestCheckpoint) -> FitResult:
     if not best_checkpoint.best_model_path:
         raise PipelineError(
             "training ended before its first validation, so there is no model: raise max_epochs "
@@ -224,4 +274,4 @@ def fit(
         "stopped_early": bool(trainer.early_stopping_callback.stopped_epoch),
         "parameters": sum(parameter.numel() for parameter in best.net.parameters()),
     }
-    return best, summary
+    return FitResult(best, summary)

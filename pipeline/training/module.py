@@ -82,6 +82,18 @@ class SegmentationModule(L.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        """Hand the epoch's training metrics to the loggers now, at the step Lightning logs
+        them at. Lightning logs them only after its checkpoint callbacks ran: a kill right
+        after `last.ckpt` was written resumed after an epoch whose training metrics were never
+        recorded. When Lightning logs the same (key, step) next, the journal keeps it once.
+        Every rank computes (the metrics add up over the ranks); only the first one logs."""
+        computed = {"train_loss_epoch": self.train_loss.compute(), **self.train_metrics.compute()}
+        metrics = {key: float(value) for key, value in computed.items()}
+        metrics["epoch"] = self.current_epoch
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step - 1)
+
     def validation_step(self, batch, batch_index: int) -> None:
         loss, logits, masks = self._shared_step(batch)
         self.val_metrics.update(hard_predictions(logits), masks.to(torch.uint8))

@@ -152,17 +152,23 @@ def test_logged_model_describes_itself(varied) -> None:
         assert picture.format == "PNG" and picture.size == (64, 64)
 
 
-# A pixel whose interpolated logit is this close to the cut may fall either way: PyTorch's own
-# kernels round differently from one CPU to another there.
-NEAR_CUT = 1e-5
+# A pixel whose interpolated logit is this close to the cut may fall either way: the banded mask
+# samples in float64, F.interpolate in float32, whose source positions are rounded to about
+# 6e-8 of the source's size (at most a few 1e-5 of a pixel here), which moves a logit by that
+# share of the step to its neighbour (a few units at most).
+NEAR_CUT = 1e-3
+# And at most this share of a mask's pixels may differ at all.
+MOST_DIFFERING = 1e-4
 
 
 def assert_mask_is_thresholded(mask: np.ndarray, logits: np.ndarray, cut: float) -> None:
-    """`mask` is `logits > cut` but where a logit is within NEAR_CUT of the cut."""
+    """`mask` is `logits > cut` but where a logit is within NEAR_CUT of the cut, and on no more
+    than MOST_DIFFERING of its pixels."""
     expected = logits > np.float32(cut)
     assert mask.shape == expected.shape and mask.dtype == bool
     differ = mask != expected
     assert np.all(np.abs(logits[differ] - cut) < NEAR_CUT), np.abs(logits[differ] - cut).max()
+    assert differ.sum() <= max(1, MOST_DIFFERING * differ.size), differ.sum()
 
 
 @pytest.mark.parametrize("source_side", [32, 256])

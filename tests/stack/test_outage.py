@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -169,13 +170,11 @@ def check_epochs_logged_once(client: MlflowClient, train: Run, output: str) -> i
 def steps_started(parent: int, entry_point: str) -> int:
     """Step processes of `entry_point` that process `parent` started (and that still run)."""
     started = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for child in psutil.Process(parent).children():
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            args = (stat.parent / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):  # a process that ended meanwhile
+            started += entry_point in child.cmdline()
+        except psutil.NoSuchProcess:  # ended meanwhile
             continue
-        started += ppid == parent and entry_point.encode() in args
     return started
 
 

@@ -4,6 +4,7 @@ through outages of any length, and never twice after a resume."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,13 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pipeline.tracking import journal as journal_module
-from pipeline.tracking.journal import ENTRIES_FILE, IMAGES_FOLDER, NOTHING, Journal
+from pipeline.tracking.journal import (
+    ENTRIES_FILE,
+    IMAGES_FOLDER,
+    NOTHING,
+    Journal,
+    stepped_image_files,
+)
 
 
 @pytest.fixture
@@ -213,3 +220,19 @@ def test_a_full_disk_leaves_no_half_entry_and_says_what_to_do(
     journal.record_metrics({"val_dice": 0.6}, step=3)
     journal.close(drain=True)
     assert [step for step, _, _ in history(run_id, "val_dice")] == [1, 3]
+
+
+def test_images_carry_the_names_mlflows_log_image_gives_them(run_id: str) -> None:
+    """The UI shows a key's images as a stepped series by these names; when MLflow names them
+    otherwise, the journal's delivered images stop being a series: this fails first."""
+    uuid = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    MlflowClient().log_image(
+        run_id, np.zeros((4, 4, 3), np.uint8), key="grid/val", step=3, timestamp=1234
+    )
+    logged = sorted(a.path for a in MlflowClient().list_artifacts(run_id, IMAGES_FOLDER))
+    ours = sorted(stepped_image_files("grid/val", 3, 1234))
+    assert len(logged) == len(ours) == 2
+    for name, written in zip(ours, logged, strict=True):
+        made = re.search(uuid, name).group(0)  # a fresh uuid per image, as MLflow's
+        shape = re.escape(f"{IMAGES_FOLDER}/{name}").replace(re.escape(made), uuid)
+        assert re.fullmatch(shape, written), (name, written)
