@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -37,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if not argv or argv[0] not in {module.name for module in command_modules()}:
-        unknown = f"unknown entry point {argv[0]!r}\n\n" if argv else ""
+        names = [module.name for module in command_modules()]
+        close = difflib.get_close_matches(argv[0], names, n=1) if argv else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        unknown = f"unknown entry point {argv[0]!r}{hint}\n\n" if argv else ""
         print(unknown + usage(), file=sys.stderr)
         return 2
     die_with_parent()

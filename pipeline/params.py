@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import inspect
 import shlex
 import typing
@@ -264,7 +265,12 @@ def parse(params_class: type, argv: list[str] | None = None, prog: str | None = 
         )
     # MLflow's Kubernetes backend runs the command without a shell, each word still quoted for
     # one (mlflow/projects/kubernetes.py, _get_run_command): `''` for an empty value.
-    given = {name: shell_unquoted(text) for name, text in vars(parser.parse_args(argv)).items()}
+    known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise PipelineError(
+            unrecognized(unknown[0], [spec.name for spec in dataclasses.fields(params_class)])
+        )
+    given = {name: shell_unquoted(text) for name, text in vars(known).items()}
     for spec in dataclasses.fields(params_class):
         if spec.default is dataclasses.MISSING and not given[spec.name].strip():
             # argparse takes `--model_uri ''`; the step would open a run and fail inside it.
@@ -273,6 +279,16 @@ def parse(params_class: type, argv: list[str] | None = None, prog: str | None = 
                 f"{spec.metadata.get('help', 'a value')}"
             )
     return params_class(**{name: convert(params_class, name, text) for name, text in given.items()})
+
+
+def unrecognized(argument: str, names: list[str]) -> str:
+    """One line for an argument no parameter takes, with the nearest name (difflib)."""
+    wanted = argument.split("=", 1)[0].lstrip("-")
+    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.6)
+    if not close:
+        close = [name for name in names if wanted and (wanted in name or name in wanted)][:1]
+    hint = f": did you mean --{close[0]}?" if close else "; --help lists the parameters"
+    return f"unrecognized argument {argument}{hint}"
 
 
 def shell_unquoted(text: str) -> str:

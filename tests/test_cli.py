@@ -32,7 +32,7 @@ def test_help_lists_every_entry_point_with_a_line_and_exits_0() -> None:
 def test_an_unknown_entry_point_is_named_and_refused(capsys) -> None:
     assert main(["trian"]) == 2
     error = capsys.readouterr().err
-    assert "unknown entry point 'trian'" in error
+    assert "unknown entry point 'trian' (did you mean train?)" in error
     assert "train" in error
 
 
@@ -52,3 +52,26 @@ def test_entry_point_help_describes_it_and_every_parameter(entry_point: str, cap
         after = options.split(f"--{spec.name} {spec.name.upper()} ")[1].split(" --")[0]
         assert "(default: " in after or "(required)" in after, (spec.name, after)
         assert len(after.split()) >= 4, (spec.name, after)  # words beyond the default
+
+
+@pytest.mark.parametrize(
+    ("argument", "line"),
+    [
+        ("--epochs", "main: error: unrecognized argument --epochs: did you mean --max_epochs?"),
+        (
+            "--batchsize",
+            "main: error: unrecognized argument --batchsize: did you mean --batch_size?",
+        ),
+        ("--zzz", "main: error: unrecognized argument --zzz; --help lists the parameters"),
+    ],
+)
+def test_an_unknown_parameter_is_one_line_with_the_nearest_name(
+    argument: str, line: str, capsys
+) -> None:
+    """It was argparse's 34 lines of usage; no run opens either way."""
+    from mlflow.tracking import MlflowClient
+
+    assert main(["main", argument, "3"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+    experiment = MlflowClient().get_experiment_by_name("unet-person")
+    assert experiment is None or not MlflowClient().search_runs([experiment.experiment_id])

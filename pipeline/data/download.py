@@ -63,9 +63,22 @@ def source_kind(source: str) -> str:
                 f"source {source} is a file but not a zip archive: pass {SOURCE_HELP}"
             )
         return "zip"
+    if looks_local(source):
+        raise PipelineError(
+            f"source {source}: there is no folder or file {path.absolute()}; give an existing "
+            f"folder or .zip (a Kaggle handle is owner/dataset and names no local folder)"
+        )
     if KAGGLE_HANDLE.match(source):
         return "kaggle"
     raise PipelineError(f"source {source!r} is none of: {SOURCE_HELP}")
+
+
+def looks_local(source: str) -> bool:
+    """A path, not a Kaggle handle: it starts with `.`, `/` or `~`, or its first part is a
+    folder here (data/raw_typo). Such a source that does not exist is a typo to name at once,
+    not a dataset to ask Kaggle for."""
+    first = Path(source).parts[0] if Path(source).parts else ""
+    return source.startswith((".", "/", "~")) or Path(first).is_dir()
 
 
 def source_fingerprint(source: str) -> str:

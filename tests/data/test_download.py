@@ -47,6 +47,28 @@ def test_source_kind_recognises_every_accepted_form(dataset: Path, tmp_path: Pat
     assert source_kind("owner/dataset/versions/3") == "kaggle"
 
 
+@pytest.mark.parametrize(
+    "source", ["./my_photos", "../photos", "data/raw_typo", "~/no_such_photos_folder", "/no/such"]
+)
+def test_a_missing_path_is_refused_at_the_door_not_asked_of_kaggle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """`main --source ./my_photos` went to Kaggle and failed 6 s later with a ConnectionError
+    and a failed run; now parsing refuses it, naming the path, before any run."""
+    from pipeline.params import parse
+    from pipeline.training_params import MainParams
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    missing = str(Path(source).expanduser().absolute())
+    with pytest.raises(PipelineError, match="there is no folder or file") as caught:
+        source_kind(source)
+    assert missing in str(caught.value)
+    with pytest.raises(PipelineError, match="there is no folder or file"):
+        parse(MainParams, ["--source", source])
+    assert source_kind("owner/dataset") == "kaggle"  # no folder `owner` here: a handle
+
+
 def test_a_file_that_is_not_a_zip_is_refused_by_name(tmp_path: Path) -> None:
     fake = tmp_path / "person.zip"
     fake.write_bytes(b"this is a text file, not an archive")
