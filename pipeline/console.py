@@ -22,19 +22,20 @@ SILENCED_WARNINGS = (
     # continues from, on purpose.
     r"Checkpoint directory .* exists and is not empty",
 )
-# Lightning advertises its cloud logger once per Trainer, on its rank-zero logger.
-LIGHTNING_TIP = "💡 Tip:"
+# What Lightning's rank-zero logger says once per Trainer that tells nobody anything: its cloud
+# logger's advertisement, and the accelerators a CPU or CUDA machine never has.
+LIGHTNING_NOISE = ("💡 Tip:", "TPU available", "HPU available", "IPU available")
 
 
-def _no_tips(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(LIGHTNING_TIP)
+def _no_noise(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(LIGHTNING_NOISE)
 
 
 def quiet_libraries() -> None:
     """Silence the noise; called once at the start of every command."""
     for message in SILENCED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_noise)
     # The ONNX exporter's graph passes log each step at INFO (train and export run them).
     for name in ("onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -116,6 +116,9 @@ def fit(
         log.warning("train: %s", resume.description())
         mlflow.set_tag(CHECKPOINT_SET_ASIDE_TAG, resume.description()[:5000])
     module = segmentation_module(recipe, hardware, fresh=resume.checkpoint is None)
+    if first:
+        size = sum(parameter.numel() for parameter in module.net.parameters())
+        log.info("train: a U-Net of %s parameters", f"{size:,}")
     trial = TrialLink.from_environment()
     # A tune trial's epochs are lines, never a live bar: its workers share one terminal.
     interactive = sys.stderr.isatty() and trial is None
@@ -242,6 +245,8 @@ def fit_trainer(
         logger=JournalLogger(journal),
         plugins=[DurableCheckpointIO(journal)],
         enable_progress_bar=interactive,
+        # Its table ends in "Total Flops 0" on a CPU; the size is one line instead (fit).
+        enable_model_summary=False,
         default_root_dir=checkpoint_dir,
     )
 

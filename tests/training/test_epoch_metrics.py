@@ -5,6 +5,7 @@ train_loss_epoch that way (tests/e2e/test_hard_kill.py)."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -44,3 +45,25 @@ def test_each_last_checkpoint_is_written_after_its_epochs_training_metrics(
     assert len(held_at_save) == EPOCHS
     for held in held_at_save:
         assert {"train_loss_epoch", "train_dice"} <= held, held
+
+
+def test_a_fit_says_its_size_in_one_line_without_lightnings_noise(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No `TPU available: False` / `HPU available` lines, no summary table ending in
+    `Total Flops 0`: the network's size is one line."""
+    import logging
+
+    from pipeline.console import quiet_libraries
+
+    quiet_libraries()
+    recipe = with_settings(DEFAULT, {**SETTINGS, "max_epochs": 1, "augment": "none"})
+    runtime = RuntimeConfig(accelerator="cpu", num_workers=0, checkpoint_dir=str(tmp_path))
+    with caplog.at_level(logging.INFO), mlflow.start_run() as run, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        fit(recipe, runtime, write_cache(tmp_path), run.info.run_id, seed=0, grid_every=5)
+    said = caplog.text
+    assert re.search(r"train: a U-Net of [\d,]+ parameters", said), said[-2000:]
+    assert "GPU available" in said  # Lightning's own lines still come, less the noise
+    for noise in ("TPU available", "HPU available", "Total Flops", "Trainable params"):
+        assert noise not in said, noise
