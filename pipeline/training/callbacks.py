@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pipeline.evaluation.figures import prediction_grid
 from pipeline.evaluation.metrics import hard_predictions
 from pipeline.model.inputs import to_model_input
+from pipeline.training.journal_logger import record_before_checkpoints
 
 log = logging.getLogger("unet_person")
 
@@ -58,8 +59,10 @@ class EpochTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # Across the ranks of a distributed fit, the slowest one's: the others wait for it.
-        elapsed = time.perf_counter() - self._started
-        module.log("epoch_time_s", elapsed, on_epoch=True, sync_dist=True, reduce_fx="max")
+        elapsed = torch.tensor(time.perf_counter() - self._started, device=module.device)
+        slowest = trainer.strategy.reduce(elapsed, reduce_op="max")
+        module.log("epoch_time_s", slowest, on_epoch=True, sync_dist=True, reduce_fx="max")
+        record_before_checkpoints(trainer, {"epoch_time_s": float(slowest)})
 
 
 class EpochSummary(L.Callback):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import lightning as L
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from PIL import Image
@@ -48,3 +49,16 @@ class JournalLogger(Logger):
     def log_image(self, image: Image.Image, key: str, step: int, position: int) -> None:
         """`step` is what the UI shows (an epoch); `position` the training step it belongs to."""
         self.journal.record_image(key, image, step, position)
+
+
+def record_before_checkpoints(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    """Hand epoch-end metrics to the loggers now, at the step Lightning logs them at later.
+
+    Lightning logs what `self.log` gathered at an epoch's end only after its checkpoint
+    callbacks ran: a kill right after `last.ckpt` was written resumed after an epoch whose
+    training metrics were never recorded (tests/e2e/test_hard_kill.py). When Lightning logs the
+    same (key, step) next, the journal keeps it once. Called from every rank; the journal's
+    logger records on the first only.
+    """
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step - 1)

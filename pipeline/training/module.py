@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from pipeline.evaluation.metrics import hard_predictions, segmentation_metrics
 from pipeline.model.unet import NetworkConfig, UNet
+from pipeline.training.journal_logger import record_before_checkpoints
 from pipeline.training.losses import segmentation_loss
 from pipeline.training.optimization import OptimizationConfig
 
@@ -83,16 +84,11 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        """Hand the epoch's training metrics to the loggers now, at the step Lightning logs
-        them at. Lightning logs them only after its checkpoint callbacks ran: a kill right
-        after `last.ckpt` was written resumed after an epoch whose training metrics were never
-        recorded. When Lightning logs the same (key, step) next, the journal keeps it once.
-        Every rank computes (the metrics add up over the ranks); only the first one logs."""
+        """The epoch's training metrics, recorded before its checkpoints are written. Every
+        rank computes them (they add up over the ranks)."""
         computed = {"train_loss_epoch": self.train_loss.compute(), **self.train_metrics.compute()}
         metrics = {key: float(value) for key, value in computed.items()}
-        metrics["epoch"] = self.current_epoch
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=self.global_step - 1)
+        record_before_checkpoints(self.trainer, {**metrics, "epoch": self.current_epoch})
 
     def validation_step(self, batch, batch_index: int) -> None:
         loss, logits, masks = self._shared_step(batch)

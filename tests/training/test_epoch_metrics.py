@@ -44,7 +44,7 @@ def test_each_last_checkpoint_is_written_after_its_epochs_training_metrics(
 
     assert len(held_at_save) == EPOCHS
     for held in held_at_save:
-        assert {"train_loss_epoch", "train_dice"} <= held, held
+        assert {"train_loss_epoch", "train_dice", "epoch_time_s"} <= held, held
 
 
 def test_a_fit_says_its_size_in_one_line_without_lightnings_noise(
