@@ -59,9 +59,16 @@ def test_a_fit_says_its_size_in_one_line_without_lightnings_noise(
     quiet_libraries()
     recipe = with_settings(DEFAULT, {**SETTINGS, "max_epochs": 1, "augment": "none"})
     runtime = RuntimeConfig(accelerator="cpu", num_workers=0, checkpoint_dir=str(tmp_path))
-    with caplog.at_level(logging.INFO), mlflow.start_run() as run, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        fit(recipe, runtime, write_cache(tmp_path), run.info.run_id, seed=0, grid_every=5)
+    # Lightning's lines straight from its logger: `lightning.pytorch` stops propagating to the
+    # root logger (caplog's) when it is imported before the root has a handler.
+    lightning = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO), mlflow.start_run() as run, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            fit(recipe, runtime, write_cache(tmp_path), run.info.run_id, seed=0, grid_every=5)
+    finally:
+        lightning.removeHandler(caplog.handler)
     said = caplog.text
     assert re.search(r"train: a U-Net of [\d,]+ parameters", said), said[-2000:]
     assert "GPU available" in said  # Lightning's own lines still come, less the noise
