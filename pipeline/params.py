@@ -222,13 +222,18 @@ def check_threshold(threshold: float) -> None:
         raise PipelineError(f"parameter threshold={threshold} must be between 0 and 1 (exclusive)")
 
 
+def is_optional(kind: Any) -> bool:
+    """`int | None`: a setting whose empty value is "the recipe's"."""
+    return type(None) in typing.get_args(kind)
+
+
 def convert(params_class: type, name: str, text: Any) -> Any:
     """The typed value of parameter `name` given as text, or a PipelineError naming it.
 
     An optional parameter (`int | None`) given as empty text is None: "take the recipe's".
     """
     kind = typing.get_type_hints(params_class)[name]
-    if type(None) in typing.get_args(kind):
+    if is_optional(kind):
         if text is None or str(text).strip() in ("", "None"):
             return None
         (kind,) = (option for option in typing.get_args(kind) if option is not type(None))

@@ -24,7 +24,7 @@ import yaml
 from pipeline.entrypoints import command_modules, entry_points
 from pipeline.errors import PipelineError
 from pipeline.orchestration.project import MLPROJECT, project_dir
-from pipeline.params import parse, text_of
+from pipeline.params import is_optional, parse, text_of
 from pipeline.search.space import searchable
 from pipeline.settings import about
 
@@ -137,11 +137,6 @@ def folded(words: list[str], indent: str) -> list[str]:
         else:
             lines[-1] += " " + word
     return lines
-
-
-def is_optional(kind: typing.Any) -> bool:
-    """`int | None`: a setting whose empty value is "the recipe's"."""
-    return type(None) in typing.get_args(kind)
 
 
 def declaration(spec: dataclasses.Field, kind: typing.Any) -> str:
