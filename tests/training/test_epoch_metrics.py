@@ -60,11 +60,17 @@ def test_a_fit_says_its_size_in_one_line_without_lightnings_noise(
     recipe = with_settings(DEFAULT, {**SETTINGS, "max_epochs": 1, "augment": "none"})
     runtime = RuntimeConfig(accelerator="cpu", num_workers=0, checkpoint_dir=str(tmp_path))
     # Lightning's lines straight from its logger: `lightning.pytorch` stops propagating to the
-    # root logger (caplog's) when it is imported before the root has a handler.
+    # root logger (caplog's) when it is imported before the root has a handler; and at INFO,
+    # whatever an earlier test in this worker (the benchmarks quiet it) left it at.
     lightning = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     lightning.addHandler(caplog.handler)
     try:
-        with caplog.at_level(logging.INFO), mlflow.start_run() as run, warnings.catch_warnings():
+        with (
+            caplog.at_level(logging.INFO),
+            caplog.at_level(logging.INFO, logger="lightning.pytorch"),
+            mlflow.start_run() as run,
+            warnings.catch_warnings(),
+        ):
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             fit(recipe, runtime, write_cache(tmp_path), run.info.run_id, seed=0, grid_every=5)
     finally:
