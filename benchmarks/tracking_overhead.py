@@ -41,13 +41,13 @@ from pipeline.training.fit import EARLY_STOP_MIN_DELTA, GRID_IMAGES, JOURNAL_FOL
 from pipeline.training.journal_logger import JournalLogger
 from pipeline.training.module import SegmentationModule
 from pipeline.training.recipes import DEFAULT
-from pipeline.training_params import TrainParams
+from pipeline.training_params import TrainingParams
 
 TITLE = "Tracking overhead: MLflow logging on vs off"
 TARGET = 3.0
 TARGET_TEXT = "<= 3 %"
 MODES = ("on", "off")
-GRID_EVERY = TrainParams.__dataclass_fields__["grid_every"].default
+GRID_EVERY = TrainingParams.grid_every
 EXPLANATION = f"""\
 The same fit twice over: once with what `pipeline/training/fit.py` adds for MLflow (its
 `JournalLogger` and `DurableCheckpointIO` around the run's journal, which a background thread

@@ -1,12 +1,14 @@
 """Typed parameters of every entry point: one dataclass per step, parsed from the command line
 and checked there, so a bad value stops before any MLflow run exists.
 
-The parameters of the entry points that train (train, main, ablate) are in
-pipeline/training_params.py, derived from the configs that declare them; the others are declared
-here or, for promote, with its request (pipeline/registry/request.py). This module loads no
-PyTorch, so the steps that need none start in a moment. The MLproject is written from these
-classes (`python -m pipeline mlproject`); they add the types, so values compare as numbers, not
-as the strings MLflow stores.
+The parameters of the entry points that train (train, main, ablate, tune) are in
+pipeline/training_params.py; the others are declared here or, for promote, with its request
+(pipeline/registry/request.py). This module loads no PyTorch, so the steps that need none start
+in a moment. A params class may nest others (`data: DataSourceParams`) and configs
+(`runtime: RuntimeConfig`): on the command line, in the MLproject and in the run's params their
+fields are flat, one parameter each (`parameters`). The MLproject is written from these classes
+(`python -m pipeline mlproject`); they add the types, so values compare as numbers, not as the
+strings MLflow stores.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shlex
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from pipeline.data.download import source_kind
@@ -29,7 +32,7 @@ from pipeline.images import DEFAULT_MAX_PIXELS
 from pipeline.registry.request import PromoteParams, check_name
 from pipeline.registry.versions import check_alias
 from pipeline.serving import RUNTIMES
-from pipeline.settings import about, parse_bool
+from pipeline.settings import about, declared, parse_bool
 
 KAGGLE_SOURCE = "tapakah68/supervisely-filtered-segmentation-person-dataset"
 MAX_PORT = 65535
@@ -40,6 +43,97 @@ TTA_HELP = (
 
 
 SAME_AS = "same_as"  # metadata: the (params class, name) a parameter is declared as
+OVERRIDES = "overrides"  # metadata: the config class whose settings a mapping field changes
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of an entry point, wherever in its params class's nest it is declared."""
+
+    name: str
+    kind: Any
+    default: Any  # dataclasses.MISSING: required
+    help: str
+
+    @property
+    def required(self) -> bool:
+        return self.default is dataclasses.MISSING
+
+
+def overrides(
+    config_class: type,
+    defaults: Mapping[str, Any] | None = None,
+    helps: Mapping[str, str] | None = None,
+) -> Any:
+    """A field holding the settings of `config_class` a command changes, by name: one optional
+    parameter per setting (empty: the config's own), `defaults` where the command has its own,
+    `helps` where it says more than the setting's declaration."""
+    given = dict(defaults or {})
+    metadata = {OVERRIDES: (config_class, given, dict(helps or {}))}
+    return field(default_factory=lambda: dict(given), metadata=metadata)
+
+
+@cache
+def parameters(params_class: type) -> tuple[Parameter, ...]:
+    """The parameters of `params_class` in order, nested classes' in their place: the names
+    the command line, the MLproject and the run's params use, so each is unique."""
+    found: list[Parameter] = []
+    hints = typing.get_type_hints(params_class)
+    for spec in dataclasses.fields(params_class):
+        kind = hints[spec.name]
+        if OVERRIDES in spec.metadata:
+            config_class, defaults, helps = spec.metadata[OVERRIDES]
+            for name, setting_kind, setting in declared(config_class):
+                help_text = helps.get(name, setting.metadata["help"])
+                found.append(Parameter(name, setting_kind | None, defaults.get(name), help_text))
+        elif dataclasses.is_dataclass(kind):
+            found += parameters(kind)
+        else:
+            found.append(Parameter(spec.name, kind, spec.default, spec.metadata.get("help", "")))
+    names = [parameter.name for parameter in found]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise TypeError(f"{params_class.__name__} declares {', '.join(twice)} more than once")
+    return tuple(found)
+
+
+def parameter(params_class: type, name: str) -> Parameter:
+    return next(found for found in parameters(params_class) if found.name == name)
+
+
+def flat_values(params: Any) -> dict[str, Any]:
+    """Every parameter's value by name, as `parameters` lists them (None: the recipe's)."""
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(params):
+        value = getattr(params, spec.name)
+        if OVERRIDES in spec.metadata:
+            config_class = spec.metadata[OVERRIDES][0]
+            values |= {name: value.get(name) for name, _, _ in declared(config_class)}
+        elif dataclasses.is_dataclass(value):
+            values |= flat_values(value)
+        else:
+            values[spec.name] = value
+    return values
+
+
+def built(params_class: type, values: Mapping[str, Any]) -> Any:
+    """`params_class` from flat values by parameter name; one not given keeps its default, and
+    a setting given as None is left to the config's own."""
+    given: dict[str, Any] = {}
+    hints = typing.get_type_hints(params_class)
+    for spec in dataclasses.fields(params_class):
+        kind = hints[spec.name]
+        if OVERRIDES in spec.metadata:
+            config_class, defaults, _ = spec.metadata[OVERRIDES]
+            changes = {
+                name: values.get(name, defaults.get(name)) for name, _, _ in declared(config_class)
+            }
+            given[spec.name] = {name: value for name, value in changes.items() if value is not None}
+        elif dataclasses.is_dataclass(kind):
+            given[spec.name] = built(kind, values)
+        elif spec.name in values:
+            given[spec.name] = values[spec.name]
+    return params_class(**given)
 
 
 def same_as(params_class: type, name: str) -> Any:
@@ -232,7 +326,7 @@ def convert(params_class: type, name: str, text: Any) -> Any:
 
     An optional parameter (`int | None`) given as empty text is None: "take the recipe's".
     """
-    kind = typing.get_type_hints(params_class)[name]
+    kind = parameter(params_class, name).kind
     if is_optional(kind):
         if text is None or str(text).strip() in ("", "None"):
             return None
@@ -252,38 +346,38 @@ def parse(params_class: type, argv: list[str] | None = None, prog: str | None = 
         description=inspect.cleandoc(params_class.__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for spec in dataclasses.fields(params_class):
-        required = spec.default is dataclasses.MISSING
-        default = None if required else text_of(spec.default)
-        if required:
+    for found in parameters(params_class):
+        default = None if found.required else text_of(found.default)
+        if found.required:
             shown = "required"
-        elif spec.default is None:
+        elif found.default is None:
             shown = "default: the recipe's; empty takes it"
         else:
             shown = f"default: {default}" if default else "default: empty"
         parser.add_argument(
-            f"--{spec.name}",
-            required=required,
+            f"--{found.name}",
+            required=found.required,
             default=default,
-            metavar=spec.name.upper(),
-            help=f"{spec.metadata.get('help', '')} ({shown})",
+            metavar=found.name.upper(),
+            help=f"{found.help} ({shown})",
         )
     # MLflow's Kubernetes backend runs the command without a shell, each word still quoted for
     # one (mlflow/projects/kubernetes.py, _get_run_command): `''` for an empty value.
     known, unknown = parser.parse_known_args(argv)
     if unknown:
         raise PipelineError(
-            unrecognized(unknown[0], [spec.name for spec in dataclasses.fields(params_class)])
+            unrecognized(unknown[0], [found.name for found in parameters(params_class)])
         )
     given = {name: shell_unquoted(text) for name, text in vars(known).items()}
-    for spec in dataclasses.fields(params_class):
-        if spec.default is dataclasses.MISSING and not given[spec.name].strip():
+    for found in parameters(params_class):
+        if found.required and not given[found.name].strip():
             # argparse takes `--model_uri ''`; the step would open a run and fail inside it.
             raise PipelineError(
-                f"parameter {spec.name} is required but was given empty: give "
-                f"{spec.metadata.get('help', 'a value')}"
+                f"parameter {found.name} is required but was given empty: give {found.help}"
             )
-    return params_class(**{name: convert(params_class, name, text) for name, text in given.items()})
+    return built(
+        params_class, {name: convert(params_class, name, text) for name, text in given.items()}
+    )
 
 
 def unrecognized(argument: str, names: list[str]) -> str:
@@ -311,7 +405,7 @@ def shell_unquoted(text: str) -> str:
 def as_text(params: Any) -> dict[str, str]:
     """Parameters (a params object or a mapping) as the strings MLflow logs, with booleans in
     the MLproject's spelling."""
-    values = params if isinstance(params, Mapping) else dataclasses.asdict(params)
+    values = params if isinstance(params, Mapping) else flat_values(params)
     return {name: text_of(value) for name, value in values.items()}
 
 

@@ -170,21 +170,6 @@ def with_settings(config: Any, changes: dict[str, Any]) -> Any:
     return dataclasses.replace(config, **replaced)
 
 
-def parameter_fields(
-    config_class: type, optional: bool
-) -> list[tuple[str, Any, dataclasses.Field]]:
-    """The settings of `config_class` as fields for `dataclasses.make_dataclass`: with the
-    declared defaults, or, `optional`, as `type | None` defaulting to None ("the recipe's")."""
-    fields = []
-    for name, kind, spec in declared(config_class):
-        metadata = {"help": spec.metadata["help"]}
-        if optional:
-            fields.append((name, kind | None, dataclasses.field(default=None, metadata=metadata)))
-        else:
-            fields.append((name, kind, dataclasses.field(default=spec.default, metadata=metadata)))
-    return fields
-
-
 def parse_bool(name: str, text: str) -> bool:
     lowered = str(text).strip().lower()
     if lowered in TRUE_WORDS:

@@ -1,25 +1,28 @@
 """Parameters of the entry points that train: train, main, ablate and tune.
 
 Training's settings are declared once, in the configs they configure (`Recipe` and the configs
-it nests, `RuntimeConfig`; pipeline/settings.py); each becomes a parameter here with the same
-name and help, and every value is checked while the parameters are built, before any run opens.
+it nests, `RuntimeConfig`; pipeline/settings.py). These classes nest those configs and the data
+params (`runtime: RuntimeConfig`, `data: DataSourceParams`, the recipe's settings as
+`TrainingParams.changes`); each of their settings is a parameter of the same name and help
+(pipeline/params.py, `parameters`), and every part checks its values as it is built, before any
+run opens.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.params import DataSourceParams, PromoteParams, same_as
+from pipeline.params import DataSourceParams, PromoteParams, overrides, same_as
 from pipeline.registry.request import check_promotion
 from pipeline.search.space import DEFAULT_SPACE, parse_search_space, searchable
 from pipeline.search.study import SAMPLERS, check_storage_url
-from pipeline.settings import about, declared, parameter_fields
+from pipeline.settings import about
 from pipeline.study.variants import PlannedVariant, parse_seeds, plan_variants
 from pipeline.training.pruning import PRUNERS
-from pipeline.training.recipes import Recipe, recipe_overrides, resolve_recipe
+from pipeline.training.recipes import Recipe, resolve_recipe
 from pipeline.training.runtime import RuntimeConfig
 
 # Epochs of each trial of `tune` unless given: a search ranks settings, and the ranking shows
@@ -32,107 +35,73 @@ TRIAL_EPOCHS = 10
 STUDY_OVERRIDES = ("max_epochs", "patience", "batch_size", "base_channels")
 
 
-def _check_recipe(params: Any) -> None:
-    params.recipe_config()
+@dataclass(frozen=True)
+class TrainingParams:
+    """The recipe and the settings that override it: what `train` fits, and what `main`,
+    `ablate` and `tune` hand their train steps."""
 
-
-def _recipe_config(params: Any) -> Recipe:
-    """The recipe these params name, with their settings in place of its own."""
-    return resolve_recipe(params.recipe, recipe_overrides(params))
-
-
-# The recipe's settings are declared once, in the configs they belong to (pipeline/settings.py);
-# here each becomes an optional parameter of the same name and help, None taking the recipe's.
-TrainingParams = dataclasses.make_dataclass(
-    "TrainingParams",
-    [
-        (
-            "recipe",
-            str,
-            field(
-                default="default",
-                metadata=about(
-                    "paper (the reference exactly) or default; the settings below override it"
-                ),
-            ),
+    recipe: str = field(
+        default="default",
+        metadata=about("paper (the reference exactly) or default; the settings below override it"),
+    )
+    # One optional parameter per setting of the recipe (pipeline/settings.py), None its own.
+    changes: Mapping[str, Any] = overrides(Recipe)
+    seed: int = field(default=42, metadata=about("seed of weights and data order"))
+    grid_every: int = field(
+        default=5, metadata=about("epochs between prediction grids of fixed val images")
+    )
+    onnx: bool = field(
+        default=True,
+        metadata=about(
+            "log the network's ONNX export inside the model (for runtime onnx and runtimes "
+            "without PyTorch); false saves its seconds per model, and `export` can write it later"
         ),
-        *parameter_fields(Recipe, optional=True),
-        ("seed", int, field(default=42, metadata=about("seed of weights and data order"))),
-        (
-            "grid_every",
-            int,
-            field(
-                default=5,
-                metadata=about("epochs between prediction grids of fixed val images"),
-            ),
-        ),
-        (
-            "onnx",
-            bool,
-            field(
-                default=True,
-                metadata=about(
-                    "log the network's ONNX export inside the model (for runtime onnx and "
-                    "runtimes without PyTorch); false saves its seconds per model, and `export` "
-                    "can write it later"
-                ),
-            ),
-        ),
-    ],
-    frozen=True,
-    namespace={
-        "__module__": __name__,
-        "__doc__": "The recipe and the settings that override it: what `train` fits, and what "
-        "`main` passes on to its train step under the same names.",
-        "__post_init__": _check_recipe,
-        "recipe_config": _recipe_config,
-    },
-)
+    )
 
+    def __post_init__(self) -> None:
+        self.recipe_config()
 
-def _runtime_config(params: Any) -> RuntimeConfig:
-    """The runtime settings among these params."""
-    return RuntimeConfig(**{name: getattr(params, name) for name, _, _ in declared(RuntimeConfig)})
-
-
-def _check_runtime(params: Any) -> None:
-    params.runtime_config()
-
-
-RuntimeParams = dataclasses.make_dataclass(
-    "RuntimeParams",
-    parameter_fields(RuntimeConfig, optional=False),
-    frozen=True,
-    namespace={
-        "__module__": __name__,
-        "__doc__": RuntimeConfig.__doc__,
-        "__post_init__": _check_runtime,
-        "runtime_config": _runtime_config,
-    },
-)
+    def recipe_config(self) -> Recipe:
+        """The recipe these params name, with their settings in place of its own."""
+        return resolve_recipe(self.recipe, self.changes)
 
 
 @dataclass(frozen=True)
-class TrainParams(RuntimeParams, TrainingParams):
+class TrialTraining(TrainingParams):
+    """A trial's training: as any, but for fewer epochs unless told."""
+
+    changes: Mapping[str, Any] = overrides(
+        Recipe,
+        defaults={"max_epochs": TRIAL_EPOCHS},
+        helps={
+            "max_epochs": f"epochs of each trial (default {TRIAL_EPOCHS}, not the recipe's: "
+            "trials rank settings; train the winner longer with main)"
+        },
+    )
+
+
+@dataclass(frozen=True)
+class TrainParams:
     """Fit the U-Net on the preprocessed cache and log the best model into the run. With
     several devices or num_nodes > 1 it runs one process per device (DDP): batch_size is per
     device, and only the first process logs into the run (README, "Several GPUs")."""
 
+    training: TrainingParams = field(default_factory=TrainingParams)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data_dir: str = field(
         default="data/processed", metadata=about("preprocess output folder or its artifact URI")
     )
 
-    def __post_init__(self) -> None:
-        self.runtime_config()
-        self.recipe_config()
-
 
 @dataclass(frozen=True)
-class MainParams(DataSourceParams, RuntimeParams, TrainingParams):
+class MainParams:
     """The whole pipeline under one parent run: download, preprocess, train, evaluate and
     promote, reusing any step already finished with the same inputs and resuming an interrupted
     training from its checkpoint."""
 
+    training: TrainingParams = field(default_factory=TrainingParams)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataSourceParams = field(default_factory=DataSourceParams)
     reuse: bool = field(default=True, metadata=about("reuse finished steps with equal inputs"))
     promote: bool = field(default=True, metadata=about("end with promote; false stops at evaluate"))
     model_name: str = same_as(PromoteParams, "model_name")
@@ -141,17 +110,16 @@ class MainParams(DataSourceParams, RuntimeParams, TrainingParams):
     min_dice: float = same_as(PromoteParams, "min_dice")
 
     def __post_init__(self) -> None:
-        DataSourceParams.__post_init__(self)
-        self.runtime_config()
-        self.recipe_config()
         check_promotion(self.model_name, self.alias, self.min_improvement, self.min_dice)
 
 
 @dataclass(frozen=True)
-class AblateParams(DataSourceParams, RuntimeParams):
+class AblateParams:
     """The architecture study: the baseline recipe and variants that each change one thing,
     trained and evaluated under one parent run, summarised in a table and a chart."""
 
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataSourceParams = field(default_factory=DataSourceParams)
     recipe: str = field(
         default="default",
         metadata=about("the study's baseline; each variant changes one thing"),
@@ -184,8 +152,6 @@ class AblateParams(DataSourceParams, RuntimeParams):
     )
 
     def __post_init__(self) -> None:
-        DataSourceParams.__post_init__(self)
-        self.runtime_config()
         self.study_plan()
 
     def study_plan(self) -> tuple[list[PlannedVariant], list[int]]:
@@ -195,25 +161,21 @@ class AblateParams(DataSourceParams, RuntimeParams):
 
 
 @dataclass(frozen=True)
-class TuneParams(DataSourceParams, RuntimeParams, TrainingParams):
+class TuneParams:
     """A hyperparameter search on Optuna whose every trial is a train step: a child run of this
     one, reused when its settings were trained before and resumed when it was interrupted; the
     best trial's model is evaluated and promoted as `main`'s is. The settings not searched are
     the recipe's, or the ones given here."""
 
+    training: TrialTraining = field(default_factory=TrialTraining)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataSourceParams = field(default_factory=DataSourceParams)
     search_space: str = field(
         default=DEFAULT_SPACE,
         metadata=about(
             "settings to search: default (every one with a declared range: "
             + ", ".join(searchable())
             + "), or a comma list of them"
-        ),
-    )
-    max_epochs: int | None = field(
-        default=TRIAL_EPOCHS,
-        metadata=about(
-            f"epochs of each trial (default {TRIAL_EPOCHS}, not the recipe's: trials rank "
-            "settings; train the winner longer with main)"
         ),
     )
     n_trials: int = field(
@@ -254,11 +216,8 @@ class TuneParams(DataSourceParams, RuntimeParams, TrainingParams):
     )
 
     def __post_init__(self) -> None:
-        DataSourceParams.__post_init__(self)
-        self.runtime_config()
-        self.recipe_config()
         searched = parse_search_space(self.search_space)
-        fixed = [name for name in searched if getattr(self, name) is not None]
+        fixed = [name for name in searched if name in self.training.changes]
         if fixed:
             raise PipelineError(
                 f"parameter search_space searches {', '.join(fixed)}, which this command also "

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 from pipeline.__main__ import main
 from pipeline.entrypoints import command_modules
 from pipeline.orchestration.project import project_dir
+from pipeline.params import parameters
 
 COMMANDS = [module.name for module in command_modules()]
 
@@ -47,11 +47,11 @@ def test_entry_point_help_describes_it_and_every_parameter(entry_point: str, cap
     assert "Params(" not in description and len(description.split()) >= 8, description
     options = " ".join(text.split("options:")[1].split())  # argparse wraps help lines
     params_class = importlib.import_module(f"pipeline.entrypoints.{entry_point}").PARAMS
-    for spec in dataclasses.fields(params_class):
-        assert f"--{spec.name} {spec.name.upper()} " in options, spec.name
-        after = options.split(f"--{spec.name} {spec.name.upper()} ")[1].split(" --")[0]
-        assert "(default: " in after or "(required)" in after, (spec.name, after)
-        assert len(after.split()) >= 4, (spec.name, after)  # words beyond the default
+    for found in parameters(params_class):
+        assert f"--{found.name} {found.name.upper()} " in options, found.name
+        after = options.split(f"--{found.name} {found.name.upper()} ")[1].split(" --")[0]
+        assert "(default: " in after or "(required)" in after, (found.name, after)
+        assert len(after.split()) >= 4, (found.name, after)  # words beyond the default
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,13 @@ drifts from the pipeline (a renamed parameter, nodes and devices that disagree) 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import shlex
 import stat
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow.cli
 import pytest
@@ -97,18 +97,19 @@ def params_class(entry_point: str) -> type:
 def check_pipeline_args(entry_point: str, argv: list[str], *, values: bool = True):
     """The parameters of `python -m pipeline <entry point> <argv>`: every name exactly one the
     entry point has (its parser would also take an abbreviation), and, with `values`, every
-    value as the pipeline parses and checks it."""
+    value as the pipeline parses and checks it, by parameter name."""
     cls = params_class(entry_point)
-    known = {spec.name for spec in dataclasses.fields(cls)}
+    known = {found.name for found in pipeline_params.parameters(cls)}
     unknown = sorted({word[2:] for word in argv if word.startswith("--")} - known)
     assert not unknown, f"`python -m pipeline {entry_point}` has no parameter {unknown}: {argv}"
     if not values:
         return None
     try:
-        return pipeline_params.parse(cls, argv, prog=f"python -m pipeline {entry_point}")
+        parsed = pipeline_params.parse(cls, argv, prog=f"python -m pipeline {entry_point}")
     except (PipelineError, SystemExit) as error:
         message = f"`python -m pipeline {entry_point} {shlex.join(argv)}`: {error}"
         raise AssertionError(message) from error
+    return SimpleNamespace(**pipeline_params.flat_values(parsed))
 
 
 def torchrun_args(words: list[str]) -> argparse.Namespace:

@@ -14,8 +14,9 @@ from mlflow.projects import _project_spec
 from pipeline.entrypoints import command_modules, entry_points, mlproject
 from pipeline.errors import PipelineError
 from pipeline.orchestration.project import MLPROJECT, project_dir, step_command
-from pipeline.params import convert
-from pipeline.training_params import AblateParams, MainParams, RuntimeParams, TrainParams
+from pipeline.params import built, convert, flat_values, parameters
+from pipeline.training.runtime import RuntimeConfig
+from pipeline.training_params import AblateParams, MainParams, TrainingParams, TrainParams
 
 PARAMS = {
     name: importlib.import_module(f"pipeline.entrypoints.{name}").PARAMS for name in entry_points()
@@ -46,8 +47,8 @@ def test_the_parameters_page_holds_every_parameter_with_its_help() -> None:
     page = mlproject.reference_text()
     for name, params_class in PARAMS.items():
         section = page.split(f"## `{name}`")[1].split("\n## ")[0]
-        for spec in dataclasses.fields(params_class):
-            assert f"| `{spec.name}` |" in section and spec.metadata["help"] in section, spec.name
+        for found in parameters(params_class):
+            assert f"| `{found.name}` |" in section and found.help in section, found.name
 
 
 def test_mlproject_check_names_a_stale_file_and_what_to_run(tmp_path, monkeypatch, capsys) -> None:
@@ -75,9 +76,9 @@ def test_every_module_of_the_folder_is_a_command_named_as_its_file() -> None:
 def test_step_commands_are_the_ones_mlflow_computes(project, entry_point: str, tmp_path) -> None:
     """step_command fills the MLproject's template itself; MLflow's loader must agree, with
     values that need quoting, and with every default."""
-    fields = dataclasses.fields(PARAMS[entry_point])
-    given = {spec.name: f"it's {spec.name} 1e-5" for spec in fields}
-    required = {spec.name: "x y" for spec in fields if spec.default is dataclasses.MISSING}
+    found = parameters(PARAMS[entry_point])
+    given = {each.name: f"it's {each.name} 1e-5" for each in found}
+    required = {each.name: "x y" for each in found if each.required}
     for params in (given, required):
         expected = project.get_entry_point(entry_point).compute_command(params, str(tmp_path))
         assert step_command(entry_point, params) == expected
@@ -87,18 +88,17 @@ def test_step_commands_are_the_ones_mlflow_computes(project, entry_point: str, t
 def test_parameters_agree_in_name_type_and_default(project, entry_point: str) -> None:
     declared = project.get_entry_point(entry_point).parameters
     params_class = PARAMS[entry_point]
-    hints = typing.get_type_hints(params_class)
-    fields = {spec.name: spec for spec in dataclasses.fields(params_class)}
-    assert set(declared) == set(fields)
+    found = {each.name: each for each in parameters(params_class)}
+    assert set(declared) == set(found)
     for name, parameter in declared.items():
         # An optional setting (int | None) is a string whose empty value means "the recipe's".
-        optional = type(None) in typing.get_args(hints[name])
-        assert parameter.type == ("string" if optional else MLPROJECT_TYPES[hints[name]]), name
-        default = fields[name].default
-        if default is dataclasses.MISSING:
+        kind = found[name].kind
+        optional = type(None) in typing.get_args(kind)
+        assert parameter.type == ("string" if optional else MLPROJECT_TYPES[kind]), name
+        if found[name].required:
             assert parameter.default is None, f"{name} is required in the class only"
         else:
-            assert convert(params_class, name, parameter.default) == default, name
+            assert convert(params_class, name, parameter.default) == found[name].default, name
 
 
 @pytest.mark.parametrize("entry_point", sorted(PARAMS))
@@ -127,10 +127,10 @@ def test_project_runs_in_the_trainer_image(project) -> None:
 
 def test_main_accepts_every_setting_train_does_and_passes_it_on() -> None:
     """`main --augment false` was refused: main offered 8 of train's settings."""
-    from pipeline.orchestration.workflow import PreparedData, train_params, training_settings
+    from pipeline.orchestration.workflow import PreparedData, train_params
 
-    main_fields = {spec.name: spec.default for spec in dataclasses.fields(MainParams)}
-    train_fields = {spec.name: spec.default for spec in dataclasses.fields(TrainParams)}
+    main_fields = {found.name: found.default for found in parameters(MainParams)}
+    train_fields = {found.name: found.default for found in parameters(TrainParams)}
     assert set(train_fields) - set(main_fields) == {"data_dir"}  # main makes the data itself
     for name, default in train_fields.items():
         assert name == "data_dir" or main_fields[name] == default, name
@@ -144,9 +144,9 @@ def test_main_accepts_every_setting_train_does_and_passes_it_on() -> None:
         "grid_every": 2, "onnx": False,
         "max_time": "00:00:01:00", **RUNTIME_CHANGED,
     }  # fmt: skip
-    main = MainParams(**changed)
-    step = train_params(PreparedData("cache", "digest"), main, **training_settings(main))
-    passed = {name: getattr(step, name) for name in changed}
+    main = built(MainParams, changed)
+    step = train_params(PreparedData("cache", "digest"), main.runtime, main.training)
+    passed = {name: flat_values(step)[name] for name in changed}
     assert passed == changed
 
 
@@ -154,21 +154,21 @@ def test_main_passes_its_data_and_promotion_params_to_their_steps() -> None:
     """Each is declared same_as the step's own parameter, and reaches it under that name."""
     from pipeline.params import DownloadParams, PreprocessParams, PromoteParams, passed_on
 
-    main = MainParams(
+    main = built(MainParams, dict(
         source="synthetic:7", image_size=32, val_fraction=0.2, test_fraction=0.1, split_seed=3,
         strict=True, max_pixels=1000, log_data=False, model_name="m", alias="a",
         min_improvement=0.01, min_dice=0.2,
-    )  # fmt: skip
-    download = passed_on(main, DownloadParams, output_dir="raw")
+    ))  # fmt: skip
+    download = passed_on(main.data, DownloadParams, output_dir="raw")
     assert (download.source, download.output_dir, download.log_data) == (
         "synthetic:7",
         "raw",
         False,
     )
-    preprocess = passed_on(main, PreprocessParams, raw_dir="raw")
+    preprocess = passed_on(main.data, PreprocessParams, raw_dir="raw")
     assert dataclasses.astuple(preprocess) == (
         "raw",
-        main.processed_dir,
+        main.data.processed_dir,
         32,
         0.2,
         0.1,
@@ -195,8 +195,8 @@ RUNTIME_CHANGED = {
 def test_ablate_passes_every_runtime_setting_to_its_train_steps() -> None:
     from pipeline.orchestration.workflow import PreparedData, train_params
 
-    runtime = {spec.name for spec in dataclasses.fields(RuntimeParams)}
+    runtime = {found.name for found in parameters(RuntimeConfig)}
     assert set(RUNTIME_CHANGED) | {"max_time", "checkpoint_dir"} == runtime
-    ablate = AblateParams(**RUNTIME_CHANGED)
-    step = train_params(PreparedData("cache", "digest"), ablate, recipe="paper", seed=1)
-    assert {name: getattr(step, name) for name in RUNTIME_CHANGED} == RUNTIME_CHANGED
+    ablate = built(AblateParams, RUNTIME_CHANGED)
+    step = train_params(PreparedData("cache", "digest"), ablate.runtime, TrainingParams("paper"))
+    assert {name: flat_values(step)[name] for name in RUNTIME_CHANGED} == RUNTIME_CHANGED

@@ -9,13 +9,11 @@ is not what this writes.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import json
 import sys
 import textwrap
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import yaml
 from pipeline.entrypoints import command_modules, entry_points
 from pipeline.errors import PipelineError
 from pipeline.orchestration.project import MLPROJECT, project_dir
-from pipeline.params import is_optional, parse, text_of
+from pipeline.params import Parameter, is_optional, parameters, parse, text_of
 from pipeline.search.space import searchable
 from pipeline.settings import about
 
@@ -104,24 +102,22 @@ def params_of(name: str) -> type:
 def described(params_class: type) -> str:
     """The class's docstring as one paragraph, with what an empty setting means."""
     about_it = inspect.cleandoc(params_class.__doc__ or "").replace("\n", " ")
-    hints = typing.get_type_hints(params_class)
-    if any(is_optional(hints[spec.name]) for spec in dataclasses.fields(params_class)):
+    if any(is_optional(found.kind) for found in parameters(params_class)):
         about_it += " An empty setting takes the recipe's value (pipeline/training/recipes.py)."
     return about_it
 
 
 def entry_point_block(name: str) -> str:
     params_class = params_of(name)
-    hints = typing.get_type_hints(params_class)
-    fields = dataclasses.fields(params_class)
+    found = parameters(params_class)
     about_it = described(params_class)
-    words = [f"--{spec.name} {{{spec.name}}}" for spec in fields]
+    words = [f"--{each.name} {{{each.name}}}" for each in found]
     return "\n".join(
         [
             f"  {name}:",
             *textwrap.wrap(about_it, WIDTH, initial_indent="    # ", subsequent_indent="    # "),
             "    parameters:",
-            *(f"      {spec.name}: {declaration(spec, hints[spec.name])}" for spec in fields),
+            *(f"      {each.name}: {declaration(each)}" for each in found),
             "    command: >-",
             *folded([f"python -m pipeline {name}", *words], "      "),
         ]
@@ -139,12 +135,12 @@ def folded(words: list[str], indent: str) -> list[str]:
     return lines
 
 
-def declaration(spec: dataclasses.Field, kind: typing.Any) -> str:
+def declaration(found: Parameter) -> str:
     """`{type: ..., default: ...}`; a required parameter has no default."""
-    kind_name = "string" if is_optional(kind) else MLPROJECT_TYPES[kind]
-    if spec.default is dataclasses.MISSING:
+    kind_name = "string" if is_optional(found.kind) else MLPROJECT_TYPES[found.kind]
+    if found.required:
         return f"{{type: {kind_name}}}"
-    return f"{{type: {kind_name}, default: {scalar(text_of(spec.default), kind_name)}}}"
+    return f"{{type: {kind_name}, default: {scalar(text_of(found.default), kind_name)}}}"
 
 
 def scalar(text: str, kind_name: str) -> str:
@@ -172,14 +168,14 @@ def reference_text() -> str:
         where = "" if module.in_mlproject else " (no run; not in the MLproject)"
         lines += ["", f"## `{module.name}`{where}", "", described(params_class), ""]
         lines += ["| parameter | default | what it is |", "|---|---|---|"]
-        for spec in dataclasses.fields(params_class):
-            if spec.default is dataclasses.MISSING:
+        for found in parameters(params_class):
+            if found.required:
                 default = "required"
-            elif spec.default is None:
+            elif found.default is None:
                 default = "the recipe's"
             else:
-                default = f"`{text_of(spec.default)}`" if text_of(spec.default) else "empty"
-            lines.append(f"| `{spec.name}` | {default} | {cell(spec.metadata['help'])} |")
+                default = f"`{text_of(found.default)}`" if text_of(found.default) else "empty"
+            lines.append(f"| `{found.name}` | {default} | {cell(found.help)} |")
     lines += ["", "## Search ranges of `tune`", "", SEARCH_RANGES_ABOUT, ""]
     lines += ["| setting | range | why |", "|---|---|---|"]
     for name, search in searchable().items():

@@ -8,7 +8,6 @@ log there and never open a second run. Run by hand, a step opens its own run.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -31,7 +30,7 @@ from pipeline.errors import (
     TrackingAway,
     first_line,
 )
-from pipeline.params import as_text, convert, parse, shell_unquoted
+from pipeline.params import as_text, convert, flat_values, parse, shell_unquoted
 from pipeline.processes import is_rank_zero, rank_variables
 from pipeline.tracking.code_version import code_digest
 from pipeline.tracking.journal import is_lasting_refusal
@@ -59,11 +58,11 @@ def log_params_once(params) -> None:
         name: shell_unquoted(text)
         for name, text in MlflowClient().get_run(run_id).data.params.items()
     }
-    params_class = type(params)
+    values = flat_values(params)
     clashes = [
-        f"{name}: run has {logged[name]!r}, step got {getattr(params, name)!r}"
-        for name in logged.keys() & {spec.name for spec in dataclasses.fields(params)}
-        if convert(params_class, name, logged[name]) != getattr(params, name)
+        f"{name}: run has {logged[name]!r}, step got {values[name]!r}"
+        for name in logged.keys() & values.keys()
+        if convert(type(params), name, logged[name]) != values[name]
     ]
     if clashes:
         raise PipelineError(f"run {run_id} was started with other parameters: {'; '.join(clashes)}")

@@ -26,28 +26,31 @@ def run(params: TrainParams) -> None:
     """The first (or only) process: everything, in the run `run_entry_point` opened."""
     run_id = mlflow.active_run().info.run_id
     # Told first, so other ranks fetch their data while this one logs its inputs.
-    with sharing_run(run_id, checkpoint_root(params.runtime_config())):
+    with sharing_run(run_id, checkpoint_root(params.runtime)):
         cache = local_input(params.data_dir, "data_dir")
         record = read_cache_record(cache)
         mlflow.set_tag(INPUT_DIGEST_TAG, record["digest"])
         log_split_inputs(cache, record, ("train", "val"))
-        recipe = params.recipe_config()
-        log_settings(params.recipe, recipe.settings())
+        recipe = params.training.recipe_config()
+        log_settings(params.training.recipe, recipe.settings())
         best, summary = fit_with(params, recipe, cache, run_id)
     mlflow.log_metrics(summary)
     example = np.array(open_split(cache, "val")[0][0])
-    info = log_segmentation_model(best.net, record["image_size"], example, params.onnx)
+    info = log_segmentation_model(best.net, record["image_size"], example, params.training.onnx)
     log.info("best val Dice %.4f; model at %s", summary["best_val_dice"], info.model_uri)
 
 
 def run_other_rank(params: TrainParams) -> None:
     """Any other rank of a distributed fit: its share of the training, nothing logged."""
-    run_id = run_id_of_launch(checkpoint_root(params.runtime_config()))
-    fit_with(params, params.recipe_config(), local_input(params.data_dir, "data_dir"), run_id)
+    run_id = run_id_of_launch(checkpoint_root(params.runtime))
+    fit_with(
+        params, params.training.recipe_config(), local_input(params.data_dir, "data_dir"), run_id
+    )
 
 
 def fit_with(params: TrainParams, recipe: Recipe, cache: Path, run_id: str):
-    return fit(recipe, params.runtime_config(), cache, run_id, params.seed, params.grid_every)
+    training = params.training
+    return fit(recipe, params.runtime, cache, run_id, training.seed, training.grid_every)
 
 
 def main(argv: list[str] | None = None) -> int:

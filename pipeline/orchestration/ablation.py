@@ -27,7 +27,7 @@ from pipeline.orchestration.workflow import (
 from pipeline.study.summary import write_summary
 from pipeline.study.variants import PlannedVariant
 from pipeline.tracking.tags import SEED_TAG, STUDY_TAG, VARIANT_TAG
-from pipeline.training_params import AblateParams
+from pipeline.training_params import AblateParams, TrainingParams
 
 ARTIFACT_FOLDER = "ablation"
 
@@ -38,8 +38,8 @@ def run_study(params: AblateParams) -> pd.DataFrame:
     log.info(
         "ablate: %d variants x %d seeds: %s", len(plan), len(seeds), ", ".join(v.name for v in plan)
     )
-    workflow = Workflow(params.reuse, Path(absolute_path(params.checkpoint_dir)))
-    data = prepare_data(workflow, params)
+    workflow = Workflow(params.reuse, Path(absolute_path(params.runtime.checkpoint_dir)))
+    data = prepare_data(workflow, params.data)
     rows, failures = [], []
     for variant in plan:
         for seed in seeds:
@@ -49,11 +49,13 @@ def run_study(params: AblateParams) -> pd.DataFrame:
                     workflow,
                     train_params(
                         data,
-                        params,
-                        recipe=variant.recipe,
-                        seed=seed,
-                        onnx=params.onnx,
-                        **variant.settings,
+                        params.runtime,
+                        TrainingParams(
+                            recipe=variant.recipe,
+                            changes=variant.settings,
+                            seed=seed,
+                            onnx=params.onnx,
+                        ),
                     ),
                     data,
                     run_name=name,

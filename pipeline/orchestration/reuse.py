@@ -8,7 +8,6 @@ produced is still there; the newest such run wins.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline import folders
-from pipeline.params import same_values
+from pipeline.params import flat_values, same_values
 from pipeline.tracking.code_version import code_digest
 from pipeline.tracking.tags import (
     CODE_TAG,
@@ -75,7 +74,7 @@ def matching_runs(client: MlflowClient, experiment_id: str, request: StepRequest
     runs = client.search_runs(
         [experiment_id], conditions, order_by=["attributes.start_time DESC"], max_results=200
     )
-    wanted = dataclasses.asdict(request.params)
+    wanted = flat_values(request.params)
     return [run for run in runs if same_values(type(request.params), run.data.params, wanted)]
 
 

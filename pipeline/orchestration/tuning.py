@@ -9,6 +9,7 @@ trial's model is evaluated on the test split and goes through `main`'s promote.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -38,7 +39,6 @@ from pipeline.orchestration.workflow import (
     promote_model,
     train_params,
     train_request,
-    training_settings,
 )
 from pipeline.search.space import parse_search_space, suggest
 from pipeline.search.study import (
@@ -107,8 +107,10 @@ def open_tune_study(params: TuneParams, worker: str = "") -> tuple[Any, Any]:
         storage_of(params),
         params.study_name,
         parse_search_space(params.search_space),
-        make_sampler(params.sampler, random.Random(f"{params.seed}/{worker}").getrandbits(32)),
-        make_pruner(params.pruner, params.recipe_config().max_epochs),
+        make_sampler(
+            params.sampler, random.Random(f"{params.training.seed}/{worker}").getrandbits(32)
+        ),
+        make_pruner(params.pruner, params.training.recipe_config().max_epochs),
     )
 
 
@@ -118,8 +120,8 @@ def run_tune(params: TuneParams) -> TuneOutcome:
     storage = storage_of(params)
     name = f"tune-worker-{uuid.uuid4()}"
     study, optuna_storage = open_tune_study(params, name)
-    workflow = Workflow(params.reuse, Path(absolute_path(params.checkpoint_dir)))
-    data = prepare_data(workflow, params)
+    workflow = Workflow(params.reuse, Path(absolute_path(params.runtime.checkpoint_dir)))
+    data = prepare_data(workflow, params.data)
     mlflow.set_tags({STUDY_TAG: params.study_name, STORAGE_TAG: masked(storage)})
     with locks.hold(cache_root() / "leases" / f"{name}.lock") as worker:
         objective = TrialObjective(workflow, params, data, space, storage, worker)
@@ -277,8 +279,10 @@ class TrialObjective:
         import optuna
 
         settings = suggest(trial, self.space)
+        training = self.params.training
+        training = dataclasses.replace(training, changes={**training.changes, **settings})
         request = train_request(
-            train_params(self.data, self.params, **(training_settings(self.params) | settings)),
+            train_params(self.data, self.params.runtime, training),
             self.data,
             run_name=f"trial {trial.number}",
             labels={TRIAL_TAG: f"{self.params.study_name}#{trial.number}"},
@@ -294,7 +298,7 @@ class TrialObjective:
             self.params.study_name,
             trial.number,
             self.params.pruner,
-            self.params.recipe_config().max_epochs,
+            training.recipe_config().max_epochs,
         )
         try:
             train = self.workflow.run(request, link.to_environment())

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 from mlflow.entities import Run, RunStatus
@@ -45,7 +44,8 @@ from pipeline.tracking.tags import (
     RESUMED_TAG,
     reused_tag,
 )
-from pipeline.training_params import MainParams, RuntimeParams, TrainingParams, TrainParams
+from pipeline.training.runtime import RuntimeConfig
+from pipeline.training_params import MainParams, TrainingParams, TrainParams
 
 log = logging.getLogger("unet_person")
 
@@ -228,16 +228,13 @@ def prepare_data(workflow: Workflow, params: DataSourceParams) -> PreparedData:
     return PreparedData(processed_dir, preprocess.data.tags[OUTPUT_DIGEST_TAG])
 
 
-def train_params(data: PreparedData, runtime: RuntimeParams, **settings: Any) -> TrainParams:
-    """A train step's params: the data, the runtime options under their own names, settings."""
-    options = {spec.name: getattr(runtime, spec.name) for spec in dataclasses.fields(RuntimeParams)}
-    options["checkpoint_dir"] = absolute_path(runtime.checkpoint_dir)
-    return TrainParams(data_dir=data.processed_dir, **options, **settings)
-
-
-def training_settings(params: TrainingParams) -> dict[str, Any]:
-    """The recipe and its overrides, as `main` passes them on to its train step."""
-    return {spec.name: getattr(params, spec.name) for spec in dataclasses.fields(TrainingParams)}
+def train_params(
+    data: PreparedData, runtime: RuntimeConfig, training: TrainingParams
+) -> TrainParams:
+    """A train step's params: the data, the runtime (its checkpoint folder made absolute: the
+    step may run elsewhere) and what to fit."""
+    runtime = dataclasses.replace(runtime, checkpoint_dir=absolute_path(runtime.checkpoint_dir))
+    return TrainParams(training=training, runtime=runtime, data_dir=data.processed_dir)
 
 
 def train_request(
@@ -300,10 +297,10 @@ class PipelineOutcome:
 def run_pipeline(params: MainParams) -> PipelineOutcome:
     """download → preprocess → train → evaluate → promote, told on the parent run as well, so
     its one row in the UI shows the test metrics, best val Dice and the promotion decision."""
-    workflow = Workflow(params.reuse, Path(absolute_path(params.checkpoint_dir)))
-    data = prepare_data(workflow, params)
+    workflow = Workflow(params.reuse, Path(absolute_path(params.runtime.checkpoint_dir)))
+    data = prepare_data(workflow, params.data)
     trained = train_and_evaluate(
-        workflow, train_params(data, params, **training_settings(params)), data
+        workflow, train_params(data, params.runtime, params.training), data
     )
     best_val_dice = trained.train.data.metrics["best_val_dice"]
     mlflow.set_tag(MODEL_URI_TAG, trained.model_uri)

@@ -13,7 +13,6 @@ logged in full.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,13 +105,3 @@ def resolve_recipe(name: str, overrides: Mapping[str, Any]) -> Recipe:
         raise PipelineError(f"parameter recipe={name!r} is not one of {', '.join(RECIPES)}")
     given = {key: value for key, value in overrides.items() if value is not None}
     return with_settings(RECIPES[name], given)
-
-
-def recipe_overrides(params: Any) -> dict[str, Any]:
-    """The recipe settings among a params object's fields (None: the recipe's own)."""
-    names = PAPER.settings().keys()
-    return {
-        spec.name: getattr(params, spec.name)
-        for spec in dataclasses.fields(params)
-        if spec.name in names
-    }

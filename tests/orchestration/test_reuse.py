@@ -16,7 +16,7 @@ from pipeline.orchestration.reuse import (
     matching_runs,
     outputs_intact,
 )
-from pipeline.params import DownloadParams, as_text, same_values
+from pipeline.params import DownloadParams, as_text, built, flat_values, same_values
 from pipeline.tracking.runs import configure_tracking
 from pipeline.tracking.tags import INPUT_TAG, MODEL_URI_TAG, OUTPUT_DIGEST_TAG, OUTPUT_PATH_TAG
 from pipeline.training_params import TrainParams
@@ -46,7 +46,7 @@ def landed_folder(tmp_path: Path, digest: str) -> Path:
 
 
 def test_values_compare_by_type_not_spelling() -> None:
-    wanted = dataclasses.asdict(TrainParams(lr=1e-5))
+    wanted = flat_values(built(TrainParams, {"lr": 1e-5}))
     logged = {**as_text(TrainParams()), "lr": "0.00001"}
     assert same_values(TrainParams, logged, wanted)
     assert not same_values(TrainParams, {**logged, "lr": "2e-5"}, wanted)
@@ -63,11 +63,15 @@ def test_values_compare_by_type_not_spelling() -> None:
 def test_newest_match_wins_and_other_inputs_or_params_do_not_match(
     experiment_id: str, tmp_path: Path
 ) -> None:
-    request = StepRequest("train", TrainParams(lr=1e-5), "data-1")
+    request = StepRequest("train", built(TrainParams, {"lr": 1e-5}), "data-1")
     older = record(experiment_id, request, "FINISHED", {**as_text(request.params), "lr": "1e-5"})
     newer = record(experiment_id, request, "FINISHED")
-    record(experiment_id, StepRequest("train", TrainParams(lr=1e-5), "data-2"), "FINISHED")
-    record(experiment_id, StepRequest("train", TrainParams(lr=3e-4), "data-1"), "FINISHED")
+    record(
+        experiment_id, StepRequest("train", built(TrainParams, {"lr": 1e-5}), "data-2"), "FINISHED"
+    )
+    record(
+        experiment_id, StepRequest("train", built(TrainParams, {"lr": 3e-4}), "data-1"), "FINISHED"
+    )
     found = matching_runs(MlflowClient(), experiment_id, request)
     assert [run.info.run_id for run in found] == [newer, older]
 

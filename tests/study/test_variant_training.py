@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.study.variants import VARIANTS, plan_variants
 from pipeline.training import fit as training_fit
-from pipeline.training_params import TrainParams
+from pipeline.training.runtime import RuntimeConfig
+from pipeline.training_params import TrainingParams
 from tests.encoders import tiny_hub
 from tests.training.caches import write_cache
 
@@ -41,18 +42,14 @@ def test_variant_builds_trains_and_logs(
     if variant.settings["encoder"] != "none":
         # Pretrained weights, tiny and from an offline cache: the fit's own path, no download.
         tiny_hub(monkeypatch, tmp_path / "hub")
-    params = TrainParams(
-        data_dir=str(cache),
-        recipe=variant.recipe,
-        accelerator="cpu",
-        num_workers=0,
-        checkpoint_dir=str(tmp_path),
-        **variant.settings,
-    )
+    # What ablate hands this variant's train step gives the variant's config.
+    training = TrainingParams(recipe=variant.recipe, changes=variant.settings)
+    assert training.recipe_config() == variant.config
+    runtime = RuntimeConfig(accelerator="cpu", num_workers=0, checkpoint_dir=str(tmp_path))
     with mlflow.start_run() as run, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         best, summary = training_fit.fit(
-            variant.config, params.runtime_config(), cache, run.info.run_id, seed=42, grid_every=5
+            variant.config, runtime, cache, run.info.run_id, seed=42, grid_every=5
         )
     architecture = best.net.config.to_dict()
     for setting in (

@@ -6,7 +6,6 @@ refused before any run exists."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import os
@@ -25,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.entrypoints.runner import run_entry_point
 from pipeline.errors import TRACKING_AWAY_EXIT
-from pipeline.params import DownloadParams
+from pipeline.params import DownloadParams, parameter, parameters
 from pipeline.tracking.runs import DEFAULT_EXPERIMENT, masked, tracking_uri
 from tests.conftest import free_port
 from tests.filesystems import tmpfs
@@ -261,8 +260,8 @@ def test_steps_starting_at_once_make_one_default_store(tmp_path: Path) -> None:
 REQUIRED = [
     (entry_point, spec.name)
     for entry_point, params_class in sorted(PARAMS.items())
-    for spec in dataclasses.fields(params_class)
-    if spec.default is dataclasses.MISSING
+    for spec in parameters(params_class)
+    if spec.required
 ]
 
 
@@ -280,15 +279,14 @@ def test_an_empty_required_parameter_is_refused_before_any_run(
 ) -> None:
     params_class = PARAMS[entry_point]
     argv = []
-    for spec in dataclasses.fields(params_class):
-        if spec.default is dataclasses.MISSING:
+    for spec in parameters(params_class):
+        if spec.required:
             argv += [f"--{spec.name}", given if spec.name == name else "something"]
     module = importlib.import_module(f"pipeline.entrypoints.{entry_point}")
     assert module.main(argv) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    help_text = next(spec for spec in dataclasses.fields(params_class) if spec.name == name)
     assert line == (
         f"{entry_point}: error: parameter {name} is required but was given empty: give "
-        f"{help_text.metadata['help']}"
+        f"{parameter(params_class, name).help}"
     )
     assert not (tmp_path / "mlflow.db").exists()  # no run was opened, not even a failed one

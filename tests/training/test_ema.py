@@ -63,7 +63,7 @@ def test_without_ema_the_checkpoint_holds_only_the_trained_weights(
 
 def test_ema_is_off_in_both_recipes_and_its_decay_is_checked_at_the_door() -> None:
     assert all(recipe.ema_decay == 0 for recipe in RECIPES.values())
-    assert parse(TrainParams, ["--ema_decay", "0.999"]).recipe_config().ema_decay == 0.999
+    assert parse(TrainParams, ["--ema_decay", "0.999"]).training.recipe_config().ema_decay == 0.999
     with pytest.raises(PipelineError, match=r"parameter ema_decay=1\.0 must be less than 1"):
         parse(TrainParams, ["--ema_decay", "1"])
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.params import parse
+from pipeline.params import flat_values, parameters, parse
 from pipeline.settings import with_settings
 from pipeline.training.recipes import PAPER, RECIPES, resolve_recipe
 from pipeline.training_params import TrainParams
@@ -42,11 +42,12 @@ def test_default_is_what_the_study_supports() -> None:
 
 
 def test_params_with_no_settings_resolve_to_the_recipe() -> None:
-    params = parse(TrainParams, [])
+    params = parse(TrainParams, []).training
     assert params.recipe == "default"
-    assert all(getattr(params, name) is None for name in PAPER.settings())
+    assert params.changes == {}
+    assert all(flat_values(params)[name] is None for name in PAPER.settings())
     for recipe, config in RECIPES.items():
-        assert parse(TrainParams, ["--recipe", recipe]).recipe_config() == config
+        assert parse(TrainParams, ["--recipe", recipe]).training.recipe_config() == config
 
 
 def test_given_settings_override_the_recipe_and_only_those() -> None:
@@ -54,7 +55,7 @@ def test_given_settings_override_the_recipe_and_only_those() -> None:
         TrainParams,
         ["--recipe", "paper", "--lr", "3e-4", "--batch_norm", "true", "--max_epochs", "7"],
     )
-    config = params.recipe_config()
+    config = params.training.recipe_config()
     assert (config.optimization.lr, config.network.batch_norm, config.max_epochs) == (3e-4, True, 7)
     back = {"lr": 1e-5, "batch_norm": False, "max_epochs": 100}
     assert with_settings(config, back) == RECIPES["paper"]
@@ -102,23 +103,25 @@ def test_every_setting_is_a_parameter_with_the_declared_help() -> None:
     from pipeline.training_params import MainParams
 
     for params_class in (TrainParams, MainParams):
-        fields = params_class.__dataclass_fields__
-        for name, _, spec in declared(Recipe):
-            assert fields[name].default is None, name
-            assert fields[name].metadata["help"] == spec.metadata["help"], name
+        found = {each.name: each for each in parameters(params_class)}
+        for name, kind, spec in declared(Recipe):
+            assert found[name].default is None and found[name].kind == kind | None, name
+            assert found[name].help == spec.metadata["help"], name
 
 
 def test_an_empty_setting_on_the_command_line_means_the_recipe() -> None:
     params = parse(TrainParams, ["--lr", "", "--augment", ""])
-    assert params.lr is None and params.augment is None
-    assert parse(TrainParams, ["--augment", "strong"]).recipe_config().augment == "strong"
+    assert params.training.changes == {}
+    assert flat_values(params)["lr"] is None and flat_values(params)["augment"] is None
+    assert parse(TrainParams, ["--augment", "strong"]).training.changes == {"augment": "strong"}
+    assert parse(TrainParams, ["--augment", "strong"]).training.recipe_config().augment == "strong"
 
 
 def test_gradient_clip_is_the_trainers_and_zero_turns_clipping_off() -> None:
     import lightning as L
 
     params = parse(TrainParams, ["--gradient_clip", "0.25"])
-    arguments = params.recipe_config().optimization.trainer_arguments()
+    arguments = params.training.recipe_config().optimization.trainer_arguments()
     assert L.Trainer(**arguments, logger=False).gradient_clip_val == 0.25
     off = resolve_recipe("default", {"gradient_clip": 0.0}).optimization.trainer_arguments()
     assert L.Trainer(**off, logger=False).gradient_clip_val is None
