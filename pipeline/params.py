@@ -85,16 +85,25 @@ def parameters(params_class: type) -> tuple[Parameter, ...]:
             config_class, defaults, helps = spec.metadata[OVERRIDES]
             for name, setting_kind, setting in declared(config_class):
                 help_text = helps.get(name, setting.metadata["help"])
-                found.append(Parameter(name, setting_kind | None, defaults.get(name), help_text))
+                kind = plain(setting_kind) | None
+                found.append(Parameter(name, kind, defaults.get(name), help_text))
         elif dataclasses.is_dataclass(kind):
             found += parameters(kind)
         else:
-            found.append(Parameter(spec.name, kind, spec.default, spec.metadata.get("help", "")))
+            help_text = spec.metadata.get("help", "")
+            found.append(Parameter(spec.name, plain(kind), spec.default, help_text))
     names = [parameter.name for parameter in found]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise TypeError(f"{params_class.__name__} declares {', '.join(twice)} more than once")
     return tuple(found)
+
+
+def plain(kind: Any) -> Any:
+    """A `Literal` of strings as `str`: what the command line gives (the setting checks which)."""
+    if typing.get_origin(kind) is typing.Literal:
+        return type(typing.get_args(kind)[0])
+    return kind
 
 
 def parameter(params_class: type, name: str) -> Parameter:

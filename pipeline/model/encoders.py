@@ -1,14 +1,16 @@
-"""Pretrained encoders for the U-Net: ImageNet backbones of Hugging Face transformers.
+"""The U-Net's encoders: the paper's contracting path, and ImageNet backbones of Hugging Face
+transformers in its place.
 
-With `encoder` other than `none` the U-Net's encoder below its first level is one of these
-backbones, whose features at strides 4, 8, 16 and 32 feed the decoder's skip connections
-(pipeline/model/unet.py). Each backbone is described here in full (its transformers config),
-so a network is built the same way whether its weights come from the Hub (`pretrained`, what
-training starts from) or from a logged model's state_dict (serving, loading a checkpoint,
-tests), and the second never downloads anything.
+Every encoder gives the features of every level, finest first, and says how wide each is
+(`Encoder`); the decoder (pipeline/model/unet.py) is the same whichever it is. With `encoder`
+other than `none`, the paper's first two levels (full and half resolution) stay and a backbone
+gives the four below them, at strides 4, 8, 16 and 32. Each backbone is described here in full
+(its transformers config), so a network is built the same way whether its weights come from
+the Hub (`pretrained`, what training starts from) or from a logged model's state_dict (serving,
+loading a checkpoint, tests), and the second never downloads anything.
 
 transformers is an optional extra (`pip install -e '.[encoders]'`): it is imported only when
-an encoder is built, so the paper's U-Net, and every step that does not build one, never
+a backbone is built, so the paper's U-Net, and every step that does not build one, never
 import it. timm and segmentation_models_pytorch would do the same job but need torchvision, and
 transformers' ResNet and ConvNeXt need nothing beyond torch.
 """
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import PipelineError, first_line
+from pipeline.model.blocks import DoubleConv, Down
 
 NO_ENCODER = "none"
 EXTRA = "encoders"
@@ -192,20 +195,70 @@ def _unfit(name: str, spec: EncoderSpec, detail: str) -> PipelineError:
 
 
 class Encoder(nn.Module):
-    """A backbone with the input normalisation it was pretrained with: [0, 1] RGB photos in,
-    the features of STAGES out (strides 4, 8, 16, 32; `channels` wide)."""
+    """What the decoder takes: photos in, the features of every level out, finest first, each
+    `channels[level]` wide. A level whose features nothing uses (a backbone's first two levels
+    without skip connections) is a map of no channels, which still gives the decoder its size."""
 
-    def __init__(self, name: str, pretrained: bool = False) -> None:
+    channels: tuple[int, ...]
+
+
+class PaperEncoder(Encoder):
+    """The paper's contracting path: a DoubleConv at full resolution, then a Down block per
+    level below it, `widths` wide."""
+
+    def __init__(self, in_channels: int, widths: list[int], batch_norm: bool = False) -> None:
+        super().__init__()
+        self.inc = DoubleConv(in_channels, widths[0], batch_norm)
+        self.downs = nn.ModuleList(
+            Down(widths[i], widths[i + 1], batch_norm) for i in range(len(widths) - 1)
+        )
+        self.channels = tuple(widths)
+
+    def forward(self, photos: torch.Tensor) -> list[torch.Tensor]:
+        features = [self.inc(photos)]
+        for down in self.downs:
+            features.append(down(features[-1]))
+        return features
+
+
+class PretrainedEncoder(Encoder):
+    """The paper's first two levels, then backbone `name`'s four (STAGES), with the input
+    normalisation the backbone was pretrained with inside: [0, 1] RGB photos in, like the
+    paper's. Without skip connections the first two levels would feed nothing, so there are
+    none. `pretrained` loads the backbone's ImageNet weights (what training starts from);
+    without it they are random, for a state_dict to be loaded into."""
+
+    def __init__(
+        self,
+        name: str,
+        first_widths: tuple[int, int],
+        batch_norm: bool = False,
+        skip_connections: bool = True,
+        pretrained: bool = False,
+    ) -> None:
         super().__init__()
         # Constants of the encoder, not weights: not in the state_dict, but moved with it.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
         self.backbone = build_backbone(name, pretrained)
-        self.channels: tuple[int, ...] = tuple(self.backbone.channels)
+        full, half = first_widths
+        # RGB, as the backbone's normalisation; built in this order, so a seed gives the same
+        # weights it gave before the encoders shared one interface.
+        self.inc = DoubleConv(3, full, batch_norm) if skip_connections else nn.Identity()
+        self.downs = nn.ModuleList([Down(full, half, batch_norm)] if skip_connections else [])
+        first = first_widths if skip_connections else (0, 0)
+        self.channels = (*first, *self.backbone.channels)
 
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+    def normalise(self, photos: torch.Tensor) -> torch.Tensor:
         """[0, 1] photos as the backbone saw ImageNet's."""
-        return (images - self.mean) / self.std
+        return (photos - self.mean) / self.std
 
-    def forward(self, normalised: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.backbone(normalised).feature_maps)
+    def forward(self, photos: torch.Tensor) -> list[torch.Tensor]:
+        normalised = self.normalise(photos)
+        return [*self._first_levels(normalised), *self.backbone(normalised).feature_maps]
+
+    def _first_levels(self, normalised: torch.Tensor) -> list[torch.Tensor]:
+        if not self.downs:  # no skips: only the levels' sizes count
+            return [normalised[:, :0], normalised[:, :0, ::2, ::2]]
+        full = self.inc(normalised)
+        return [full, self.downs[0](full)]

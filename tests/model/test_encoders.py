@@ -20,7 +20,13 @@ import torch
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.errors import PipelineError
 from pipeline.export.onnx_export import IMAGES, spatial_multiple
-from pipeline.model.encoders import ENCODER_LEVELS, ENCODERS, NO_ENCODER, SPECS, Encoder
+from pipeline.model.encoders import (
+    ENCODER_LEVELS,
+    ENCODERS,
+    NO_ENCODER,
+    SPECS,
+    PretrainedEncoder,
+)
 from pipeline.model.inputs import PixelNetwork
 from pipeline.model.unet import NetworkConfig, UNet
 from pipeline.serving.segmenter import MODEL_CODE
@@ -96,15 +102,17 @@ def test_config_round_trip_and_levels() -> None:
 def test_the_backbone_is_the_published_architecture(name: str) -> None:
     """SPECS describe the Hub's models: as many weights as the published architectures, and
     features at strides 4 to 32 (that the Hub's weights fit is checked as they load)."""
-    encoder = Encoder(name)
+    encoder = PretrainedEncoder(name, (4, 8))
     backbone_parameters = sum(p.numel() for p in encoder.backbone.parameters())
     assert backbone_parameters == PUBLISHED_PARAMETERS[name]
     with torch.no_grad():
-        features = encoder(encoder.normalise(torch.rand(1, 3, SIDE, SIDE)))
+        features = encoder(torch.rand(1, 3, SIDE, SIDE))
+    # The paper's first two levels, then the backbone's four: every level, finest first.
     assert [tuple(f.shape[1:]) for f in features] == [
         (channels, SIDE // stride, SIDE // stride)
-        for channels, stride in zip(encoder.channels, (4, 8, 16, 32), strict=True)
+        for channels, stride in zip(encoder.channels, (1, 2, 4, 8, 16, 32), strict=True)
     ]
+    assert encoder.channels[:2] == (4, 8)
 
 
 @pytest.mark.usefixtures("tiny")
@@ -115,17 +123,18 @@ def test_forward_at_any_size_and_gradients_everywhere(name: str) -> None:
         assert net(torch.rand(2, 3, height, width)).shape == (2, 1, height, width)
     loss = net(torch.rand(2, 3, SIDE, SIDE)).square().mean()
     loss.backward()
-    for part in (net.encoder, net.inc, net.downs, net.ups, net.outc):
+    for part in (net.encoder, net.decoder, net.outc):
         for parameter_name, parameter in part.named_parameters():
             assert parameter.grad is not None, parameter_name
             assert torch.isfinite(parameter.grad).all(), parameter_name
-    assert any(p.grad.abs().sum() > 0 for p in net.encoder.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in net.encoder.backbone.parameters())
 
 
 @pytest.mark.usefixtures("tiny")
 def test_without_skips_the_first_levels_are_left_out() -> None:
     net = tiny_net("resnet18", skip_connections=False, upsampling="bilinear")
-    assert net.inc is None and len(net.downs) == 0
+    assert isinstance(net.encoder.inc, torch.nn.Identity) and len(net.encoder.downs) == 0
+    assert net.encoder.channels[:2] == (0, 0)  # maps of no channels: their sizes alone
     assert net(torch.rand(1, 3, 45, 64)).shape == (1, 1, 45, 64)
     net(torch.rand(1, 3, SIDE, SIDE)).mean().backward()
     assert all(p.grad is not None for p in net.parameters())  # none unused (DDP would refuse)
@@ -138,7 +147,7 @@ def test_the_normalisation_is_inside_the_network_and_not_a_weight() -> None:
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
-        features = net.encoder(net.encoder.normalise(photos))
+        features = net.encoder(photos)[2:]
         expected = net.encoder.backbone((photos - mean) / std).feature_maps
     for got, want in zip(features, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -191,7 +200,7 @@ def test_fits_from_the_pretrained_weights(
     assert trainer.global_step == 2
     assert torch.isfinite(trainer.callback_metrics["train_loss_epoch"])
     after = net.state_dict()
-    for part in ("encoder.backbone.", "ups.", "outc."):
+    for part in ("encoder.backbone.", "decoder.ups.", "outc."):
         assert any(
             not torch.equal(before[key], after[key])
             for key in before

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.model.unet import DoubleConv, Down, NetworkConfig, UNet, Up
+from pipeline.model.blocks import DoubleConv, Down, Up
+from pipeline.model.unet import NetworkConfig, UNet
 
 
 @pytest.fixture(autouse=True)
@@ -35,8 +36,8 @@ def test_depth_and_width_grid_on_tiny_inputs(depth: int, base_channels: int) -> 
     model = UNet(NetworkConfig(base_channels=base_channels, depth=depth))
     output = model(torch.rand(1, 3, side, side + 2))
     assert output.shape == (1, 1, side, side + 2)
-    assert len(model.downs) == depth
-    assert len(model.ups) == depth
+    assert len(model.encoder.downs) == depth
+    assert len(model.decoder.ups) == depth
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
@@ -54,15 +55,15 @@ def test_smallest_side_that_works_is_two_to_the_depth(depth: int) -> None:
 @pytest.mark.parametrize(("base_channels", "depth"), [(2, 1), (4, 3), (8, 5), (3, 4)])
 def test_channel_widths_double_per_level(base_channels: int, depth: int) -> None:
     model = UNet(NetworkConfig(in_channels=3, base_channels=base_channels, depth=depth))
-    assert model.inc.block[0].in_channels == 3
-    assert model.inc.block[-2].out_channels == base_channels
-    for level, down in enumerate(model.downs, start=1):
+    assert model.encoder.inc.block[0].in_channels == 3
+    assert model.encoder.inc.block[-2].out_channels == base_channels
+    for level, down in enumerate(model.encoder.downs, start=1):
         assert down.conv.block[0].in_channels == base_channels * 2 ** (level - 1)
         assert down.conv.block[-2].out_channels == base_channels * 2**level
-    bottleneck = model.downs[-1].conv.block[-2]
+    bottleneck = model.encoder.downs[-1].conv.block[-2]
     assert bottleneck.out_channels == base_channels * 2**depth
     # The decoder mirrors the encoder: the first Up takes the bottleneck, the last one base.
-    for index, up in enumerate(model.ups):
+    for index, up in enumerate(model.decoder.ups):
         level = depth - index
         assert up.up.in_channels == base_channels * 2**level
         assert up.up.out_channels == base_channels * 2 ** (level - 1)
@@ -94,14 +95,14 @@ def _assert_double_conv(block: nn.Module, in_channels: int, out_channels: int) -
 def test_blocks_are_the_papers() -> None:
     base, depth = 4, 3
     model = UNet(NetworkConfig(base_channels=base, depth=depth))
-    _assert_double_conv(model.inc, 3, base)
-    for level, down in enumerate(model.downs, start=1):
+    _assert_double_conv(model.encoder.inc, 3, base)
+    for level, down in enumerate(model.encoder.downs, start=1):
         assert isinstance(down, Down)
         assert isinstance(down.pool, nn.MaxPool2d)
         assert down.pool.kernel_size == 2
         assert down.pool.stride == 2
         _assert_double_conv(down.conv, base * 2 ** (level - 1), base * 2**level)
-    for index, up in enumerate(model.ups):
+    for index, up in enumerate(model.decoder.ups):
         level = depth - index
         assert isinstance(up, Up)
         assert isinstance(up.up, nn.ConvTranspose2d)
