@@ -19,7 +19,6 @@ from pathlib import Path
 from pipeline import disk, folders
 from pipeline.console import progress
 from pipeline.data import layout
-from pipeline.data.synthetic import GENERATOR_VERSION, generate_dataset
 from pipeline.errors import PipelineError
 
 FREE_SPACE_ADVICE = "free space there, or give --output_dir (main: --raw_dir) on another disk"
@@ -91,6 +90,8 @@ def source_fingerprint(source: str) -> str:
     kind = source_kind(source)
     digest = hashlib.sha256(f"{kind}:{source}".encode())
     if kind == "synthetic":
+        from pipeline.data.synthetic import GENERATOR_VERSION
+
         digest.update(f"generator {GENERATOR_VERSION}".encode())
     if kind in ("folder", "zip"):
         root = Path(source).expanduser()
@@ -174,6 +175,9 @@ def _inspect(
 def _fetch(source: str, kind: str, staging: Path, cache_dir: Path) -> Path:
     """Make the source's files readable locally (in `staging` if need be); returns its df.csv."""
     if kind == "synthetic":
+        # The generator (700 lines and its drawing code) only for a source that asks for it.
+        from pipeline.data.synthetic import generate_dataset
+
         match = SYNTHETIC.match(source)
         count = int(match.group(1)) if match and match.group(1) else DEFAULT_SYNTHETIC_COUNT
         return generate_dataset(staging / "generated", count=count, seed=0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -497,3 +499,22 @@ def test_a_full_disk_while_landing_keeps_the_previous_dataset(
     assert "--output_dir (main: --raw_dir) on another disk" in message
     assert file_state(out) == before
     assert leftovers(tmp_path) == []
+
+
+def test_the_generator_is_imported_only_for_a_synthetic_source(tmp_path: Path) -> None:
+    """Every command parses its params through download's source check; the 700-line
+    generator loads only when a source asks for generated photos."""
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import pipeline.params, pipeline.entrypoints.download\n"
+        "from pipeline.data.download import land_dataset, source_fingerprint\n"
+        "source_fingerprint('data/raw')\n"
+        "before = 'pipeline.data.synthetic' in sys.modules\n"
+        f"land_dataset('synthetic:2', Path({str(tmp_path / 'raw')!r}), Path({str(tmp_path)!r}))\n"
+        "print(before, 'pipeline.data.synthetic' in sys.modules)\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert found.stdout.split() == ["False", "True"]
