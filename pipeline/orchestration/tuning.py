@@ -56,6 +56,7 @@ from pipeline.search.study import (
     trials_before,
 )
 from pipeline.tracking.artifacts import cache_root
+from pipeline.tracking.models import link_model_to_run
 from pipeline.tracking.runs import masked, wait_for_server
 from pipeline.tracking.tags import (
     BEST_RUN_TAG,
@@ -342,7 +343,7 @@ def _conclude(
     )
     mlflow.set_tags({BEST_TRIAL_TAG: str(best.number), BEST_RUN_TAG: run_id})
     model_uri = workflow.client.get_run(run_id).data.tags[MODEL_URI_TAG]
-    mlflow.set_tag(MODEL_URI_TAG, model_uri)
+    link_model_to_run(model_uri)
     _, test_metrics = evaluate_model(workflow, model_uri, data, f"best trial {best.number}")
     mlflow.log_metrics(test_metrics)
     promotion = promote_model(workflow, params, model_uri, data) if params.promote else {}

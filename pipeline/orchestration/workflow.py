@@ -32,6 +32,7 @@ from pipeline.params import (
 )
 from pipeline.tracking.artifacts import is_artifact_uri
 from pipeline.tracking.lease import close_abandoned_runs, heartbeat_tag
+from pipeline.tracking.models import link_model_to_run
 from pipeline.tracking.runs import wait_for_server
 from pipeline.tracking.tags import (
     CLOSED_TAG,
@@ -303,7 +304,7 @@ def run_pipeline(params: MainParams) -> PipelineOutcome:
         workflow, train_params(data, params.runtime, params.training), data
     )
     best_val_dice = trained.train.data.metrics["best_val_dice"]
-    mlflow.set_tag(MODEL_URI_TAG, trained.model_uri)
+    link_model_to_run(trained.model_uri)
     mlflow.log_metrics({**trained.test_metrics, "best_val_dice": best_val_dice})
     promotion = promote_model(workflow, params, trained.model_uri, data) if params.promote else {}
     return PipelineOutcome(workflow.done, trained.test_metrics, best_val_dice, promotion)

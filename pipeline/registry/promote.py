@@ -35,6 +35,7 @@ from pipeline.registry.request import PromoteParams
 from pipeline.registry.scores import Score, score
 from pipeline.registry.versions import (
     alias_holder,
+    describe_version,
     model_id_of,
     register_once,
     set_alias,
@@ -82,6 +83,16 @@ class Promotion:
             SPLIT_DIGEST_TAG: self.digest,
             PROMOTE_RUN_TAG: run_id,
         }
+
+    def description(self, run_id: str, alias: str) -> str:
+        """The decision as the version's description, in one sentence: the registry's UI shows
+        a description whole, where it cuts the tags' names to `unet_person.decisi...`."""
+        against = f" (the champion was version {self.champion_version})"
+        return (
+            f"{self.decision.outcome.capitalize()} for @{alias} by promote run {run_id}: "
+            f"{self.decision.reason}{against if self.champion_version else ''}; scored on the "
+            f"test split {self.digest[:12]}."
+        )
 
 
 def promotion_lock(name: str) -> Path:
@@ -139,6 +150,7 @@ def promote(params: PromoteParams, run_id: str) -> Promotion:
         if changes_the_record(client, name, version, decision):
             # After the alias moved, so a version never says `promoted` without having held it.
             set_version_tags(client, name, version, promotion.tags(run_id))
+            describe_version(client, name, version, promotion.description(run_id, params.alias))
     return promotion
 
 

@@ -128,6 +128,15 @@ def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None
     )
 
 
+def describe_version(client: MlflowClient, name: str, version: str, description: str) -> None:
+    """Set version `version`'s description, also when another process writes it at once."""
+    write_despite_races(
+        f"describe {name} version {version}",
+        lambda: client.update_model_version(name, version, description=description),
+        settled=lambda: False,
+    )
+
+
 def set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
     """Tag version `version` of `name`, also when another process tags it at once."""
     for key, value in tags.items():

@@ -18,6 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.entities import LoggedModelOutput
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from PIL import Image
@@ -95,6 +96,19 @@ def log_segmentation_model(
         )
     mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     return info
+
+
+def link_model_to_run(model_uri: str) -> None:
+    """Tag the active run (main's, tune's) with the model a child step logged and list it among
+    the run's outputs, so that the run's one row and page in the UI lead to it ("Logged
+    models"); once, however often the run records it."""
+    model_id = mlflow.models.get_model_info(model_uri).model_id
+    run = mlflow.active_run()
+    mlflow.set_tag(MODEL_URI_TAG, model_uri)
+    client = mlflow.MlflowClient()
+    outputs = client.get_run(run.info.run_id).outputs
+    if not any(output.model_id == model_id for output in outputs.model_outputs):
+        client.log_outputs(run.info.run_id, [LoggedModelOutput(model_id=model_id, step=0)])
 
 
 def load_predictor(model_uri: str, runtime: str = RUNTIMES[0]) -> mlflow.pyfunc.PyFuncModel:

@@ -270,10 +270,23 @@ def test_second_main_reuses_every_step(first_main, workspace: Workspace) -> None
     assert "promote: unet-person version 1 unchanged" in summary
     uri = workspace.env["MLFLOW_TRACKING_URI"]
     look = summary.split("look at it: ")[1].split()
-    assert look[1:4] == ["ui", "--backend-store-uri", uri]
-    program = project_dir() / look[0]  # relative to the folder main ran in
+    assert look[0] == "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false"  # the UI stops whole
+    assert look[2:5] == ["ui", "--backend-store-uri", uri]
+    program = project_dir() / look[1]  # relative to the folder main ran in
     assert program.samefile(Path(sys.executable).parent / "mlflow")  # this venv's
     assert f"/runs/{second.info.run_id}?workflowType=machine_learning" in summary
+
+
+def test_the_main_run_leads_to_the_model_its_train_step_logged(
+    first_main, workspace: Workspace
+) -> None:
+    """Its page lists the model under "Logged models", not "—": the one row tells the story."""
+    parent, steps = first_main
+    model_uri = steps["train"].data.tags[MODEL_URI_TAG]
+    assert parent.data.tags[MODEL_URI_TAG] == model_uri
+    model_id = workspace.client().get_logged_model(model_uri.removeprefix("models:/")).model_id
+    outputs = workspace.client().get_run(parent.info.run_id).outputs.model_outputs
+    assert [output.model_id for output in outputs] == [model_id]
 
 
 def test_main_without_promote_stops_at_evaluate(first_main, workspace: Workspace) -> None:

@@ -87,6 +87,11 @@ def test_the_better_model_takes_the_alias_and_a_worse_one_does_not(
     assert champion_version() == "2"
     assert version_tags("2")["unet_person.decision"] == "promoted"
     assert version_tags("2")["unet_person.champion_version"] == "none"
+    first = promote_runs()[-1].info.run_id
+    assert MlflowClient().get_model_version(NAME, "2").description == (
+        f"Promoted for @champion by promote run {first}: no model held the alias; test Dice "
+        f"0.0000 >= min_dice 0.0; scored on the test split {digest[:12]}."
+    )
 
     # A better candidate takes it from the champion, scored on the same split.
     assert run_promote(everyone, cache) == 0
@@ -99,6 +104,11 @@ def test_the_better_model_takes_the_alias_and_a_worse_one_does_not(
     assert won["unet_person.champion_version"] == "2"
     assert won["unet_person.split_digest"] == digest
     assert won["unet_person.promote_run_id"] == decided_by.info.run_id
+    described = client.get_model_version(NAME, "1").description
+    assert described.startswith(f"Promoted for @champion by promote run {decided_by.info.run_id}")
+    assert (
+        "beats the champion's 0.0000" in described and "(the champion was version 2)" in described
+    )
     assert decided_by.data.metrics == {
         "candidate_dice": pytest.approx(all_person_dice(cache)),
         "champion_dice": 0.0,
