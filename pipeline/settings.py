@@ -25,7 +25,7 @@ SETTING = "setting"  # the metadata key that marks a field made by `setting()`
 @dataclass(frozen=True)
 class SearchRange:
     """Where `tune` may look for a setting's value, declared beside the setting; `why` is where
-    the range comes from, shown with it (README, `tune --help`).
+    the range comes from, shown with it (docs/parameters.md, `tune --help`).
 
     `kind` is "float" or "int" (between `low` and `high`, on a log scale when `log`) or
     "choice" (one of `choices`).

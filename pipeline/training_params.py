@@ -28,7 +28,7 @@ from pipeline.training.runtime import RuntimeConfig
 # Epochs of each trial of `tune` unless given: a search ranks settings, and the ranking shows
 # long before a fit converges (what its pruners and Hyperband rely on); the recipe's 100 epochs
 # are the budget of the one model that is kept. At 64 px on 2 cores this is what makes the
-# README's search take minutes, not hours.
+# documented search (docs/tune.md) take minutes, not hours.
 TRIAL_EPOCHS = 10
 
 # The settings an architecture study sets for every variant alike.
@@ -84,7 +84,7 @@ class TrialTraining(TrainingParams):
 class TrainParams:
     """Fit the U-Net on the preprocessed cache and log the best model into the run. With
     several devices or num_nodes > 1 it runs one process per device (DDP): batch_size is per
-    device, and only the first process logs into the run (README, "Several GPUs")."""
+    device, and only the first process logs into the run (docs/gpus.md, "Several GPUs (DDP)")."""
 
     training: TrainingParams = field(default_factory=TrainingParams)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -127,7 +127,7 @@ class AblateParams:
     variants: str = field(
         default="all",
         metadata=about(
-            "comma-separated variant names (see README); all is every one but encoder "
+            "comma-separated variant names (docs/recipes.md); all is every one but encoder "
             "(e.g. all,encoder)"
         ),
     )

@@ -204,19 +204,32 @@ def test_documented_pipeline_lines_use_its_parameters() -> None:
     assert checked >= 8
 
 
-def test_readme_command_lines_use_the_pipelines_parameters() -> None:
-    """Every `python -m pipeline` and `mlflow run` line a reader of the README copies parses
-    as the pipeline and MLflow's CLI parse it: a renamed parameter fails here first."""
-    checked = 0
-    for words in (w for line in documented_lines(README) for w in commands(line)):
+# The README and every page of the documentation site.
+DOCUMENTATION = [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCUMENTATION, ids=lambda doc: doc.relative_to(ROOT).as_posix())
+def test_documented_command_lines_use_the_pipelines_parameters(doc: Path) -> None:
+    """Every `python -m pipeline` and `mlflow run` line a reader copies from the README or a
+    docs page parses as the pipeline and MLflow's CLI parse it: an unknown entry point or a
+    renamed parameter fails here first."""
+    for words in (w for line in documented_lines(doc) for w in commands(line)):
         if words[:2] == ["mlflow", "run"]:
             check_mlflow_run(words)
         elif call := pipeline_invocation(words):
             check_pipeline_args(*call)
-        else:
-            continue
-        checked += 1
-    assert checked >= 12
+
+
+def test_the_documentation_holds_the_commands_a_reader_runs() -> None:
+    counted = {
+        doc.name: sum(
+            bool(words[:2] == ["mlflow", "run"] or pipeline_invocation(words))
+            for line in documented_lines(doc)
+            for words in commands(line)
+        )
+        for doc in DOCUMENTATION
+    }
+    assert counted["README.md"] >= 4 and sum(counted.values()) >= 25, counted
 
 
 def test_docs_show_every_way_to_run_the_search() -> None:

@@ -31,7 +31,7 @@ WIDTH = 100
 DOCKER_ENV = """\
 # Every entry point runs in the trainer image (docker/Dockerfile; `docker compose build trainer`
 # builds this tag). Without Docker, the same commands run as
-# `python -m pipeline <entry point> --<param> <value>` (see README).
+# `python -m pipeline <entry point> --<param> <value>` (see docs/getting-started.md).
 #
 # MLflow joins the `docker run` arguments into one bash command line (run in this folder), so
 # ${...} below is expanded by that shell on the host.

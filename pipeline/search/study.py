@@ -39,8 +39,8 @@ def check_storage_url(url: str) -> None:
     """The form of a storage URL, checked while parsing (its reachability when the study opens).
 
     SQLite is refused: it ignores the row lock Optuna's RDB storage takes, so workers asking at
-    the same moment can both take one queued trial (tests/search/test_storage_claims.py; README,
-    "Search"). A password is refused too: the URL is a param, logged with the run and shown by
+    the same moment can both take one queued trial (tests/search/test_storage_claims.py;
+    docs/tune.md). A password is refused too: the URL is a param, logged with the run and shown by
     `ps`; PostgreSQL's client reads PGPASSWORD or ~/.pgpass instead.
     """
     if url.startswith("journal:"):

@@ -257,7 +257,7 @@ def _check_server(uri: str) -> None:
         raise PipelineError(
             f"the MLflow tracking server at {shown} refused access (HTTP {response.status_code}): "
             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server, "
-            "or put them in ~/.mlflow/credentials (see README, Basic auth)"
+            "or put them in ~/.mlflow/credentials (docs/docker.md, Basic auth)"
         )
     if response.status_code in (404, 405):
         raise not_mlflow
