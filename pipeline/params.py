@@ -32,7 +32,7 @@ from pipeline.images import DEFAULT_MAX_PIXELS
 from pipeline.registry.request import PromoteParams, check_name
 from pipeline.registry.versions import check_alias
 from pipeline.serving import RUNTIMES
-from pipeline.settings import about, declared, parse_bool
+from pipeline.settings import about, declared, flat_settings, parse_bool
 
 KAGGLE_SOURCE = "tapakah68/supervisely-filtered-segmentation-person-dataset"
 MAX_PORT = 65535
@@ -48,12 +48,18 @@ OVERRIDES = "overrides"  # metadata: the config class whose settings a mapping f
 
 @dataclass(frozen=True)
 class Parameter:
-    """One parameter of an entry point, wherever in its params class's nest it is declared."""
+    """One parameter of an entry point, wherever in its params class's nest it is declared:
+    `group` is the title of the nested part it belongs to (empty: the command's own),
+    `choices` the values its setting allows, `presets` what each preset (recipe) sets it to
+    when the parameter is left empty."""
 
     name: str
     kind: Any
     default: Any  # dataclasses.MISSING: required
     help: str
+    group: str = ""
+    choices: tuple[Any, ...] | None = None
+    presets: tuple[tuple[str, Any], ...] = ()
 
     @property
     def required(self) -> bool:
@@ -62,19 +68,27 @@ class Parameter:
 
 def overrides(
     config_class: type,
+    presets: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
     helps: Mapping[str, str] | None = None,
 ) -> Any:
     """A field holding the settings of `config_class` a command changes, by name: one optional
-    parameter per setting (empty: the config's own), `defaults` where the command has its own,
-    `helps` where it says more than the setting's declaration."""
+    parameter per setting (empty: what the chosen one of `presets`, configs by name, sets),
+    `defaults` where the command has its own, `helps` where it says more than the setting's
+    declaration."""
     given = dict(defaults or {})
-    metadata = {OVERRIDES: (config_class, given, dict(helps or {}))}
+    metadata = {OVERRIDES: (config_class, given, dict(helps or {}), dict(presets))}
     return field(default_factory=lambda: dict(given), metadata=metadata)
 
 
+def nested(title: str) -> dict[str, str]:
+    """The metadata of a nested params or config field: the title its parameters are grouped
+    under in `--help`."""
+    return {"help": title}
+
+
 @cache
-def parameters(params_class: type) -> tuple[Parameter, ...]:
+def parameters(params_class: type, group: str = "") -> tuple[Parameter, ...]:
     """The parameters of `params_class` in order, nested classes' in their place: the names
     the command line, the MLproject and the run's params use, so each is unique."""
     found: list[Parameter] = []
@@ -82,21 +96,47 @@ def parameters(params_class: type) -> tuple[Parameter, ...]:
     for spec in dataclasses.fields(params_class):
         kind = hints[spec.name]
         if OVERRIDES in spec.metadata:
-            config_class, defaults, helps = spec.metadata[OVERRIDES]
+            config_class, defaults, helps, presets = spec.metadata[OVERRIDES]
+            values = {preset: flat_settings(config) for preset, config in presets.items()}
             for name, setting_kind, setting in declared(config_class):
-                help_text = helps.get(name, setting.metadata["help"])
-                kind = plain(setting_kind) | None
-                found.append(Parameter(name, kind, defaults.get(name), help_text))
+                found.append(
+                    Parameter(
+                        name,
+                        plain(setting_kind) | None,
+                        defaults.get(name),
+                        helps.get(name, setting.metadata["help"]),
+                        group,
+                        setting.metadata["choices"],
+                        tuple((preset, values[preset][name]) for preset in presets),
+                    )
+                )
         elif dataclasses.is_dataclass(kind):
-            found += parameters(kind)
+            found += parameters(kind, group or spec.metadata.get("help", ""))
         else:
             help_text = spec.metadata.get("help", "")
-            found.append(Parameter(spec.name, plain(kind), spec.default, help_text))
+            choices = spec.metadata.get("choices")
+            found.append(Parameter(spec.name, plain(kind), spec.default, help_text, group, choices))
     names = [parameter.name for parameter in found]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise TypeError(f"{params_class.__name__} declares {', '.join(twice)} more than once")
     return tuple(found)
+
+
+def shown_default(found: Parameter) -> str:
+    """A parameter's default as help and the reference say it: a setting left to the recipe
+    shows what each recipe gives it, the default recipe's first."""
+    if found.required:
+        return "required"
+    if found.default is None and found.presets:
+        values = [(preset, text_of(value) or "empty") for preset, value in found.presets]
+        if len({value for _, value in values}) == 1:
+            return f"{values[0][1]} in every recipe"
+        (first, value), *others = values
+        return ", ".join([f"{value} in recipe {first}", *(f"{v} in {p}" for p, v in others)])
+    if found.default is None:
+        return "the recipe's"
+    return text_of(found.default) or "empty"
 
 
 def plain(kind: Any) -> Any:
@@ -133,7 +173,7 @@ def built(params_class: type, values: Mapping[str, Any]) -> Any:
     for spec in dataclasses.fields(params_class):
         kind = hints[spec.name]
         if OVERRIDES in spec.metadata:
-            config_class, defaults, _ = spec.metadata[OVERRIDES]
+            config_class, defaults, *_ = spec.metadata[OVERRIDES]
             changes = {
                 name: values.get(name, defaults.get(name)) for name, _, _ in declared(config_class)
             }
@@ -355,18 +395,20 @@ def parse(params_class: type, argv: list[str] | None = None, prog: str | None = 
         description=inspect.cleandoc(params_class.__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # Nested parts under their titles; a command's own parameters under OWN_PARAMETERS when
+    # it has nested parts too (else argparse's "options").
+    own = getattr(params_class, "OWN_PARAMETERS", None)
+    groups: dict[str, Any] = {} if own else {"": parser}
     for found in parameters(params_class):
-        default = None if found.required else text_of(found.default)
-        if found.required:
-            shown = "required"
-        elif found.default is None:
-            shown = "default: the recipe's; empty takes it"
-        else:
-            shown = f"default: {default}" if default else "default: empty"
-        parser.add_argument(
+        if found.group not in groups:
+            groups[found.group] = parser.add_argument_group(found.group or own)
+        shown = "required" if found.required else f"default: {shown_default(found)}"
+        if found.default is None and found.presets:
+            shown += "; empty: the recipe's"
+        groups[found.group].add_argument(
             f"--{found.name}",
             required=found.required,
-            default=default,
+            default=None if found.required else text_of(found.default),
             metavar=found.name.upper(),
             help=f"{found.help} ({shown})",
         )

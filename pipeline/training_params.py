@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline.errors import PipelineError
-from pipeline.params import DataSourceParams, PromoteParams, overrides, same_as
+from pipeline.params import DataSourceParams, PromoteParams, nested, overrides, same_as
 from pipeline.registry.request import check_promotion
 from pipeline.search.space import DEFAULT_SPACE, parse_search_space, searchable
 from pipeline.search.study import SAMPLERS, check_storage_url
 from pipeline.settings import about
 from pipeline.study.variants import PlannedVariant, parse_seeds, plan_variants
 from pipeline.training.pruning import PRUNERS
-from pipeline.training.recipes import Recipe, resolve_recipe
+from pipeline.training.recipes import RECIPES, Recipe, resolve_recipe
 from pipeline.training.runtime import RuntimeConfig
 
 # Epochs of each trial of `tune` unless given: a search ranks settings, and the ranking shows
@@ -30,6 +30,15 @@ from pipeline.training.runtime import RuntimeConfig
 # are the budget of the one model that is kept. At 64 px on 2 cores this is what makes the
 # documented search (docs/tune.md) take minutes, not hours.
 TRIAL_EPOCHS = 10
+
+# The recipe a command trains unless told, shown first where --help gives each recipe's value.
+DEFAULT_RECIPE = "default"
+PRESETS = dict(sorted(RECIPES.items(), key=lambda preset: preset[0] != DEFAULT_RECIPE))
+
+# The titles of the nested parts, as `--help` groups their parameters.
+DATA = nested("data: where the photos come from, how they are checked and split")
+TRAINING = nested("recipe and network: what is fitted (an empty setting takes the recipe's)")
+RUNTIME = nested("training runtime: where and how long each fit runs")
 
 # The settings an architecture study sets for every variant alike.
 STUDY_OVERRIDES = ("max_epochs", "patience", "batch_size", "base_channels")
@@ -41,11 +50,11 @@ class TrainingParams:
     `ablate` and `tune` hand their train steps."""
 
     recipe: str = field(
-        default="default",
+        default=DEFAULT_RECIPE,
         metadata=about("paper (the reference exactly) or default; the settings below override it"),
     )
     # One optional parameter per setting of the recipe (pipeline/settings.py), None its own.
-    changes: Mapping[str, Any] = overrides(Recipe)
+    changes: Mapping[str, Any] = overrides(Recipe, PRESETS)
     seed: int = field(default=42, metadata=about("seed of weights and data order"))
     grid_every: int = field(
         default=5, metadata=about("epochs between prediction grids of fixed val images")
@@ -72,6 +81,7 @@ class TrialTraining(TrainingParams):
 
     changes: Mapping[str, Any] = overrides(
         Recipe,
+        PRESETS,
         defaults={"max_epochs": TRIAL_EPOCHS},
         helps={
             "max_epochs": f"epochs of each trial (default {TRIAL_EPOCHS}, not the recipe's: "
@@ -86,8 +96,10 @@ class TrainParams:
     several devices or num_nodes > 1 it runs one process per device (DDP): batch_size is per
     device, and only the first process logs into the run (docs/gpus.md, "Several GPUs (DDP)")."""
 
-    training: TrainingParams = field(default_factory=TrainingParams)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    OWN_PARAMETERS: ClassVar[str] = "input"
+
+    training: TrainingParams = field(default_factory=TrainingParams, metadata=TRAINING)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata=RUNTIME)
     data_dir: str = field(
         default="data/processed", metadata=about("preprocess output folder or its artifact URI")
     )
@@ -99,9 +111,11 @@ class MainParams:
     promote, reusing any step already finished with the same inputs and resuming an interrupted
     training from its checkpoint."""
 
-    training: TrainingParams = field(default_factory=TrainingParams)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    data: DataSourceParams = field(default_factory=DataSourceParams)
+    OWN_PARAMETERS: ClassVar[str] = "steps, tracking and promotion"
+
+    data: DataSourceParams = field(default_factory=DataSourceParams, metadata=DATA)
+    training: TrainingParams = field(default_factory=TrainingParams, metadata=TRAINING)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata=RUNTIME)
     reuse: bool = field(default=True, metadata=about("reuse finished steps with equal inputs"))
     promote: bool = field(default=True, metadata=about("end with promote; false stops at evaluate"))
     model_name: str = same_as(PromoteParams, "model_name")
@@ -118,8 +132,10 @@ class AblateParams:
     """The architecture study: the baseline recipe and variants that each change one thing,
     trained and evaluated under one parent run, summarised in a table and a chart."""
 
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    data: DataSourceParams = field(default_factory=DataSourceParams)
+    OWN_PARAMETERS: ClassVar[str] = "the study"
+
+    data: DataSourceParams = field(default_factory=DataSourceParams, metadata=DATA)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata=RUNTIME)
     recipe: str = field(
         default="default",
         metadata=about("the study's baseline; each variant changes one thing"),
@@ -167,9 +183,11 @@ class TuneParams:
     best trial's model is evaluated and promoted as `main`'s is. The settings not searched are
     the recipe's, or the ones given here."""
 
-    training: TrialTraining = field(default_factory=TrialTraining)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    data: DataSourceParams = field(default_factory=DataSourceParams)
+    OWN_PARAMETERS: ClassVar[str] = "the search and promotion"
+
+    data: DataSourceParams = field(default_factory=DataSourceParams, metadata=DATA)
+    training: TrialTraining = field(default_factory=TrialTraining, metadata=TRAINING)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata=RUNTIME)
     search_space: str = field(
         default=DEFAULT_SPACE,
         metadata=about(

@@ -75,3 +75,34 @@ def test_an_unknown_parameter_is_one_line_with_the_nearest_name(
     assert capsys.readouterr().err.strip().splitlines() == [line]
     experiment = MlflowClient().get_experiment_by_name("unet-person")
     assert experiment is None or not MlflowClient().search_runs([experiment.experiment_id])
+
+
+def test_main_help_groups_its_parameters_data_first(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["main", "--help"])
+    text = capsys.readouterr().out
+    titles = [line for line in text.splitlines() if line and not line[0].isspace()]
+    groups = [title for title in titles if title.endswith(":") and title != "options:"]
+    assert [title.split(":")[0] for title in groups] == [
+        "data",
+        "recipe and network",
+        "training runtime",
+        "steps, tracking and promotion",
+    ]
+    data = text.split(groups[0])[1].split(groups[1])[0]
+    assert "--source" in data and "--image_size" in data and "--lr" not in data
+
+
+def test_help_shows_what_each_recipe_gives_a_setting_left_empty(capsys) -> None:
+    """Not "the recipe's": the number, and which recipe gives it (the default one first)."""
+    from pipeline.params import text_of
+    from pipeline.training.recipes import RECIPES
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    options = " ".join(capsys.readouterr().out.split())
+    default_lr = text_of(RECIPES["default"].optimization.lr)
+    paper_lr = text_of(RECIPES["paper"].optimization.lr)
+    assert default_lr != paper_lr
+    assert f"(default: {default_lr} in recipe default, {paper_lr} in paper; empty:" in options
+    assert f"(default: {RECIPES['paper'].max_epochs} in every recipe; empty:" in options

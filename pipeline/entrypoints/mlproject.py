@@ -14,6 +14,7 @@ import inspect
 import json
 import sys
 import textwrap
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import yaml
 from pipeline.entrypoints import command_modules, entry_points
 from pipeline.errors import PipelineError
 from pipeline.orchestration.project import MLPROJECT, project_dir
-from pipeline.params import Parameter, is_optional, parameters, parse, text_of
+from pipeline.params import Parameter, is_optional, parameters, parse, shown_default, text_of
 from pipeline.search.space import searchable
 from pipeline.settings import about
 
@@ -166,16 +167,20 @@ def reference_text() -> str:
     for module in command_modules():
         params_class = params_of(module.name)
         where = "" if module.in_mlproject else " (no run; not in the MLproject)"
-        lines += ["", f"## `{module.name}`{where}", "", described(params_class), ""]
-        lines += ["| parameter | default | what it is |", "|---|---|---|"]
+        lines += ["", f"## `{module.name}`{where}", "", described(params_class)]
+        own = getattr(params_class, "OWN_PARAMETERS", "")
+        group = None
         for found in parameters(params_class):
-            if found.required:
-                default = "required"
-            elif found.default is None:
-                default = "the recipe's"
-            else:
-                default = f"`{text_of(found.default)}`" if text_of(found.default) else "empty"
-            lines.append(f"| `{found.name}` | {default} | {cell(found.help)} |")
+            if found.group != group:
+                group = found.group
+                lines += ["", *([f"**{group or own}**", ""] if group or own else [])]
+                lines += ["| parameter | type | default | allowed | what it is |"]
+                lines += ["|---|---|---|---|---|"]
+            allowed = ", ".join(f"`{text_of(choice)}`" for choice in found.choices or ())
+            lines.append(
+                f"| `{found.name}` | {type_name(found.kind)} | {cell(shown_default(found))} | "
+                f"{allowed} | {cell(found.help)} |"
+            )
     lines += ["", "## Search ranges of `tune`", "", SEARCH_RANGES_ABOUT, ""]
     lines += ["| setting | range | why |", "|---|---|---|"]
     for name, search in searchable().items():
@@ -187,6 +192,12 @@ SEARCH_RANGES_ABOUT = (
     "`--search_space default` searches each of these; a range is declared beside its setting "
     "(`setting(..., search=...)`) and checked against the values the setting allows."
 )
+
+
+def type_name(kind: typing.Any) -> str:
+    """int, float, str or bool, for a setting that may be left empty too."""
+    options = [option for option in typing.get_args(kind) if option is not type(None)]
+    return (options[0] if options else kind).__name__
 
 
 def cell(text: str) -> str:
