@@ -10,8 +10,9 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from pipeline.console import log
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.tracking.concurrent_writes import write_despite_races
+from pipeline.tracking.model_names import nearest_model
 
 # MLflow's rule for alias names; checked before any work, since the alias is set last.
 ALIAS_PATTERN = re.compile(r"^[\w\-]+$")
@@ -32,8 +33,9 @@ def model_id_of(model_uri: str) -> str:
         model_id = mlflow.models.get_model_info(model_uri).model_id
     except (MlflowException, OSError) as error:
         raise PipelineError(
-            f"cannot find model_uri={model_uri} ({error}); use the train run's model URI, "
-            "e.g. models:/<model_id> or runs:/<run_id>/model as the MLflow UI shows it"
+            f"cannot find model_uri={model_uri} ({first_line(error)}){nearest_model(model_uri)}; "
+            "use the train run's model URI, e.g. models:/<model_id> or runs:/<run_id>/model as "
+            "the MLflow UI shows it"
         ) from error
     if not model_id:
         raise PipelineError(

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from PIL import Image
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.export.onnx_export import export_onnx
 from pipeline.images import encode_png
 from pipeline.model.encoders import LIBRARY, NO_ENCODER
@@ -43,6 +43,7 @@ from pipeline.serving.segmenter import (
     Segmenter,
 )
 from pipeline.tracking.code_paths import staged_package
+from pipeline.tracking.model_names import nearest_model
 from pipeline.tracking.tags import MODEL_URI_TAG
 
 MODEL_NAME = "model"
@@ -120,8 +121,9 @@ def load_predictor(model_uri: str, runtime: str = RUNTIMES[0]) -> mlflow.pyfunc.
         raise _no_export(model_uri, runtime, "its artifacts hold no ONNX file") from None
     except (MlflowException, OSError) as error:
         raise PipelineError(
-            f"cannot load model_uri={model_uri} ({error}); use runs:/<run_id>/model, "
-            "models:/<model_id> or models:/<name>@<alias> as shown in the MLflow UI"
+            f"cannot load model_uri={model_uri} ({first_line(error)}){nearest_model(model_uri)}; "
+            "use runs:/<run_id>/model, models:/<model_id> or models:/<name>@<alias> as shown "
+            "in the MLflow UI"
         ) from error
     # A model logged before the runtime choice existed ignores model_config: torch, silently.
     if getattr(_python_model(predictor), "runtime", RUNTIMES[0]) != runtime:

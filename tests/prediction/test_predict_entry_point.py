@@ -232,3 +232,31 @@ def test_bad_parameters_are_named(
     defaults = ["--input_dir", "photos", "--model_uri", model_uri]
     assert predict.main([*defaults, *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [
+        ("models:/unet-persn@champion", "models:/unet-person@champion"),
+        ("models:/unet-person@champoin", "models:/unet-person@champion"),
+        ("models:/unet_person/1", "models:/unet-person/1"),
+    ],
+)
+def test_a_misspelt_registered_model_gets_the_nearest_name(
+    model_uri: str, tmp_path: Path, capsys, given: str, meant: str
+) -> None:
+    version = mlflow.register_model(model_uri, "unet-person")
+    MlflowClient().set_registered_model_alias("unet-person", "champion", version.version)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(photo_file((8, 8)))
+    capsys.readouterr()  # MLflow's lines about registering
+    assert run_predict(given, tmp_path / "photos", tmp_path / "out") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"cannot load model_uri={given} (" in line and f"did you mean {meant}?" in line
+
+
+def test_a_registered_name_nothing_is_near_gets_no_guess(model_uri: str, tmp_path: Path, capsys):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(photo_file((8, 8)))
+    assert run_predict("models:/zebra@stripes", tmp_path / "photos", tmp_path / "out") == 2
+    assert "did you mean" not in capsys.readouterr().err
