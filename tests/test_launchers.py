@@ -27,6 +27,7 @@ from torch.distributed.run import get_args_parser
 
 from pipeline import params as pipeline_params
 from pipeline import training_params
+from pipeline.data.synthetic import generate_dataset
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,6 +214,8 @@ def test_documented_command_lines_use_the_pipelines_parameters(doc: Path) -> Non
     """Every `python -m pipeline` and `mlflow run` line a reader copies from the README or a
     docs page parses as the pipeline and MLflow's CLI parse it: an unknown entry point or a
     renamed parameter fails here first."""
+    # The reader's own folder of photos that the pages' commands name (docs/your-photos.md).
+    generate_dataset(Path("my_photos"), count=2, seed=0)
     for words in (w for line in documented_lines(doc) for w in commands(line)):
         if words[:2] == ["mlflow", "run"]:
             check_mlflow_run(words)
