@@ -13,7 +13,7 @@ import pytest
 from data_helpers import LocalServer, file_state, leftovers, make_dataset, zip_folder
 
 from pipeline import folders
-from pipeline.data import download
+from pipeline.data import download, synthetic
 from pipeline.data.download import land_dataset, source_fingerprint, source_kind
 from pipeline.errors import PipelineError
 
@@ -471,7 +471,7 @@ def test_a_new_generator_version_lands_synthetic_data_again(
 ) -> None:
     first = land_dataset("synthetic:2", tmp_path / "data", tmp_path / "cache")
     assert land_dataset("synthetic:2", tmp_path / "data", tmp_path / "cache").reused
-    monkeypatch.setattr(download, "GENERATOR_VERSION", download.GENERATOR_VERSION + 1)
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
     again = land_dataset("synthetic:2", tmp_path / "data", tmp_path / "cache")
     assert not again.reused and again.digest == first.digest  # same pictures, generated anew
 

@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.params import as_text
 from pipeline.training.recipes import RECIPES
 from tests.conftest import free_port
-from tests.stack.test_config import expand, instructions
+from tests.stack.container_files import expand, parse_dockerfile
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +66,8 @@ def build_trainer_image(root: Path) -> dict:
     files its COPY lines put in its WORKDIR, the folders its RUN makes there, HOME, and its venv
     at VIRTUAL_ENV, which is this test's environment (torch and the project's dependencies)."""
     args, env, workdir = {}, {"PATH": BASE_PATH}, "/"
-    for keyword, arguments in instructions(DOCKERFILE):
+    for instruction in parse_dockerfile(DOCKERFILE.read_text()):
+        keyword, arguments = instruction.keyword, instruction.arguments
         if keyword == "ARG":
             name, _, default = arguments.partition("=")
             args[name] = default
