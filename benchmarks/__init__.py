@@ -34,6 +34,7 @@ NAMES = (
     "onnx_speed",
     "checkpoint_save",
     "tune",
+    "spark_predict",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 REPORT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"

@@ -23,8 +23,15 @@ SILENCED_WARNINGS = (
     r"Checkpoint directory .* exists and is not empty",
 )
 # What Lightning's rank-zero logger says once per Trainer that tells nobody anything: its cloud
-# logger's advertisement, and the accelerators a CPU or CUDA machine never has.
-LIGHTNING_NOISE = ("💡 Tip:", "TPU available", "HPU available", "IPU available")
+# logger's advertisement, the accelerators a CPU or CUDA machine never has, and the one-cycle
+# schedule's step count being worked out.
+LIGHTNING_NOISE = (
+    "💡 Tip:",
+    "TPU available",
+    "HPU available",
+    "IPU available",
+    "Loading `train_dataloader` to estimate number of stepping batches",
+)
 
 
 def _no_noise(record: logging.LogRecord) -> bool:

@@ -29,6 +29,7 @@ from pipeline.data.preprocess import check_settings as check_preprocess
 from pipeline.errors import PipelineError
 from pipeline.export import DEFAULT_OPSET, check_opset
 from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.prediction.locations import check_location
 from pipeline.registry.request import PromoteParams, check_name
 from pipeline.registry.versions import check_alias
 from pipeline.serving import RUNTIMES
@@ -36,6 +37,7 @@ from pipeline.settings import about, declared, flat_settings, parse_bool
 
 KAGGLE_SOURCE = "tapakah68/supervisely-filtered-segmentation-person-dataset"
 MAX_PORT = 65535
+ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")  # mlflow.pyfunc.spark_udf's
 TTA_HELP = (
     "test-time augmentation: average each photo's logits with its mirror image's (two passes "
     "of the network; the mask of a mirrored photo is then the mirrored mask)"
@@ -294,11 +296,62 @@ class PredictParams:
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
-        if self.runtime not in RUNTIMES:
+        check_runtime(self.runtime)
+
+
+@dataclass(frozen=True)
+class PredictSparkParams:
+    """predict for photo libraries, on Apache Spark: the model as MLflow's Spark UDF over a
+    folder or an s3:// prefix, the masks (and overlays when asked) written to a folder or an
+    s3:// prefix, and the results table as Parquet and CSV; bad files are rows, not crashes."""
+
+    input: str = field(metadata=about("folder or s3://bucket/prefix of photos, searched deeply"))
+    model_uri: str = same_as(PredictParams, "model_uri")
+    output: str = field(
+        default="predictions",
+        metadata=about(
+            "folder or s3://bucket/prefix for masks/, overlays/ and predictions.parquet/.csv"
+        ),
+    )
+    threshold: float = same_as(PredictParams, "threshold")
+    runtime: str = same_as(PredictParams, "runtime")
+    tta: bool = same_as(PredictParams, "tta")
+    overlays: bool = field(default=False, metadata=about("also write overlays/<name>.jpg"))
+    spark_master: str = field(
+        default="local[*]",
+        metadata=about("Spark master URL: local[N], spark://host:7077, yarn, k8s://..."),
+    )
+    env_manager: str = field(
+        default="local",
+        metadata=about(
+            "the model's Python on the executors: local (this one), or virtualenv, uv or conda "
+            "(made from the model's requirements, for clusters without this project)"
+        ),
+    )
+    partition_photos: int = field(
+        default=256, metadata=about("photos per Spark task: the unit of work and of retry")
+    )
+    batch_photos: int = field(
+        default=16,
+        metadata=about(
+            "photos an executor holds at once (its Arrow batches): bounds its memory whatever "
+            "the photo count"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+        check_runtime(self.runtime)
+        check_location("input", self.input)
+        check_location("output", self.output)
+        if self.env_manager not in ENV_MANAGERS:
             raise PipelineError(
-                f"parameter runtime={self.runtime!r} is not one of {', '.join(RUNTIMES)}: torch "
-                "runs the network in PyTorch, onnx the model's ONNX export in ONNX Runtime"
+                f"parameter env_manager={self.env_manager!r} is not one of "
+                f"{', '.join(ENV_MANAGERS)}"
             )
+        for name in ("partition_photos", "batch_photos"):
+            if getattr(self, name) < 1:
+                raise PipelineError(f"parameter {name}={getattr(self, name)} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -358,6 +411,14 @@ class DataSourceParams:
     def __post_init__(self) -> None:
         source_kind(self.source)
         check_preprocess(self.image_size, self.val_fraction, self.test_fraction, self.max_pixels)
+
+
+def check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise PipelineError(
+            f"parameter runtime={runtime!r} is not one of {', '.join(RUNTIMES)}: torch runs the "
+            "network in PyTorch, onnx the model's ONNX export in ONNX Runtime"
+        )
 
 
 def check_threshold(threshold: float) -> None:

@@ -11,6 +11,7 @@ drifts from the pipeline (a renamed parameter, nodes and devices that disagree) 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import shlex
@@ -26,8 +27,8 @@ from mlflow.projects import _project_spec
 from torch.distributed.run import get_args_parser
 
 from pipeline import params as pipeline_params
-from pipeline import training_params
 from pipeline.data.synthetic import generate_dataset
+from pipeline.entrypoints import entry_points
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,9 +90,8 @@ def pipeline_invocation(words: list[str]) -> tuple[str, list[str]] | None:
 
 
 def params_class(entry_point: str) -> type:
-    name = f"{entry_point.capitalize()}Params"
-    cls = getattr(pipeline_params, name, None) or getattr(training_params, name, None)
-    assert cls is not None, f"`python -m pipeline {entry_point}`: no such entry point"
+    assert entry_point in entry_points(), f"`python -m pipeline {entry_point}`: no such entry point"
+    cls = importlib.import_module(f"pipeline.entrypoints.{entry_point}").PARAMS
     return cls
 
 

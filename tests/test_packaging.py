@@ -37,13 +37,17 @@ def _distribution(requirement: str) -> str:
 def test_every_third_party_import_of_the_package_is_declared() -> None:
     """Each module pipeline/ imports from outside the standard library comes from a
     distribution pyproject.toml (and so conda.yaml) declares, not from one that happens to be
-    installed as another's dependency; the pretrained encoders' from their optional extra
-    (imported only where an encoder is built: tests/model/test_encoders.py)."""
+    installed as another's dependency; the pretrained encoders' and Spark's from their optional
+    extras (imported only where an encoder is built, or by predict_spark)."""
     root = project_dir()
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     declared = {
         _distribution(requirement)
-        for requirement in [*project["dependencies"], *project["optional-dependencies"]["encoders"]]
+        for requirement in [
+            *project["dependencies"],
+            *project["optional-dependencies"]["encoders"],
+            *project["optional-dependencies"]["spark"],
+        ]
     }
     imported: dict[str, set[str]] = {}
     for path in (root / "pipeline").rglob("*.py"):

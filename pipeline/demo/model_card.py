@@ -7,18 +7,14 @@ registry is where that is written, so the card is read from it once, when the pa
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 
 import mlflow
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.tracking.model_names import registry_version
 from pipeline.tracking.tags import CANDIDATE_DICE_TAG
-
-ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
-VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -32,17 +28,6 @@ class ModelCard:
 
     def as_json(self) -> dict:
         return asdict(self) | {"aliases": list(self.aliases)}
-
-
-def registry_version(client: MlflowClient, model_uri: str) -> ModelVersion | None:
-    """The registered version a `models:/<name>@<alias>` or `models:/<name>/<n>` URI names;
-    None for URIs outside the registry (runs:/..., models:/<model_id>)."""
-    by_alias, by_number = ALIAS_URI.match(model_uri), VERSION_URI.match(model_uri)
-    if by_alias:
-        return client.get_model_version_by_alias(by_alias["name"], by_alias["alias"])
-    if by_number:
-        return client.get_model_version(by_number["name"], by_number["version"])
-    return None
 
 
 def model_card(model: mlflow.pyfunc.PyFuncModel, model_uri: str) -> ModelCard:

@@ -149,7 +149,10 @@ def scalar(text: str, kind_name: str) -> str:
     10, empty, a colon) in double quotes, a number as it is."""
     if kind_name != "string":
         return text
-    plain = yaml.safe_load(f"{{value: {text}}}") if text else None
+    try:
+        plain = yaml.safe_load(f"{{value: {text}}}") if text else None
+    except yaml.YAMLError:  # local[*]: `*` starts an alias
+        plain = None
     return text if plain == {"value": text} else json.dumps(text)
 
 

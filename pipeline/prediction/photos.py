@@ -9,11 +9,13 @@ pixel limit (the model's own, UNET_PERSON_MAX_PIXELS): it is refused from its he
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
-from pathlib import Path
+import io
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 
 import mlflow
 import pandas as pd
+from PIL import Image
 
 from pipeline.console import log, progress
 from pipeline.errors import PipelineError
@@ -24,6 +26,7 @@ from pipeline.images import (
     overlay,
     upright_photo,
 )
+from pipeline.prediction.locations import Folder, Listed, Location
 from pipeline.serving.segmenter import (
     FLIP_TTA,
     INPUT_COLUMN,
@@ -50,25 +53,72 @@ class FolderReport:
         return sum(row["status"] == status for row in self.rows)
 
 
-def photo_files(input_dir: Path, output_dir: Path) -> list[Path]:
-    """Every file under input_dir but hidden ones and earlier output, in a stable order."""
-    if not input_dir.is_dir():
-        raise PipelineError(f"input_dir={input_dir} is not a folder: pass the folder of photos")
-    output = output_dir.resolve()
-    if output == input_dir.resolve():
+def planned(source: Location, target: Location, roles: tuple[str, str]) -> list[Listed]:
+    """Every file of `source` to mask into `target`, in a stable order, each refused with its
+    reason where it must not be read (a symlink out) or would overwrite another's mask (two
+    files with the same name before their suffix: the first in order keeps it)."""
+    source_role, target_role = roles
+    if source.inside(target) and target.inside(source):
         raise PipelineError(
-            f"output_dir={output_dir} is input_dir: write the masks to another folder"
+            f"{target_role}={target.uri} is {source_role}: write the masks somewhere else"
         )
-    files = sorted(
-        path
-        for path in input_dir.rglob("*")
-        if path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(input_dir).parts)
-        and not path.resolve().is_relative_to(output)
-    )
-    if not files:
-        raise PipelineError(f"input_dir={input_dir} holds no files: put the photos to mask there")
-    return files
+    found = source.listing(source_role, leave_out=target)
+    if not found:
+        raise PipelineError(
+            f"{source_role}={source.uri} holds no files: put the photos to mask there"
+        )
+    claimed: dict[PurePosixPath, str] = {}
+    plan = []
+    for listed in found:
+        stem = PurePosixPath(listed.name).with_suffix("")
+        if not listed.refused and stem in claimed:
+            listed = replace(
+                listed, refused=f"{claimed[stem]} has the same name before its suffix: rename one"
+            )
+        elif not listed.refused:
+            claimed[stem] = listed.name
+        plan.append(listed)
+    return plan
+
+
+def checked_photo(data: bytes, max_pixels: int) -> Image.Image:
+    """The photo the model will mask, or ImageError saying why it will not."""
+    try:
+        return upright_photo(data, max_pixels)
+    except TooManyPixels as error:
+        raise TooManyPixels(f"{error}; {MAX_PIXELS_VARIABLE} raises the limit") from None
+
+
+def skipped_row(name: str, reason: str) -> dict:
+    return dict.fromkeys(COLUMNS, "") | {"file": name, "status": SKIPPED, "reason": reason}
+
+
+def predicted_row(
+    name: str, size: tuple[int, int], png: bytes, photo: Image.Image | None = None
+) -> tuple[dict, dict[str, bytes]]:
+    """A predicted photo's row and its files (name under the output: bytes): the model's PNG
+    mask as it came, and the overlay on `photo` when one is given."""
+    stem = PurePosixPath(name).with_suffix("")
+    mask = decode_mask(png)
+    mask_name = f"{MASKS}/{stem}.png"
+    files = {mask_name: png}
+    overlay_name = ""
+    if photo is not None:
+        buffer = io.BytesIO()
+        overlay(photo, mask).save(buffer, format="JPEG", quality=OVERLAY_QUALITY)
+        overlay_name = f"{OVERLAYS}/{stem}.jpg"
+        files[overlay_name] = buffer.getvalue()
+    width, height = size
+    row = dict.fromkeys(COLUMNS, "") | {
+        "file": name,
+        "status": PREDICTED,
+        "width": width,
+        "height": height,
+        "foreground_fraction": round(float(mask.mean()), 6),
+        "mask": mask_name,
+        "overlay": overlay_name,
+    }
+    return row, files
 
 
 def predict_folder(
@@ -81,48 +131,28 @@ def predict_folder(
 ) -> FolderReport:
     """Masks and overlays for every file; `max_pixels` is the model's limit, so a photo the
     model would refuse is skipped with the reason instead."""
-    files = photo_files(input_dir, output_dir)
+    source, target = Folder(input_dir), Folder(output_dir)
+    plan = planned(source, target, ("input_dir", "output_dir"))
     report = FolderReport(output_dir / TABLE)
-    claimed: dict[Path, Path] = {}
-    for path in progress(files, desc="predict", unit="photo"):
-        name = path.relative_to(input_dir)
-        row = dict.fromkeys(COLUMNS, "") | {"file": str(name), "status": SKIPPED}
-        report.rows.append(row)
-        stem = name.with_suffix("")
-        if stem in claimed:
-            row["reason"] = f"{claimed[stem]} has the same name before its suffix: rename one"
-            log.warning("skipped %s: %s", name, row["reason"])
-            continue
+    for listed in progress(plan, desc="predict", unit="photo"):
         try:
-            data = path.read_bytes()
-            photo = upright_photo(data, max_pixels)
+            if listed.refused:
+                raise ImageError(listed.refused)
+            data = source.read(listed.name)
+            photo = checked_photo(data, max_pixels)
         except (ImageError, OSError) as error:
-            row["reason"] = str(error)
-            if isinstance(error, TooManyPixels):
-                row["reason"] += f"; {MAX_PIXELS_VARIABLE} raises the limit"
-            log.warning("skipped %s: %s", name, row["reason"])
+            report.rows.append(skipped_row(listed.name, str(error)))
+            log.warning("skipped %s: %s", listed.name, error)
             continue
-        claimed[stem] = name
         answer = model.predict(
             pd.DataFrame({INPUT_COLUMN: [base64.b64encode(data).decode("ascii")]}),
             params={THRESHOLD: threshold, FLIP_TTA: tta},
         )
         png = base64.b64decode(answer[OUTPUT_COLUMN].iloc[0])
-        mask_path = output_dir / MASKS / stem.with_suffix(".png")
-        overlay_path = output_dir / OVERLAYS / stem.with_suffix(".jpg")
-        for folder in (mask_path.parent, overlay_path.parent):
-            folder.mkdir(parents=True, exist_ok=True)
-        mask_path.write_bytes(png)
-        mask = decode_mask(png)
-        overlay(photo, mask).save(overlay_path, quality=OVERLAY_QUALITY)
-        row |= {
-            "status": PREDICTED,
-            "width": photo.width,
-            "height": photo.height,
-            "foreground_fraction": round(float(mask.mean()), 6),
-            "mask": str(mask_path.relative_to(output_dir)),
-            "overlay": str(overlay_path.relative_to(output_dir)),
-        }
+        row, files = predicted_row(listed.name, photo.size, png, photo)
+        for name, content in files.items():
+            target.write(name, content)
+        report.rows.append(row)
     output_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(report.rows, columns=list(COLUMNS)).to_csv(report.table, index=False)
     return report

@@ -1,5 +1,5 @@
-"""Registered model URIs a person types: the nearest registered name or alias to one that is
-not there, for the one-line error that refuses it."""
+"""Registered model URIs a person types: the version one names, and the nearest registered
+name or alias to one that is not there, for the one-line error that refuses it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,23 @@ import difflib
 import re
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 REGISTERED_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
+
+
+def registry_version(client: mlflow.MlflowClient, model_uri: str) -> ModelVersion | None:
+    """The registered version a `models:/<name>@<alias>` or `models:/<name>/<n>` URI names;
+    None for URIs outside the registry (runs:/..., models:/<model_id>)."""
+    match = REGISTERED_URI.match(model_uri)
+    if not match:
+        return None
+    if match["alias"] is not None:
+        return client.get_model_version_by_alias(match["name"], match["alias"])
+    if match["version"].isdigit():
+        return client.get_model_version(match["name"], match["version"])
+    return None
 
 
 def nearest_model(model_uri: str) -> str:

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
-from tests.conftest import free_port
+from tests.s3 import moto_bucket
 from tests.stack.stack import (
-    S3_CREDENTIALS,
     Database,
     Role,
     Server,
     fresh_database,
     fresh_role,
-    lower,
     start_server,
     stop_server,
 )
@@ -35,14 +31,7 @@ def database(role: Role) -> Iterator[Database]:
 @pytest.fixture(scope="module")
 def s3() -> Iterator[tuple[str, str]]:
     """(endpoint, bucket) of a moto S3 server on a loopback port."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    bucket = "mlflow-artifacts"
-    boto3.client("s3", endpoint_url=endpoint, **lower(S3_CREDENTIALS)).create_bucket(Bucket=bucket)
-    yield endpoint, bucket
-    server.stop()
+    yield from moto_bucket("mlflow-artifacts")
 
 
 @pytest.fixture(scope="module")

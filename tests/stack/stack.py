@@ -24,12 +24,7 @@ import psycopg2
 from benchmarks.tracking_load import SERVER_SCRIPT, admin_sql, postgres_settings, serve_script
 from pipeline.orchestration.project import project_dir, step_command
 from tests.conftest import free_port, isolated_environment
-
-S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "test-access-key",
-    "AWS_SECRET_ACCESS_KEY": "test-secret-key",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+from tests.s3 import S3_CREDENTIALS
 
 
 @dataclass
@@ -76,14 +71,6 @@ def fresh_database(owner: Role | None = None) -> Iterator[Database]:
         yield Database(name, owner)
     finally:
         admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def lower(credentials: dict[str, str]) -> dict[str, str]:
-    return {
-        "aws_access_key_id": credentials["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": credentials["AWS_SECRET_ACCESS_KEY"],
-        "region_name": credentials["AWS_DEFAULT_REGION"],
-    }
 
 
 @dataclass

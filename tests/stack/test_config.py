@@ -944,8 +944,9 @@ def test_every_cuda_pair_named_pairs_a_base_image_with_a_torch_build_of_its_cuda
 
 def test_trainer_installs_the_dependencies_pyproject_lists_and_keeps_no_other_list() -> None:
     """The RUN that installs them writes the list out of pyproject.toml, with the encoders extra
-    (--encoder resnet34 in the container) and the postgres one (the tuner's study lives in the
-    stack's PostgreSQL); the package goes in from the code, without dependencies of its own."""
+    (--encoder resnet34 in the container), the postgres one (the tuner's study lives in the
+    stack's PostgreSQL) and the spark one (predict_spark); the package goes in from the code,
+    without dependencies of its own."""
     image = dockerfile(TRAINER_DOCKERFILE)
     run, install = image.run_with("pip", "install", "-r")
     (write,) = [words for words in run.commands if words[-2:] == [">", install[3]]]
@@ -955,7 +956,12 @@ def test_trainer_installs_the_dependencies_pyproject_lists_and_keeps_no_other_li
     )
     project_table = pyproject()["project"]
     extras = project_table["optional-dependencies"]
-    expected = [*project_table["dependencies"], *extras["encoders"], *extras["postgres"]]
+    expected = [
+        *project_table["dependencies"],
+        *extras["encoders"],
+        *extras["postgres"],
+        *extras["spark"],
+    ]
     assert listed.stdout.splitlines() == expected
     image.run_with("pip", "install", "--no-deps", "-e", ".")
     copied = [word for copy in image("COPY") for word in copy.words[:-1]]

@@ -26,16 +26,15 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.tracking_load import PARAMS, Load, postgres_settings, run_load
 from tests.conftest import free_port
+from tests.s3 import S3_CREDENTIALS, lower
 from tests.segmenters import constant_net, log_model
 from tests.stack.stack import (
-    S3_CREDENTIALS,
     SERVER_SCRIPT,
     Database,
     Role,
     Server,
     client_environment,
     fresh_database,
-    lower,
     run_entry_point,
     server_environment,
     start_server,
