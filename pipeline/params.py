@@ -83,12 +83,6 @@ def overrides(
     return field(default_factory=lambda: dict(given), metadata=metadata)
 
 
-def nested(title: str) -> dict[str, str]:
-    """The metadata of a nested params or config field: the title its parameters are grouped
-    under in `--help`."""
-    return {"help": title}
-
-
 @cache
 def parameters(params_class: type, group: str = "") -> tuple[Parameter, ...]:
     """The parameters of `params_class` in order, nested classes' in their place: the names

@@ -95,7 +95,8 @@ def _check_range(search: SearchRange, metadata: dict[str, Any]) -> None:
 
 
 def about(text: str) -> dict[str, str]:
-    """The metadata of a parameter that is not a setting of a config: its help text alone."""
+    """The metadata of a parameter that is not a setting of a config: its help text alone; of a
+    nested params or config field, the title its parameters are grouped under in `--help`."""
     return {"help": text}
 
 

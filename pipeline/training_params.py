@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipeline.errors import PipelineError
-from pipeline.params import DataSourceParams, PromoteParams, nested, overrides, same_as
+from pipeline.params import DataSourceParams, PromoteParams, overrides, same_as
 from pipeline.registry.request import check_promotion
 from pipeline.search.space import DEFAULT_SPACE, parse_search_space, searchable
 from pipeline.search.study import SAMPLERS, check_storage_url
@@ -36,9 +36,9 @@ DEFAULT_RECIPE = "default"
 PRESETS = dict(sorted(RECIPES.items(), key=lambda preset: preset[0] != DEFAULT_RECIPE))
 
 # The titles of the nested parts, as `--help` groups their parameters.
-DATA = nested("data: where the photos come from, how they are checked and split")
-TRAINING = nested("recipe and network: what is fitted (an empty setting takes the recipe's)")
-RUNTIME = nested("training runtime: where and how long each fit runs")
+DATA = about("data: where the photos come from, how they are checked and split")
+TRAINING = about("recipe and network: what is fitted (an empty setting takes the recipe's)")
+RUNTIME = about("training runtime: where and how long each fit runs")
 
 # The settings an architecture study sets for every variant alike.
 STUDY_OVERRIDES = ("max_epochs", "patience", "batch_size", "base_channels")
