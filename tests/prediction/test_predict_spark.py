@@ -121,6 +121,24 @@ def test_spark_gives_predicts_masks_byte_for_byte_and_bad_files_as_rows(
     assert artifacts == {"predictions.csv", "predictions.parquet"}
 
 
+def test_tta_and_the_onnx_runtime_give_predicts_masks_too(spark, tmp_path: Path) -> None:
+    model_uri = log_model(varied_net(3), onnx=True)
+    photos = tmp_path / "photos"
+    for index, mode in enumerate(("RGB", "L", "RGBA")):
+        path = photos / f"photo{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(photo_file((50 + 9 * index, 41), mode, seed=20 + index))
+    options = ["--model_uri", model_uri, "--tta", "true", "--runtime", "onnx"]
+
+    assert predict.main([*options, "--input_dir", str(photos), "--output_dir", "local"]) == 0
+    assert run_spark(model_uri, str(photos), "spark", *options[2:]) == 0
+
+    local = {n: d for n, d in files_under(tmp_path / "local").items() if n.startswith("masks/")}
+    assert len(local) == 3
+    spark_files = files_under(tmp_path / "spark")
+    assert {name: spark_files.get(name) for name in local} == local
+
+
 def test_spark_reads_and_writes_an_s3_prefix(
     model_uri: str, s3: tuple[str, str], tmp_path: Path, monkeypatch
 ) -> None:
