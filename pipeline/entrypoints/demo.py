@@ -13,18 +13,14 @@ from pipeline.demo.app import DemoModel, demo_app
 from pipeline.demo.model_card import model_card
 from pipeline.errors import PipelineError, first_line
 from pipeline.params import DemoParams, parse
-from pipeline.serving.segmenter import max_pixels_setting
-from pipeline.tracking.models import load_predictor, segmenter_of
+from pipeline.tracking.models import load_predictor, pixel_limit, segmenter_of
 from pipeline.tracking.runs import configure_tracking
 
 PARAMS = DemoParams
 
 
 def check(params: DemoParams) -> None:
-    try:
-        max_pixels_setting()
-    except ValueError as error:
-        raise PipelineError(str(error)) from None
+    pixel_limit()
 
 
 def serve(params: DemoParams) -> None:

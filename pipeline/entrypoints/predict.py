@@ -11,18 +11,14 @@ from pipeline.entrypoints.runner import run_entry_point
 from pipeline.errors import PipelineError
 from pipeline.params import PredictParams
 from pipeline.prediction.photos import PREDICTED, SKIPPED, TABLE, predict_folder
-from pipeline.serving.segmenter import max_pixels_setting
-from pipeline.tracking.models import load_predictor, segmenter_of
+from pipeline.tracking.models import load_predictor, pixel_limit, segmenter_of
 from pipeline.tracking.tags import PREDICTED_WITH_TAG
 
 PARAMS = PredictParams
 
 
 def run(params: PredictParams) -> None:
-    try:
-        max_pixels_setting()  # as one line, before loading the model fails on it with a traceback
-    except ValueError as error:
-        raise PipelineError(str(error)) from None
+    pixel_limit()
     model = load_predictor(params.model_uri, params.runtime)
     segmenter = segmenter_of(model, params.model_uri)  # refuse models that take arrays, not photos
     mlflow.set_tag(PREDICTED_WITH_TAG, model.metadata.model_id)

@@ -3,6 +3,8 @@ MLflow's Spark UDF."""
 
 from __future__ import annotations
 
+import shutil
+
 import mlflow
 from mlflow.exceptions import MlflowException
 
@@ -12,19 +14,15 @@ from pipeline.errors import PipelineError
 from pipeline.params import PredictSparkParams
 from pipeline.prediction.photos import PREDICTED, SKIPPED
 from pipeline.prediction.spark import SparkJob, predict_with_spark
-from pipeline.serving.segmenter import max_pixels_setting
 from pipeline.tracking.model_names import registry_version
-from pipeline.tracking.models import load_predictor, segmenter_of
+from pipeline.tracking.models import load_predictor, pixel_limit, segmenter_of
 from pipeline.tracking.tags import MODEL_VERSION_TAG, PREDICTED_WITH_TAG
 
 PARAMS = PredictSparkParams
 
 
 def run(params: PredictSparkParams) -> None:
-    try:
-        max_pixels = max_pixels_setting()
-    except ValueError as error:
-        raise PipelineError(str(error)) from None
+    max_pixels = pixel_limit()
     # Loaded here first, so a wrong URI or a model that takes no photos is one line before
     # Spark starts, and the run names the model the executors load.
     model = load_predictor(params.model_uri, params.runtime)
@@ -63,8 +61,8 @@ def run(params: PredictSparkParams) -> None:
             "spark_start_s": report.start_seconds,
         }
     )
-    for table in report.tables:
-        mlflow.log_artifact(str(table))
+    mlflow.log_artifacts(str(report.tables))
+    shutil.rmtree(report.tables)
     log.info(
         "%d masks in %s, %d skipped (see predictions.csv there); %.1f photos/s on %s",
         predicted,

@@ -86,9 +86,9 @@ class SparkJob:
 
 @dataclass(frozen=True)
 class SparkReport:
-    tables: tuple[Path, Path]  # Parquet and CSV, local copies for the run's artifacts
+    tables: Path  # a temporary folder with local copies of both tables, for the run's artifacts
     counts: Counter  # photos by status
-    seconds: float  # the job itself: listing, masks and table, after Spark started
+    seconds: float  # the job itself: listing, masks and table, not Spark's start
     start_seconds: float  # starting Spark (the JVM) and the model's UDF
 
 
@@ -195,13 +195,13 @@ def predict_with_spark(job: SparkJob) -> SparkReport:
     import mlflow
     from pyspark.sql.functions import struct
 
-    began = time.monotonic()
+    listing_began = time.monotonic()
     source, target = location(job.input), location(job.output)
     # The listing first: a wrong URI or an empty folder is refused before Spark starts.
     target.check_writable("output")
     plan = planned(source, target, ("input", "output"))
-    listed = time.monotonic() - began
-    started = time.monotonic()
+    listing_seconds = time.monotonic() - listing_began
+    start_began = time.monotonic()
     spark = spark_session(job.spark_master, job.batch_photos)
     mask_of = mlflow.pyfunc.spark_udf(
         spark,
@@ -211,8 +211,7 @@ def predict_with_spark(job: SparkJob) -> SparkReport:
         params={THRESHOLD: job.threshold, FLIP_TTA: job.tta},
         model_config={RUNTIME: job.runtime},
     )
-    start_seconds = time.monotonic() - started
-    began = time.monotonic() - listed
+    masks_began = time.monotonic()
     partitions = max(1, math.ceil(len(plan) / job.partition_photos))
     names = spark.createDataFrame(
         spark.sparkContext.parallelize(
@@ -226,13 +225,15 @@ def predict_with_spark(job: SparkJob) -> SparkReport:
         masked = masked.drop(INPUT_COLUMN)
     results = masked.mapInPandas(write_masks(target, job.max_pixels, job.overlays), RESULT_SCHEMA)
     tables, counts = write_table(results, target)
-    return SparkReport(tables, counts, time.monotonic() - began, start_seconds)
+    job_seconds = listing_seconds + time.monotonic() - masks_began
+    return SparkReport(tables, counts, job_seconds, masks_began - start_began)
 
 
-def write_table(results: Any, target: Location) -> tuple[tuple[Path, Path], Counter]:
+def write_table(results: Any, target: Location) -> tuple[Path, Counter]:
     """The results as predictions.parquet and predictions.csv beside the masks, written as the
-    partitions come in (a million rows never sit in the driver at once); local copies of both
-    come back for the run's artifacts, with the count of each status."""
+    partitions come in (a million rows never sit in the driver at once); a temporary folder
+    with local copies of both comes back for the run's artifacts, with the count of each
+    status."""
     folder = Path(tempfile.mkdtemp(prefix="unet-person-spark-"))
     parquet, csv = folder / f"{TABLE_NAME}.parquet", folder / f"{TABLE_NAME}.csv"
     counts: Counter = Counter()
@@ -245,4 +246,4 @@ def write_table(results: Any, target: Location) -> tuple[tuple[Path, Path], Coun
             counts.update(frame["status"])
     for path in (parquet, csv):
         target.write(path.name, path.read_bytes())
-    return (parquet, csv), counts
+    return folder, counts

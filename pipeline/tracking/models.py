@@ -41,6 +41,7 @@ from pipeline.serving.segmenter import (
     WEIGHTS,
     MissingOnnxExport,
     Segmenter,
+    max_pixels_setting,
 )
 from pipeline.tracking.code_paths import staged_package
 from pipeline.tracking.model_names import nearest_model
@@ -110,6 +111,15 @@ def link_model_to_run(model_uri: str) -> None:
     outputs = client.get_run(run.info.run_id).outputs
     if not any(output.model_id == model_id for output in outputs.model_outputs):
         client.log_outputs(run.info.run_id, [LoggedModelOutput(model_id=model_id, step=0)])
+
+
+def pixel_limit() -> int:
+    """The photos' pixel limit (UNET_PERSON_MAX_PIXELS), or a bad setting as one line before
+    loading a model fails on it with a traceback."""
+    try:
+        return max_pixels_setting()
+    except ValueError as error:
+        raise PipelineError(str(error)) from None
 
 
 def load_predictor(model_uri: str, runtime: str = RUNTIMES[0]) -> mlflow.pyfunc.PyFuncModel:
