@@ -37,15 +37,25 @@ LIGHTNING_NOISE = (
 )
 
 
+# LitData's cautions: one said for any cache under 25 GB (the peak is about two 64 MB chunks
+# per loader worker, and cache_size bounds it anyway), one for validation split across ranks
+# without dropping images (no gradients meet there; dropping them would skew val Dice).
+LITDATA_NOISE = (
+    "The provided `max_cache_size` is less than 25GB",
+    "You're operating within a distributed environment and have disabled the `drop_last`",
+)
+
+
 def _no_noise(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(LIGHTNING_NOISE)
+    return not record.getMessage().startswith(LIGHTNING_NOISE + LITDATA_NOISE)
 
 
 def quiet_libraries() -> None:
     """Silence the noise; called once at the start of every command."""
     for message in SILENCED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_noise)
+    for name in ("lightning.pytorch.utilities.rank_zero", "litdata.streaming.dataset"):
+        logging.getLogger(name).addFilter(_no_noise)
     # The ONNX exporter's graph passes log each step at INFO (train and export run them).
     for name in ("onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -29,7 +29,7 @@ from pipeline.data.preprocess import check_settings as check_preprocess
 from pipeline.errors import PipelineError
 from pipeline.export import DEFAULT_OPSET, check_opset
 from pipeline.images import DEFAULT_MAX_PIXELS
-from pipeline.prediction.locations import check_location
+from pipeline.locations import check_location
 from pipeline.registry.request import PromoteParams, check_name
 from pipeline.registry.versions import check_alias
 from pipeline.serving import RUNTIMES
@@ -224,7 +224,17 @@ class PreprocessParams:
     train/val/test arrays that training memory-maps; bad rows are skipped with their reason."""
 
     raw_dir: str = field(default="data/raw", metadata=about("folder or artifact URI of download"))
-    output_dir: str = field(default="data/processed", metadata=about("where the cache is written"))
+    output_dir: str = field(
+        default="data/processed",
+        metadata=about("where the cache is written: a folder, or s3://bucket/prefix for shards"),
+    )
+    output_format: str = field(
+        default="arrays",
+        metadata=about(
+            "arrays (memory-mapped .npy, fastest from a local disk) or shards (LitData chunks "
+            "that train streams, for data beyond one disk; needed for s3://)"
+        ),
+    )
     image_size: int = field(default=256, metadata=about("side of the square images"))
     val_fraction: float = field(default=0.15, metadata=about("share of rows for validation"))
     test_fraction: float = field(default=0.15, metadata=about("share of rows for the test split"))
@@ -238,7 +248,14 @@ class PreprocessParams:
     )
 
     def __post_init__(self) -> None:
-        check_preprocess(self.image_size, self.val_fraction, self.test_fraction, self.max_pixels)
+        check_preprocess(
+            self.image_size,
+            self.val_fraction,
+            self.test_fraction,
+            self.max_pixels,
+            self.output_format,
+            self.output_dir,
+        )
 
 
 @dataclass(frozen=True)
@@ -394,6 +411,7 @@ class DataSourceParams:
     source: str = same_as(DownloadParams, "source")
     raw_dir: str = same_as(DownloadParams, "output_dir")
     processed_dir: str = same_as(PreprocessParams, "output_dir")
+    processed_format: str = same_as(PreprocessParams, "output_format")
     image_size: int = same_as(PreprocessParams, "image_size")
     val_fraction: float = same_as(PreprocessParams, "val_fraction")
     test_fraction: float = same_as(PreprocessParams, "test_fraction")
@@ -404,7 +422,14 @@ class DataSourceParams:
 
     def __post_init__(self) -> None:
         source_kind(self.source)
-        check_preprocess(self.image_size, self.val_fraction, self.test_fraction, self.max_pixels)
+        check_preprocess(
+            self.image_size,
+            self.val_fraction,
+            self.test_fraction,
+            self.max_pixels,
+            self.processed_format,
+            self.processed_dir,
+        )
 
 
 def check_runtime(runtime: str) -> None:

@@ -47,6 +47,7 @@ def test_every_third_party_import_of_the_package_is_declared() -> None:
             *project["dependencies"],
             *project["optional-dependencies"]["encoders"],
             *project["optional-dependencies"]["spark"],
+            *project["optional-dependencies"]["stream"],
         ]
     }
     imported: dict[str, set[str]] = {}

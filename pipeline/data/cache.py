@@ -1,4 +1,5 @@
-"""The preprocessed split cache: uint8 arrays that training memory-maps instead of decoding."""
+"""The preprocessed split cache: uint8 arrays that training memory-maps instead of decoding, or
+the same splits as LitData shards in a folder or under s3:// (pipeline/data/shards.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,23 @@ import numpy as np
 
 from pipeline import folders
 from pipeline.errors import PipelineError
+from pipeline.tracking.artifacts import local_input
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FILE = "manifest.csv"
+MANIFEST_COLUMNS = ["split", "index", "row", "image", "mask"]
+ARRAYS = "arrays"
+SHARDS = "shards"
+FORMATS = (ARRAYS, SHARDS)
+S3_SCHEME = "s3://"
+# Where preprocess output lives: a local folder, or (shards) an s3:// URI kept as text.
+Processed = Path | str
+
+
+def is_shards(root: Processed) -> bool:
+    """Whether `root` names shards: any s3:// URI, or a folder with a split in LitData's layout."""
+    text = str(root)
+    return text.startswith(S3_SCHEME) or (Path(text) / "train" / "index.json").is_file()
 
 
 def split_paths(root: Path, split: str) -> tuple[Path, Path]:
@@ -20,19 +35,56 @@ def split_paths(root: Path, split: str) -> tuple[Path, Path]:
     return root / f"{split}_images.npy", root / f"{split}_masks.npy"
 
 
-def read_cache_record(root: Path) -> dict:
+def processed_input(location: str, parameter: str) -> Processed:
+    """Where a step reads preprocess output: shards on S3 are streamed where they are (a URI);
+    anything else is a local folder, fetched once when it is an MLflow artifact URI."""
+    if location.startswith(S3_SCHEME):
+        return location.rstrip("/")
+    return local_input(location, parameter)
+
+
+def finished_record(root: Processed) -> dict | None:
+    """The record of a finished output at `root`, or None: reuse's test that it is still there."""
+    if is_shards(root):
+        from pipeline.data.shards import read_record
+
+        return read_record(str(root))
+    return folders.read_marker(Path(root))
+
+
+def read_cache_record(root: Processed) -> dict:
     """The record preprocess wrote last; its absence means the cache is unfinished or not ours."""
-    record = folders.read_marker(root)
+    record = finished_record(root)
     if record is None or "splits" not in record:
         raise PipelineError(
             f"{root} is not a finished preprocess output (no {folders.MARKER_FILE}): "
             "run the preprocess step, or pass its output folder or MLflow artifact URI as data_dir"
         )
+    if is_shards(root):
+        from pipeline.data.shards import verify_split
+
+        for split, count in record["splits"].items():
+            verify_split(str(root), split, count)
     return record
 
 
-def open_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Memory-mapped (images, masks) of one split, read-only."""
+def read_manifest_text(root: Processed) -> str:
+    """manifest.csv of a finished output: which row of df.csv each sample is."""
+    if is_shards(root):
+        from pipeline.data.shards import read_file
+
+        return read_file(str(root), MANIFEST_FILE).decode()
+    return (Path(root) / MANIFEST_FILE).read_text()
+
+
+def open_split(root: Processed, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, masks) of one split, read-only: memory-mapped arrays, or for shards two columns
+    that read by index and slice the same way."""
+    if is_shards(root):
+        from pipeline.data.shards import ShardColumn, ShardSplit, stream_cache_dir
+
+        shards = ShardSplit(str(root), split, stream_cache_dir(str(root), f"read-{split}"))
+        return ShardColumn(shards, "image"), ShardColumn(shards, "mask")  # type: ignore[return-value]
     images_path, masks_path = split_paths(root, split)
     images = np.load(images_path, mmap_mode="r")
     masks = np.load(masks_path, mmap_mode="r")
@@ -51,10 +103,9 @@ class ArrayWriter:
     .npy header is written in front of them at the end.
     """
 
-    def __init__(self, path: Path, row_shape: tuple[int, ...], digest) -> None:
+    def __init__(self, path: Path, row_shape: tuple[int, ...]) -> None:
         self.path = path
         self.row_shape = row_shape
-        self.digest = digest
         self.rows = 0
         self._raw = path.with_suffix(".raw")
         self._sink = self._raw.open("wb")
@@ -66,7 +117,6 @@ class ArrayWriter:
             )
         data = np.ascontiguousarray(row).tobytes()
         self._sink.write(data)
-        self.digest.update(data)
         self.rows += 1
 
     def close(self) -> None:
@@ -81,8 +131,8 @@ class ArrayWriter:
 
 
 @contextmanager
-def array_writer(path: Path, row_shape: tuple[int, ...], digest) -> Iterator[ArrayWriter]:
-    writer = ArrayWriter(path, row_shape, digest)
+def array_writer(path: Path, row_shape: tuple[int, ...]) -> Iterator[ArrayWriter]:
+    writer = ArrayWriter(path, row_shape)
     try:
         yield writer
     finally:

@@ -1,4 +1,6 @@
-"""Lightning data module over the preprocessed cache: memory-mapped uint8, no decoding."""
+"""Lightning data module over the preprocessed cache: memory-mapped uint8, no decoding; or the
+same splits streamed from LitData shards (a folder or s3://) through LitData's loader, which
+shards each epoch across ranks and workers and keeps its place for a mid-epoch resume."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.data.augment import NONE, augmentation
-from pipeline.data.cache import open_split
+from pipeline.data.cache import SPLITS, Processed, is_shards, open_split
 from pipeline.errors import PipelineError
 from pipeline.model.inputs import to_model_input
 
@@ -56,15 +58,20 @@ class PersonDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        cache: Path,
+        cache: Processed,
         batch_size: int,
         num_workers: int,
         pin_memory: bool,
         augment: str = NONE,
         channels_last: bool = False,
+        seed: int = 0,
+        cache_size: str = "10GB",
     ) -> None:
         super().__init__()
         self.cache = cache
+        self.streaming = is_shards(cache)
+        self.seed = seed  # of the shards' order each epoch, the same on every rank
+        self.cache_size = cache_size
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -82,7 +89,8 @@ class PersonDataModule(L.LightningDataModule):
         return images, masks
 
     def setup(self, stage: str | None = None) -> None:
-        self.splits = {split: SplitDataset(self.cache, split) for split in ("train", "val", "test")}
+        if not self.streaming:  # shards are opened by each loader, once ranks are known
+            self.splits = {split: SplitDataset(self.cache, split) for split in SPLITS}
         height, width = open_split(self.cache, "train")[0].shape[1:3]
         self.augmentation = augmentation(self.augment, (height, width))
         if self.augmentation is not None:
@@ -98,6 +106,8 @@ class PersonDataModule(L.LightningDataModule):
         return kwargs if kwargs and kwargs["num_replicas"] > 1 else None
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if self.streaming:
+            return self._streaming_loader(split, shuffle)
         dataset = self.splits[split]
         ranks = self._ranks()
         sampler = None
@@ -121,6 +131,34 @@ class PersonDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             # Batches each worker keeps ready (torch's default is 2): a GPU step takes less time
             # than a cold read from network storage, so more of them ride such reads out.
+            prefetch_factor=PREFETCH_BATCHES if self.num_workers > 0 else None,
+        )
+
+    def _streaming_loader(self, split: str, shuffle: bool) -> DataLoader:
+        from litdata import StreamingDataLoader
+
+        from pipeline.data.shards import ShardSplit, stream_cache_dir
+
+        root = str(self.cache)
+        dataset = ShardSplit(
+            root,
+            split,
+            stream_cache_dir(root, split),
+            self.cache_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            # Training ranks must take the same number of steps (their gradients meet each
+            # step), so LitData leaves out the last few samples of an epoch that do not fill
+            # one batch on every rank; a different few each epoch, as the order changes.
+            # Validation counts every image once, on whichever rank it lands.
+            drop_last=None if shuffle else False,
+        )
+        return StreamingDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
             prefetch_factor=PREFETCH_BATCHES if self.num_workers > 0 else None,
         )
 

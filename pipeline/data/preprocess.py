@@ -1,8 +1,11 @@
 """Decode, clean, resize and split the raw dataset into a cache training reads without decoding.
 
 Each split becomes two uint8 `.npy` arrays (images N x S x S x 3, masks N x S x S in {0, 1}) that
-training memory-maps. Rows stream through a process pool straight to disk, so peak memory does
-not grow with the dataset. Rows that cannot be used are skipped and listed with their reason.
+training memory-maps, or (output_format=shards) LitData shards of the same samples in a folder or
+under s3:// that training streams. Rows stream through a process pool straight to disk or to the
+bucket, so peak memory does not grow with the dataset. Rows that cannot be used are skipped and
+listed with their reason. The fingerprint is built from each written pair in row order, so the
+same data gives the same digest in either format.
 """
 
 from __future__ import annotations
@@ -22,7 +25,16 @@ from PIL import Image
 from pipeline import disk, folders
 from pipeline.console import progress
 from pipeline.data import layout
-from pipeline.data.cache import MANIFEST_FILE, SPLITS, array_writer, split_paths
+from pipeline.data.cache import (
+    ARRAYS,
+    FORMATS,
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    S3_SCHEME,
+    SPLITS,
+    array_writer,
+    split_paths,
+)
 from pipeline.errors import PipelineError
 from pipeline.images import (
     DEFAULT_MAX_PIXELS,
@@ -51,6 +63,11 @@ class SplitReport:
     foreground_pixels: int = 0
     total_pixels: int = 0
 
+    def count(self, mask: np.ndarray) -> None:
+        self.rows += 1
+        self.foreground_pixels += int(mask.sum())
+        self.total_pixels += mask.size
+
     @property
     def foreground_fraction(self) -> float:
         return self.foreground_pixels / self.total_pixels if self.total_pixels else 0.0
@@ -60,7 +77,7 @@ class SplitReport:
 class PreprocessReport:
     """The whole step's outcome, logged to MLflow by the entry point."""
 
-    output_dir: Path
+    output_dir: Path | str  # str: an s3:// URI of shards
     raw_digest: str
     digest: str
     splits: dict[str, SplitReport]
@@ -145,9 +162,23 @@ def split_rows(rows: list[int], val_fraction: float, test_fraction: float, seed:
 
 
 def check_settings(
-    image_size: int, val_fraction: float, test_fraction: float, max_pixels: int
+    image_size: int,
+    val_fraction: float,
+    test_fraction: float,
+    max_pixels: int,
+    output_format: str = ARRAYS,
+    output_dir: str = "",
 ) -> None:
     """The preprocess parameters, checked before any run opens."""
+    if output_format not in FORMATS:
+        raise PipelineError(
+            f"parameter output_format={output_format!r} is not one of {', '.join(FORMATS)}"
+        )
+    if output_dir.startswith(S3_SCHEME) and output_format == ARRAYS:
+        raise PipelineError(
+            f"output_dir={output_dir} is on S3, where arrays cannot be memory-mapped: add "
+            "--output_format shards, or give a local folder"
+        )
     if image_size < 8:
         raise PipelineError(f"parameter image_size={image_size} must be at least 8")
     if not 1 <= max_pixels <= PILLOW_MAX_PIXELS:
@@ -169,7 +200,7 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
         )
 
 
-def _decode(
+def decode_task(
     task: tuple[int, str, str, int, int],
 ) -> tuple[int, np.ndarray | None, np.ndarray | None, bool, str]:
     row, image, mask, size, max_pixels = task
@@ -178,6 +209,17 @@ def _decode(
     except BadRow as problem:
         return row, None, None, False, str(problem)
     return row, rgb, binary, rescaled, ""
+
+
+def split_tasks(
+    by_row: dict[int, layout.Pair], rows: list[int], image_size: int, max_pixels: int
+) -> list[tuple[int, str, str, int, int]]:
+    """decode_task's input for each usable row of a split, in row order."""
+    return [
+        (row, str(by_row[row].image), str(by_row[row].mask), image_size, max_pixels)
+        for row in rows
+        if row in by_row
+    ]
 
 
 def preprocess(
@@ -193,8 +235,32 @@ def preprocess(
 ) -> PreprocessReport:
     """Write the split cache for the dataset under `raw_dir` to `output_dir` atomically."""
     check_settings(image_size, val_fraction, test_fraction, max_pixels)
-    output_dir = output_dir.expanduser().resolve()
+    output_dir = Path(output_dir).expanduser().resolve()
     folders.check_replaceable(output_dir, "output_dir")
+    index, pairs, assignment, report = plan(raw_dir, output_dir, val_fraction, test_fraction, seed)
+    rows = len(report.bad_rows) + len(pairs)
+    # Every split's photos (3 bytes a pixel) and masks (1), and the train photos once more
+    # while their rows are moved behind the .npy header.
+    needed = (rows * 4 + len(assignment["train"]) * 3) * image_size**2
+    with (
+        folders.staging_beside(output_dir) as staging,
+        disk.space_for(output_dir.parent, "the split cache", needed, FREE_SPACE_ADVICE),
+    ):
+        manifest = _write_splits(
+            staging, pairs, assignment, image_size, max_pixels, num_workers, report
+        )
+        finish(report, index, strict)
+        manifest.to_csv(staging / MANIFEST_FILE, index=False)
+        report.digest = finish_digest(report.digest, staging / MANIFEST_FILE)
+        folders.write_marker(staging, record_of(report, image_size, ARRAYS))
+        folders.publish(staging, output_dir)
+    return report
+
+
+def plan(
+    raw_dir: Path, output: Path | str, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[Path, list[layout.Pair], dict[str, list[int]], PreprocessReport]:
+    """The dataset's index, its usable pairs, the split of its rows and the report begun."""
     index = layout.find_index(raw_dir)
     pairs, unusable = layout.read_pairs(index)
     rows = len(pairs) + len(unusable)
@@ -207,36 +273,28 @@ def preprocess(
                 f"the {split} split is empty: {rows} rows with val_fraction={val_fraction}"
                 f" and test_fraction={test_fraction}; add data or raise the {split} fraction"
             )
-    report = PreprocessReport(output_dir, layout.content_digest(index, pairs), "", {})
+    report = PreprocessReport(output, layout.content_digest(index, pairs), "", {})
     report.bad_rows = [(row, "", "", reason) for row, reason in unusable]
-    # Every split's photos (3 bytes a pixel) and masks (1), and the train photos once more
-    # while their rows are moved behind the .npy header.
-    needed = (rows * 4 + len(assignment["train"]) * 3) * image_size**2
-    with (
-        folders.staging_beside(output_dir) as staging,
-        disk.space_for(output_dir.parent, "the split cache", needed, FREE_SPACE_ADVICE),
-    ):
-        manifest = _write_splits(
-            staging, pairs, assignment, image_size, max_pixels, num_workers, report
-        )
-        report.bad_rows.sort()
-        _check_usable(report, index, strict)
-        manifest.to_csv(staging / MANIFEST_FILE, index=False)
-        report.digest = _finish_digest(report.digest, staging / MANIFEST_FILE)
-        folders.write_marker(
-            staging,
-            {
-                "digest": report.digest,
-                "raw_digest": report.raw_digest,
-                "image_size": image_size,
-                "splits": {name: split.rows for name, split in report.splits.items()},
-                "foreground_fraction": {
-                    name: split.foreground_fraction for name, split in report.splits.items()
-                },
-            },
-        )
-        folders.publish(staging, output_dir)
-    return report
+    return index, pairs, assignment, report
+
+
+def finish(report: PreprocessReport, index: Path, strict: bool) -> None:
+    report.bad_rows.sort()
+    _check_usable(report, index, strict)
+
+
+def record_of(report: PreprocessReport, image_size: int, output_format: str) -> dict:
+    """What the marker says of a finished output: train, evaluate and main read it."""
+    return {
+        "digest": report.digest,
+        "raw_digest": report.raw_digest,
+        "image_size": image_size,
+        "format": output_format,
+        "splits": {name: split.rows for name, split in report.splits.items()},
+        "foreground_fraction": {
+            name: split.foreground_fraction for name, split in report.splits.items()
+        },
+    }
 
 
 def _write_splits(
@@ -250,24 +308,23 @@ def _write_splits(
 ) -> pd.DataFrame:
     """Stream every split's decoded rows to its arrays; returns the manifest of written rows."""
     by_row = {pair.row: pair for pair in pairs}
-    digest = hashlib.sha256()
+    digest = hashlib.sha256()  # of each written pair's digest, in split and row order
     manifest = []
     workers = num_workers if num_workers > 0 else (os.cpu_count() or 1)
     with _parallel_map(workers) as imap:
         for split in SPLITS:
-            tasks = [
-                (row, str(by_row[row].image), str(by_row[row].mask), image_size, max_pixels)
-                for row in assignment[split]
-                if row in by_row
-            ]
+            tasks = split_tasks(by_row, assignment[split], image_size, max_pixels)
             written = SplitReport()
             images_path, masks_path = split_paths(staging, split)
             with (
-                array_writer(images_path, (image_size, image_size, 3), digest) as images,
-                array_writer(masks_path, (image_size, image_size), digest) as masks,
+                array_writer(images_path, (image_size, image_size, 3)) as images,
+                array_writer(masks_path, (image_size, image_size)) as masks,
             ):
                 decoded = progress(
-                    imap(_decode, tasks), total=len(tasks), desc=f"preprocess {split}", unit="img"
+                    imap(decode_task, tasks),
+                    total=len(tasks),
+                    desc=f"preprocess {split}",
+                    unit="img",
                 )
                 for row, rgb, binary, rescaled, reason in decoded:
                     image, mask = by_row[row].image_name, by_row[row].mask_name
@@ -277,17 +334,23 @@ def _write_splits(
                     manifest.append((split, written.rows, row, image, mask))
                     images.append(rgb)
                     masks.append(binary)
-                    written.rows += 1
-                    written.foreground_pixels += int(binary.sum())
-                    written.total_pixels += binary.size
+                    digest.update(row_digest(rgb, binary))
+                    written.count(binary)
                     report.resized_masks += rescaled
             report.splits[split] = written
     report.digest = digest.hexdigest()
-    return pd.DataFrame(manifest, columns=["split", "index", "row", "image", "mask"])
+    return pd.DataFrame(manifest, columns=MANIFEST_COLUMNS)
 
 
-def _finish_digest(array_digest: str, manifest: Path) -> str:
-    return hashlib.sha256(array_digest.encode() + manifest.read_bytes()).hexdigest()[:32]
+def row_digest(image: np.ndarray, mask: np.ndarray) -> bytes:
+    """One pair's fingerprint; the output's is built from these in row order, whatever the
+    format."""
+    return hashlib.sha256(image.tobytes() + mask.tobytes()).digest()
+
+
+def finish_digest(rows_digest: str, manifest: Path | bytes) -> str:
+    data = manifest if isinstance(manifest, bytes) else manifest.read_bytes()
+    return hashlib.sha256(rows_digest.encode() + data).hexdigest()[:32]
 
 
 @contextmanager

@@ -11,13 +11,12 @@ matplotlib.use("Agg")
 import mlflow
 
 from pipeline.console import log
-from pipeline.data.cache import read_cache_record
+from pipeline.data.cache import processed_input, read_cache_record
 from pipeline.data.run_inputs import log_split_inputs
 from pipeline.entrypoints.runner import run_entry_point
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.evaluation.figures import dice_histogram
 from pipeline.params import EvaluateParams
-from pipeline.tracking.artifacts import local_input
 from pipeline.tracking.models import load_predictor, segmenter_of
 from pipeline.tracking.tags import EVALUATED_MODEL_ID_TAG, EVALUATED_MODEL_TAG, INPUT_DIGEST_TAG
 
@@ -25,7 +24,7 @@ PARAMS = EvaluateParams
 
 
 def run(params: EvaluateParams) -> None:
-    cache = local_input(params.data_dir, "data_dir")
+    cache = processed_input(params.data_dir, "data_dir")
     record = read_cache_record(cache)
     predictor = load_predictor(params.model_uri)
     segmenter = segmenter_of(predictor, params.model_uri)

@@ -8,7 +8,13 @@ import mlflow
 import pandas as pd
 
 from pipeline.console import log
-from pipeline.data.cache import MANIFEST_FILE, SPLITS, read_cache_record
+from pipeline.data.cache import (
+    MANIFEST_FILE,
+    SHARDS,
+    SPLITS,
+    read_cache_record,
+    read_manifest_text,
+)
 from pipeline.data.preprocess import preprocess
 from pipeline.data.run_inputs import log_split_inputs
 from pipeline.entrypoints.runner import run_entry_point
@@ -20,9 +26,14 @@ PARAMS = PreprocessParams
 
 
 def run(params: PreprocessParams) -> None:
-    report = preprocess(
+    shards = params.output_format == SHARDS
+    if shards:
+        from pipeline.data.shard_writer import preprocess_to_shards as write
+    else:
+        write = preprocess
+    report = write(
         raw_dir=local_input(params.raw_dir, "raw_dir"),
-        output_dir=Path(params.output_dir),
+        output_dir=params.output_dir if shards else Path(params.output_dir),
         image_size=params.image_size,
         val_fraction=params.val_fraction,
         test_fraction=params.test_fraction,
@@ -51,13 +62,13 @@ def run(params: PreprocessParams) -> None:
             "rescaled_masks": report.resized_masks,
         }
     )
-    mlflow.log_artifact(str(report.output_dir / MANIFEST_FILE))
+    mlflow.log_text(read_manifest_text(report.output_dir), MANIFEST_FILE)
     if report.bad_rows:
         log.warning("%d bad rows skipped, listed in bad_rows.csv", len(report.bad_rows))
         bad_rows = pd.DataFrame(report.bad_rows, columns=["row", "image", "mask", "reason"])
         mlflow.log_text(bad_rows.to_csv(index=False), "bad_rows.csv")
     log_split_inputs(report.output_dir, read_cache_record(report.output_dir), SPLITS)
-    if params.log_data:
+    if params.log_data and not shards:  # shards live where they were written, often S3
         mlflow.log_artifacts(str(report.output_dir), artifact_path="processed")
 
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import numpy as np
 
 from pipeline.console import log
-from pipeline.data.cache import open_split, read_cache_record
+from pipeline.data.cache import Processed, open_split, processed_input, read_cache_record
 from pipeline.data.run_inputs import log_split_inputs
 from pipeline.entrypoints.runner import log_settings, run_entry_point
-from pipeline.tracking.artifacts import local_input
 from pipeline.tracking.models import log_segmentation_model
 from pipeline.tracking.tags import INPUT_DIGEST_TAG
 from pipeline.training.fit import checkpoint_root, fit
@@ -27,7 +24,7 @@ def run(params: TrainParams) -> None:
     run_id = mlflow.active_run().info.run_id
     # Told first, so other ranks fetch their data while this one logs its inputs.
     with sharing_run(run_id, checkpoint_root(params.runtime)):
-        cache = local_input(params.data_dir, "data_dir")
+        cache = processed_input(params.data_dir, "data_dir")
         record = read_cache_record(cache)
         mlflow.set_tag(INPUT_DIGEST_TAG, record["digest"])
         log_split_inputs(cache, record, ("train", "val"))
@@ -44,11 +41,14 @@ def run_other_rank(params: TrainParams) -> None:
     """Any other rank of a distributed fit: its share of the training, nothing logged."""
     run_id = run_id_of_launch(checkpoint_root(params.runtime))
     fit_with(
-        params, params.training.recipe_config(), local_input(params.data_dir, "data_dir"), run_id
+        params,
+        params.training.recipe_config(),
+        processed_input(params.data_dir, "data_dir"),
+        run_id,
     )
 
 
-def fit_with(params: TrainParams, recipe: Recipe, cache: Path, run_id: str):
+def fit_with(params: TrainParams, recipe: Recipe, cache: Processed, run_id: str):
     training = params.training
     return fit(recipe, params.runtime, cache, run_id, training.seed, training.grid_every)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.console import progress
-from pipeline.data.cache import MANIFEST_FILE, open_split
+from pipeline.data.cache import Processed, open_split, read_manifest_text
 from pipeline.errors import PipelineError
 from pipeline.evaluation.figures import Section, captioned_sheet
 from pipeline.evaluation.metrics import hard_predictions, per_image_dice, segmentation_metrics
@@ -29,7 +30,9 @@ class Evaluation:
     best_and_worst: Image.Image
 
 
-def evaluate(segmenter: Segmenter, cache: Path, batch_size: int, tta: bool = False) -> Evaluation:
+def evaluate(
+    segmenter: Segmenter, cache: Processed, batch_size: int, tta: bool = False
+) -> Evaluation:
     """Score the model on the test arrays through the logged model's own photo-to-logits path.
 
     Each array is a photo that path resizes to the model's image_size and back (nothing to do
@@ -55,12 +58,12 @@ def evaluate(segmenter: Segmenter, cache: Path, batch_size: int, tta: bool = Fal
     per_image_dice_values = torch.cat(dice).numpy()
     metrics = {name: float(value) for name, value in pooled.compute().items()}
     # Plain BCE, whatever loss the recipe trained with: named so, not as a peer of val_loss.
-    metrics["test_bce"] = loss_sum / masks.size
+    metrics["test_bce"] = loss_sum / (len(masks) * int(np.prod(masks.shape[1:])))
     for name, quantile in QUANTILES.items():
         metrics[f"test_image_dice_{name}"] = float(np.quantile(per_image_dice_values, quantile))
     metrics["test_image_dice_mean"] = float(per_image_dice_values.mean())
 
-    manifest = pd.read_csv(cache / MANIFEST_FILE)
+    manifest = pd.read_csv(io.StringIO(read_manifest_text(cache)))
     per_image = manifest[manifest["split"] == "test"].sort_values("index").reset_index(drop=True)
     per_image["dice"] = per_image_dice_values
     per_image["foreground_fraction"] = [float(mask.mean()) for mask in masks]

@@ -17,7 +17,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline import folders
+from pipeline.data.cache import finished_record
 from pipeline.params import flat_values, same_values
 from pipeline.tracking.code_version import code_digest
 from pipeline.tracking.tags import (
@@ -86,7 +86,7 @@ def outputs_intact(run: Run) -> bool:
     if product and product not in tags:
         return False
     if OUTPUT_PATH_TAG in tags:
-        marker = folders.read_marker(Path(tags[OUTPUT_PATH_TAG]))
+        marker = finished_record(tags[OUTPUT_PATH_TAG])
         if marker is None or marker.get("digest") != tags.get(OUTPUT_DIGEST_TAG):
             return False
     if MODEL_URI_TAG in tags:

@@ -26,7 +26,7 @@ from pipeline.images import (
     overlay,
     upright_photo,
 )
-from pipeline.prediction.locations import Folder, Listed, Location
+from pipeline.locations import Folder, Listed, Location
 from pipeline.serving.segmenter import (
     FLIP_TTA,
     INPUT_COLUMN,

@@ -1,6 +1,6 @@
 """Masks for photo libraries on Apache Spark: the logged model as `mlflow.pyfunc.spark_udf`.
 
-The driver lists the input (pipeline/prediction/locations.py: a folder or an S3 prefix) and
+The driver lists the input (pipeline/locations.py: a folder or an S3 prefix) and
 hands Spark the names, in partitions of `partition_photos`. Three steps run on the executors
 for each partition, `batch_photos` photos at a time (Arrow batches), so an executor's memory is
 bounded by a batch whatever the number of photos:
@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 from pipeline.images import ImageError, encode_png
-from pipeline.prediction.locations import Location, location
+from pipeline.locations import Location, location
 from pipeline.prediction.photos import (
     COLUMNS,
     PREDICTED,

@@ -28,7 +28,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
-from pipeline.data.cache import read_cache_record
+from pipeline.data.cache import processed_input, read_cache_record
 from pipeline.locks import hold
 from pipeline.registry.decision import UNCHANGED, Decision, decide
 from pipeline.registry.request import PromoteParams
@@ -42,7 +42,7 @@ from pipeline.registry.versions import (
     set_version_tags,
     versions_of,
 )
-from pipeline.tracking.artifacts import cache_root, local_input
+from pipeline.tracking.artifacts import cache_root
 from pipeline.tracking.tags import (
     CANDIDATE_DICE_TAG,
     CANDIDATE_SOURCE_TAG,
@@ -119,7 +119,7 @@ def promote(params: PromoteParams, run_id: str) -> Promotion:
     once both models have been scored, so a model that cannot be scored leaves the registry as
     it was.
     """
-    cache = local_input(params.data_dir, "data_dir")
+    cache = processed_input(params.data_dir, "data_dir")
     digest = read_cache_record(cache)["digest"]
     client = MlflowClient()
     name = params.model_name

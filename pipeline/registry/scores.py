@@ -7,13 +7,13 @@ comparison is between equals; a figure from another split is never reused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from pipeline.console import log
+from pipeline.data.cache import Processed
 from pipeline.tracking.tags import EVALUATED_MODEL_ID_TAG, INPUT_DIGEST_TAG
 
 MEASURED_HERE = "this run"
@@ -51,7 +51,7 @@ def score(
     client: MlflowClient,
     model_uri: str,
     model_id: str,
-    cache: Path,
+    cache: Processed,
     digest: str,
     batch_size: int,
 ) -> Score:

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
 
 from pipeline.console import log
-from pipeline.data.cache import open_split
+from pipeline.data.cache import Processed, open_split
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.errors import PipelineError
 from pipeline.model.unet import UNet
@@ -87,7 +87,7 @@ class FitResult(NamedTuple):
 def fit(
     recipe: Recipe,
     runtime: RuntimeConfig,
-    cache: Path,
+    cache: Processed,
     run_id: str,
     seed: int,
     grid_every: int,
@@ -108,6 +108,8 @@ def fit(
         hardware.on_gpu,
         recipe.augment,
         hardware.channels_last,
+        seed,
+        runtime.cache_size,
     )
     checkpoint_dir = checkpoint_root(runtime) / run_id
     first = is_rank_zero()  # the other ranks of a distributed fit record nothing
@@ -183,7 +185,7 @@ def segmentation_module(recipe: Recipe, hardware: Hardware, fresh: bool) -> Segm
 
 def fit_callbacks(
     recipe: Recipe,
-    cache: Path,
+    cache: Processed,
     grid_every: int,
     checkpoint_dir: Path,
     best_checkpoint: BestCheckpoint,

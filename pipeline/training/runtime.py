@@ -17,6 +17,7 @@ from pipeline.settings import AUTO, FALSE_WORDS, TRUE_WORDS, check_settings, par
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 MAX_TIME = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
+CACHE_SIZE = re.compile(r"^\d+(\.\d+)?(B|KB|MB|GB|TB)$")
 DEVICES = re.compile(r"^(auto|-1|\d+|\d+(,\d+)*,?)$")
 # Lightning's launchers that start one process per device and keep the trainer in it. ddp_spawn
 # and ddp_fork are left out: spawn pickles the trainer with its MLflow journal, and fork breaks
@@ -69,6 +70,11 @@ class RuntimeConfig:
     num_workers: int = setting(-1, "data loader workers; -1 = automatic", minimum=-1)
     max_time: str = setting("", "wall-clock budget DD:HH:MM:SS; empty = no limit")
     checkpoint_dir: str = setting("checkpoints", "local folder for resumable checkpoints")
+    cache_size: str = setting(
+        "10GB",
+        "local disk that streaming shards (data_dir on s3://) may fill, e.g. 500MB or 50GB; "
+        "chunks beyond it are evicted (under UNET_PERSON_CACHE/streams)",
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -80,6 +86,11 @@ class RuntimeConfig:
         for name in ("channels_last", "cudnn_benchmark"):
             resolve_switch(name, getattr(self, name), auto=False)
         compile_options(self.compile)
+        if not CACHE_SIZE.match(self.cache_size):
+            raise PipelineError(
+                f"parameter cache_size={self.cache_size!r} is not a size like 500MB or 50GB "
+                "(a number and B, KB, MB, GB or TB)"
+            )
         if self.max_time and not MAX_TIME.match(self.max_time):
             raise PipelineError(
                 f"parameter max_time={self.max_time!r} is not DD:HH:MM:SS (e.g. 00:12:00:00 for "

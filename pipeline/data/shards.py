@@ -1,0 +1,312 @@
+"""The processed splits as LitData shards, in a folder or under `s3://bucket/prefix`, for data
+that outgrows one disk: written by `litdata.optimize`, streamed by `litdata.StreamingDataset`.
+
+A shards location holds one LitData dataset per split (`<location>/<split>/index.json` and its
+chunks) and, written last, the same record as the arrays' folder (`.unet-person.json`), so a
+preprocess killed half-way leaves nothing that a later step takes for finished. Samples keep the
+order of the split's rows, so sample `i` of a split is row `i` of its manifest, as in the arrays.
+
+S3's endpoint and credentials come from the environment as the rest of the stack has them
+(MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from litdata import StreamingDataset, optimize
+from litdata.streaming import downloader as litdata_downloader
+
+from pipeline import folders
+from pipeline.errors import PipelineError, first_line
+from pipeline.locations import (
+    S3_ATTEMPTS,
+    S3_SCHEME,
+    S3_TIMEOUT_S,
+    Bucket,
+    Folder,
+    location,
+    s3_client,
+    s3_endpoint,
+    s3_errors,
+)
+from pipeline.tracking.artifacts import cache_root
+
+INDEX_FILE = "index.json"
+# LitData's advice for S3: chunks of tens of MB amortise each request. Small datasets get
+# several chunks anyway, since each preprocess worker writes its own.
+CHUNK_BYTES = "64MB"
+DEFAULT_CACHE_SIZE = "20GB"
+
+
+class _PlainHttpS3Downloader(litdata_downloader.S3Downloader):
+    """LitData's S3 downloader, able to reach an S3 API over plain http (MinIO in compose).
+
+    LitData 0.2.76 moves every S3 chunk through obstore and hands it client options without
+    `allow_http`, so any `http://` endpoint fails with "HTTP error: builder error"
+    (obstore issue 159: explicit client options drop the environment's AWS_ALLOW_HTTP). This
+    builds the same store with `allow_http` and bounded timeouts; https endpoints are untouched.
+    """
+
+    def _get_store(self, bucket: str) -> Any:
+        client = self._client.client
+        endpoint = client.meta.endpoint_url or ""
+        if not endpoint.startswith("http://"):
+            return super()._get_store(bucket)
+        from obstore.store import S3Store
+
+        def plain_http_store() -> Any:
+            return S3Store(
+                bucket,
+                config={
+                    "endpoint": endpoint,
+                    "region": client.meta.region_name or "us-east-1",
+                    "virtual_hosted_style_request": False,
+                },
+                credential_provider=litdata_downloader._obstore_credential_provider(self._client),
+                client_options={
+                    "allow_http": True,
+                    "connect_timeout": f"{S3_TIMEOUT_S}s",
+                    "timeout": f"{S3_TIMEOUT_S * 6}s",
+                },
+            )
+
+        return litdata_downloader._cached_obstore_store(self, plain_http_store)
+
+
+# At import: every process that unpickles this module's functions or datasets (LitData's
+# workers, DataLoader workers) registers it before it touches S3.
+litdata_downloader.register_downloader(S3_SCHEME, _PlainHttpS3Downloader, overwrite=True)
+
+
+def storage_options() -> dict[str, Any]:
+    """LitData's boto3 options: the stack's endpoint, and bounded waits (its own default is a
+    thousand adaptive retries, which turns an unreachable endpoint into a hang)."""
+    from botocore.config import Config
+
+    options: dict[str, Any] = {
+        "config": Config(
+            connect_timeout=S3_TIMEOUT_S,
+            read_timeout=S3_TIMEOUT_S * 6,
+            retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"},
+        )
+    }
+    endpoint = s3_endpoint()
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return options
+
+
+def split_uri(root: str, split: str) -> str:
+    return f"{root.rstrip('/')}/{split}"
+
+
+def write_split(
+    sample: Callable[[Any], dict | None], tasks: Sequence[Any], root: str, split: str, workers: int
+) -> None:
+    """Shard one split: `sample(task)` runs in `workers` processes, in order; None is left out."""
+    optimize(
+        fn=sample,
+        inputs=list(tasks),
+        output_dir=split_uri(root, split),
+        chunk_bytes=CHUNK_BYTES,
+        num_workers=workers,
+        # Each worker takes a fixed slice in order, so sample i is the split's i-th good row.
+        keep_data_ordered=True,
+        reorder_files=False,
+        mode="overwrite",
+        # Forked, so its uploader processes inherit the plain-http downloader registered above
+        # (spawned ones import LitData alone). No CUDA and no obstore run in the parent here.
+        start_method="fork",
+        storage_options=storage_options() if root.startswith(S3_SCHEME) else {},
+        verbose=False,
+    )
+
+
+def verify_split(root: str, split: str, expected: int | None = None) -> int:
+    """The number of samples in a split, once every chunk its index names is there, whole.
+
+    LitData's optimize logs a failed upload and carries on, and a reader would find the hole
+    only at that chunk: this finds it first, in one listing, and says so in one line.
+    """
+    uri = split_uri(root, split)
+    place = location(uri)
+    if isinstance(place, Folder) and not place.root.is_dir():
+        raise PipelineError(f"data_dir={root}: no {split} split there: run preprocess again")
+    with s3_errors("data_dir", uri):
+        try:
+            index = json.loads(place.read(INDEX_FILE))
+        except (OSError, ValueError) as error:
+            raise PipelineError(
+                f"data_dir={root}: the {split} split has no readable {INDEX_FILE} "
+                f"({first_line(error)}): run preprocess with output_format=shards to it again"
+            ) from None
+        sizes = {listed.name: listed.size for listed in place.listing("data_dir")}
+    for chunk in index["chunks"]:
+        found = sizes.get(chunk["filename"])
+        if found != chunk["chunk_bytes"]:
+            state = "missing" if found is None else f"{found} bytes"
+            raise PipelineError(
+                f"data_dir={uri}: chunk {chunk['filename']} is {state}, but {INDEX_FILE} says "
+                f"{chunk['chunk_bytes']} bytes: the shards are incomplete or damaged; run "
+                "preprocess again"
+            )
+    samples = sum(chunk["chunk_size"] for chunk in index["chunks"])
+    if expected is not None and samples != expected:
+        raise PipelineError(
+            f"data_dir={uri}: {samples} samples, but preprocess recorded {expected}: the shards "
+            "were rewritten by another preprocess; run preprocess again"
+        )
+    return samples
+
+
+# The record: the same JSON as folders' marker, kept beside the splits.
+
+
+def read_record(root: str) -> dict | None:
+    """The record a finished preprocess left at `root`, or None."""
+    place = location(root)
+    if isinstance(place, Folder):
+        return folders.read_marker(place.root)
+    from botocore.exceptions import ClientError
+
+    try:
+        with s3_errors("data_dir", root):
+            try:
+                return json.loads(place.read(folders.MARKER_FILE))
+            except OSError as error:
+                if isinstance(error.__cause__, ClientError) and _missing(error.__cause__):
+                    return None
+                raise error.__cause__ or error from None
+    except json.JSONDecodeError:
+        return None
+
+
+def _missing(error: Any) -> bool:
+    return error.response.get("Error", {}).get("Code", "") in ("NoSuchKey", "404")
+
+
+def write_record(root: str, record: dict) -> None:
+    place = location(root)
+    data = json.dumps(record, indent=2, sort_keys=True).encode()
+    if isinstance(place, Folder):
+        folders.write_marker(place.root, record)
+        return
+    with s3_errors("output_dir", root):
+        place.write(folders.MARKER_FILE, data)
+
+
+def forget_record(root: str) -> None:
+    """Remove the record first, so that from now until the new one, nothing here is finished."""
+    place = location(root)
+    with s3_errors("output_dir", root):
+        s3_client(place.endpoint).delete_object(
+            Bucket=place.bucket, Key=place.prefix + folders.MARKER_FILE
+        )
+
+
+def check_bucket(root: str, role: str) -> Bucket:
+    """The bucket of `root`, reachable with these credentials: one line naming `root` if not."""
+    place = location(root)
+    place.check_writable(role)
+    return place
+
+
+def write_file(root: str, name: str, data: bytes) -> None:
+    """A small file beside the splits (the manifest)."""
+    place = location(root)
+    with s3_errors("output_dir", root):
+        place.write(name, data)
+
+
+def read_file(root: str, name: str) -> bytes:
+    place = location(root)
+    with s3_errors("data_dir", root):
+        return place.read(name)
+
+
+class ShardSplit(StreamingDataset):
+    """One split as (image 3xHxW uint8, mask 1xHxW uint8) tensors, as the arrays' SplitDataset
+    gives them, streamed with a local cache of at most `cache_size`."""
+
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        cache_dir: Path,
+        cache_size: str = DEFAULT_CACHE_SIZE,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool | None = None,
+    ) -> None:
+        self.uri = split_uri(root, split)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            super().__init__(
+                self.uri,
+                cache_dir=str(cache_dir),
+                shuffle=shuffle,
+                seed=seed,
+                drop_last=drop_last,
+                max_cache_size=cache_size,
+                storage_options=storage_options() if root.startswith(S3_SCHEME) else {},
+            )
+        except (FileNotFoundError, ValueError, OSError) as error:
+            raise PipelineError(
+                f"data_dir={root}: the {split} split cannot be opened as shards "
+                f"({first_line(error)}); run preprocess with output_format=shards to it again"
+            ) from error
+
+    def sample(self, index: int) -> dict:
+        try:
+            return super().__getitem__(index)
+        except Exception as error:  # a truncated chunk, one that does not match its index
+            raise PipelineError(
+                f"data_dir={self.uri}: sample {index} cannot be read "
+                f"({type(error).__name__}: {first_line(str(error), 160)}); the shards are damaged "
+                "or were rewritten while read: run preprocess again"
+            ) from error
+
+    def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self.sample(index)
+        image = torch.from_numpy(np.asarray(item["image"])).permute(2, 0, 1)
+        mask = torch.from_numpy(np.asarray(item["mask"])).unsqueeze(0)
+        return image, mask
+
+
+def stream_cache_dir(root: str, purpose: str) -> Path:
+    """A local cache folder per location and use, so two steps never evict each other's chunks."""
+    name = hashlib.sha256(f"{root}|{purpose}".encode()).hexdigest()[:20]
+    return cache_root() / "streams" / name
+
+
+class ShardColumn:
+    """A split's images or masks by index or slice, as numpy arrays: what a memory-mapped
+    array gives evaluate, the prediction grid and the logged model's example."""
+
+    def __init__(self, split: ShardSplit, key: str) -> None:
+        self.split = split
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(index, slice):
+            return np.stack([self[i] for i in range(*index.indices(len(self)))])
+        if np.ndim(index):
+            return np.stack([self[int(i)] for i in np.asarray(index)])
+        return np.asarray(self.split.sample(int(index))[self.key])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self[0].shape)
