@@ -14,7 +14,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.data.augment import NONE, augmentation
-from pipeline.data.cache import SPLITS, Processed, is_shards, open_split
+from pipeline.data.cache import SPLITS, Processed, as_tensors, is_shards, open_split
 from pipeline.errors import PipelineError
 from pipeline.model.inputs import to_model_input
 
@@ -42,9 +42,7 @@ class SplitDataset(Dataset):
         if self._arrays is None:
             self._arrays = open_split(self.cache, self.split)
         images, masks = self._arrays
-        image = torch.from_numpy(np.array(images[index])).permute(2, 0, 1)
-        mask = torch.from_numpy(np.array(masks[index])).unsqueeze(0)
-        return image, mask
+        return as_tensors(images[index], masks[index])
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": None}

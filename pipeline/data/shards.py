@@ -24,6 +24,7 @@ from litdata import StreamingDataset, optimize
 from litdata.streaming import downloader as litdata_downloader
 
 from pipeline import folders
+from pipeline.data.cache import as_tensors
 from pipeline.errors import PipelineError, first_line
 from pipeline.locations import (
     S3_ATTEMPTS,
@@ -194,12 +195,11 @@ def _missing(error: Any) -> bool:
 
 def write_record(root: str, record: dict) -> None:
     place = location(root)
-    data = json.dumps(record, indent=2, sort_keys=True).encode()
     if isinstance(place, Folder):
         folders.write_marker(place.root, record)
         return
     with s3_errors("output_dir", root):
-        place.write(folders.MARKER_FILE, data)
+        place.write(folders.MARKER_FILE, json.dumps(record, indent=2, sort_keys=True).encode())
 
 
 def forget_record(root: str) -> None:
@@ -275,9 +275,7 @@ class ShardSplit(StreamingDataset):
 
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.sample(index)
-        image = torch.from_numpy(np.asarray(item["image"])).permute(2, 0, 1)
-        mask = torch.from_numpy(np.asarray(item["mask"])).unsqueeze(0)
-        return image, mask
+        return as_tensors(item["image"], item["mask"])
 
 
 def stream_cache_dir(root: str, purpose: str) -> Path:
