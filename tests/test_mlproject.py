@@ -189,7 +189,7 @@ def test_main_passes_its_data_and_promotion_params_to_their_steps() -> None:
 RUNTIME_CHANGED = {
     "precision": "bf16-mixed", "accelerator": "gpu", "devices": "0,1", "num_nodes": 2,
     "strategy": "ddp", "channels_last": "false", "compile": "max-autotune",
-    "cudnn_benchmark": "false", "num_workers": 3, "cache_size": "500MB",
+    "cudnn_benchmark": "false", "num_workers": 3, "cache_size": "500MB", "checkpoint_every": 7,
 }  # fmt: skip
 
 

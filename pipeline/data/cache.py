@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline import folders
 from pipeline.errors import PipelineError
@@ -67,13 +66,6 @@ def read_cache_record(root: Processed) -> dict:
         for split, count in record["splits"].items():
             verify_split(str(root), split, count)
     return record
-
-
-def as_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """One sample as the loaders give it in either format: image 3xHxW, mask 1xHxW, uint8."""
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1), torch.from_numpy(
-        np.array(mask)
-    ).unsqueeze(0)
 
 
 def read_manifest_text(root: Processed) -> str:

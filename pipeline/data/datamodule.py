@@ -14,7 +14,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.data.augment import NONE, augmentation
-from pipeline.data.cache import SPLITS, Processed, as_tensors, is_shards, open_split
+from pipeline.data.cache import SPLITS, Processed, is_shards, open_split
+from pipeline.data.samples import as_tensors
 from pipeline.errors import PipelineError
 from pipeline.model.inputs import to_model_input
 

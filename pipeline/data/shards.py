@@ -24,7 +24,7 @@ from litdata import StreamingDataset, optimize
 from litdata.streaming import downloader as litdata_downloader
 
 from pipeline import folders
-from pipeline.data.cache import as_tensors
+from pipeline.data.samples import as_tensors
 from pipeline.errors import PipelineError, first_line
 from pipeline.locations import (
     S3_ATTEMPTS,

@@ -52,7 +52,11 @@ class WeightEMA(WeightAveraging):
 
 
 class EpochTimer(L.Callback):
-    """Logs `epoch_time_s`, the wall time of each training epoch."""
+    """Logs `epoch_time_s`, the wall time of each training epoch: for an epoch resumed
+    part-way (Lightning then skips its start hook), the time since the resume."""
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._started = time.perf_counter()

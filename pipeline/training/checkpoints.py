@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -60,6 +61,36 @@ class BestCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if Path(state_dict.get("best_model_path") or "").is_file():
             super().load_state_dict(state_dict)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """`last.ckpt` every `every` training steps within an epoch, for a loader that keeps its
+    place (LitData's, over shards: Lightning stores its state in the checkpoint), so a killed
+    fit resumes mid-epoch, each sample of that epoch still seen once.
+
+    Not at an epoch's last batch: the epoch's own checkpoint follows its validation, and one
+    written before it would resume past a validation that never ran.
+    """
+
+    def __init__(self, dirpath: Path, every: int) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=Path(LAST_CHECKPOINT).stem,
+            every_n_train_steps=every,
+            save_top_k=1,
+            enable_version_counter=False,
+        )
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if batch_idx + 1 < trainer.num_training_batches:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
 
 from pipeline.console import log
-from pipeline.data.cache import Processed, open_split
+from pipeline.data.cache import Processed, is_shards, open_split
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.errors import PipelineError
 from pipeline.model.unet import UNet
@@ -50,6 +50,7 @@ from pipeline.training.checkpoints import (
     BestCheckpoint,
     DurableCheckpointIO,
     ResumePoint,
+    StepCheckpoint,
     resume_point,
 )
 from pipeline.training.journal_logger import JournalLogger
@@ -131,8 +132,17 @@ def fit(
         mode="max",
         enable_version_counter=False,
     )
+    # Arrays' loader would draw a new order on a mid-epoch resume: some images twice.
+    checkpoint_every = runtime.checkpoint_every if is_shards(cache) else 0
     callbacks = fit_callbacks(
-        recipe, cache, grid_every, checkpoint_dir, best_checkpoint, trial, interactive
+        recipe,
+        cache,
+        grid_every,
+        checkpoint_dir,
+        checkpoint_every,
+        best_checkpoint,
+        trial,
+        interactive,
     )
     journal = open_journal(checkpoint_dir, run_id, resume) if first else None
     trainer = fit_trainer(
@@ -188,6 +198,7 @@ def fit_callbacks(
     cache: Processed,
     grid_every: int,
     checkpoint_dir: Path,
+    checkpoint_every: int,
     best_checkpoint: BestCheckpoint,
     trial: TrialLink | None,
     interactive: bool,
@@ -205,6 +216,7 @@ def fit_callbacks(
     return [
         best_checkpoint,
         last_checkpoint,
+        *([StepCheckpoint(checkpoint_dir, checkpoint_every)] if checkpoint_every else []),
         EarlyStopping(
             monitor="val_dice",
             mode="max",

@@ -70,6 +70,12 @@ class RuntimeConfig:
     num_workers: int = setting(-1, "data loader workers; -1 = automatic", minimum=-1)
     max_time: str = setting("", "wall-clock budget DD:HH:MM:SS; empty = no limit")
     checkpoint_dir: str = setting("checkpoints", "local folder for resumable checkpoints")
+    checkpoint_every: int = setting(
+        500,
+        "training steps between last.ckpt writes within an epoch when data_dir holds shards "
+        "(their loader resumes mid-epoch); 0 = at epoch ends only, as always for arrays",
+        minimum=0,
+    )
     cache_size: str = setting(
         "10GB",
         "local disk that streaming shards (data_dir on s3://) may fill, e.g. 500MB or 50GB; "

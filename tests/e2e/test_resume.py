@@ -41,10 +41,14 @@ class Started:
 
 
 def main_process(
-    folder: Path, entry_point: str = "main", new_session: bool = False, **overrides: str
+    folder: Path,
+    entry_point: str = "main",
+    new_session: bool = False,
+    env: dict[str, str] | None = None,
+    **overrides: str,
 ) -> Started:
     """`main` (or `entry_point`) on a tiny synthetic set; `new_session` gives it its own process
-    group, as `setsid` does, so the whole group can be killed at once."""
+    group, as `setsid` does, so the whole group can be killed at once; `env` adds variables."""
     params = {
         "source": "synthetic:24",
         "image_size": "32",
@@ -60,11 +64,15 @@ def main_process(
         "onnx": "false",  # a third of a tiny train step, and nothing here reads it
         **overrides,
     }
-    return start_entry_point(folder, entry_point, params, new_session)
+    return start_entry_point(folder, entry_point, params, new_session, env)
 
 
 def start_entry_point(
-    folder: Path, entry_point: str, params: dict[str, str], new_session: bool = False
+    folder: Path,
+    entry_point: str,
+    params: dict[str, str],
+    new_session: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Started:
     """An entry point's MLproject command, tracking into `folder`, its output in a log there."""
     command = shlex.split(step_command(entry_point, params))
@@ -72,7 +80,7 @@ def start_entry_point(
     process = subprocess.Popen(
         [sys.executable, *command[1:]],
         cwd=project_dir(),
-        env=isolated_environment(folder),
+        env={**isolated_environment(folder), **(env or {})},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         text=True,

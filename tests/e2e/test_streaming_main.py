@@ -1,0 +1,126 @@
+"""`main` with its processed data as shards on S3 (moto in server mode, real HTTP and boto3):
+download, preprocess to s3://, train and evaluate streaming from there, promote; a second
+`main` reuses the finished shards; `kill -9` mid-epoch, and the same command goes on from the
+middle of that epoch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.training.checkpoints import LAST_CHECKPOINT
+from tests.conftest import isolated_environment
+from tests.e2e.test_resume import Started, main_process
+from tests.s3 import S3_CREDENTIALS, lower, moto_bucket
+
+pytestmark = pytest.mark.e2e
+
+BUCKET = "datasets"
+PROCESSED = f"s3://{BUCKET}/person/32"
+EPOCHS = 8
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    """The variables a step reads S3's address and credentials from, as the stack sets them."""
+    for endpoint, _ in moto_bucket(BUCKET):
+        yield {**S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+
+
+def entry_points(folder: Path) -> dict[str, list]:
+    client = MlflowClient(tracking_uri=isolated_environment(folder)["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("unet-person")
+    found: dict[str, list] = {}
+    for run in client.search_runs([experiment.experiment_id]):
+        found.setdefault(run.data.tags["mlflow.project.entryPoint"], []).append(run)
+    return found
+
+
+def test_main_preprocesses_to_s3_and_trains_and_evaluates_streaming_from_it(s3_env, tmp_path):
+    settings = {"processed_dir": PROCESSED, "processed_format": "shards", "max_epochs": "2"}
+    returncode, output = main_process(tmp_path, env=s3_env, **settings).finish(timeout=600)
+    assert returncode == 0, output
+    s3 = boto3.client("s3", endpoint_url=s3_env["MLFLOW_S3_ENDPOINT_URL"], **lower(S3_CREDENTIALS))
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert {key.split("/")[2] for key in keys} >= {"train", "val", "test"}
+    assert not (tmp_path / "processed").exists()  # nothing written to the local default
+
+    runs = entry_points(tmp_path)
+    assert {name: [run.info.status for run in found] for name, found in runs.items()} == {
+        name: ["FINISHED"] for name in ("main", "download", "preprocess", "train", "evaluate")
+    } | {"promote": ["FINISHED"]}
+    (train,) = runs["train"]
+    assert train.data.params["data_dir"] == PROCESSED
+    assert train.data.metrics["epochs_trained"] == 2
+    (evaluate,) = runs["evaluate"]
+    assert 0 <= evaluate.data.metrics["test_dice"] <= 1
+
+    returncode, output = main_process(tmp_path, env=s3_env, **settings).finish(timeout=600)
+    assert returncode == 0, output
+    assert len(entry_points(tmp_path)["preprocess"]) == 1  # the finished shards are reused
+
+
+def saved(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def kill_mid_epoch(folder: Path, started: Started, steps: int) -> Path:
+    """`kill -9` of the whole process group once its last.ckpt is part-way through an epoch
+    after the first: frozen first (SIGSTOP), so no newer checkpoint replaces the one seen."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        for found in (folder / "checkpoints").glob(f"*/{LAST_CHECKPOINT}"):
+            os.killpg(started.process.pid, signal.SIGSTOP)
+            try:
+                step = saved(found)["global_step"]
+            except (OSError, RuntimeError, EOFError):  # caught mid-write
+                step = 0
+            if step > steps and step % steps:
+                os.killpg(started.process.pid, signal.SIGKILL)
+                started.process.wait(timeout=30)
+                return found
+            os.killpg(started.process.pid, signal.SIGCONT)
+        assert started.process.poll() is None, started.output()
+        time.sleep(0.02)
+    raise AssertionError("no mid-epoch checkpoint appeared")
+
+
+@pytest.mark.fault
+def test_a_main_killed_mid_epoch_resumes_in_that_epoch(s3_env, tmp_path) -> None:
+    settings = {
+        "processed_dir": PROCESSED + "-resume",
+        "processed_format": "shards",
+        "batch_size": "2",  # 8 steps an epoch over 16 training images
+        "checkpoint_every": "3",
+        "max_epochs": str(EPOCHS),
+    }
+    steps = 8
+    first = main_process(tmp_path, new_session=True, env=s3_env, **settings)
+    checkpoint = kill_mid_epoch(tmp_path, first, steps)
+    killed_at = saved(checkpoint)
+    assert killed_at["loops"]["fit_loop"]["state_dict"]["combined_loader"]  # LitData's place
+
+    returncode, output = main_process(tmp_path, env=s3_env, **settings).finish(timeout=600)
+    assert returncode == 0, output
+    run_id = checkpoint.parent.name
+    assert f"train: resuming interrupted run {run_id}" in output
+    client = MlflowClient(tracking_uri=isolated_environment(tmp_path)["MLFLOW_TRACKING_URI"])
+    assert client.get_run(run_id).data.metrics["epochs_trained"] == EPOCHS
+    # Each epoch's figures are logged at its last step. Every epoch took `steps` steps, the
+    # one cut by the kill too: resumed from its start, it would have taken more; with any
+    # batch of it left out, fewer.
+    epoch_ends = [metric.step for metric in client.get_metric_history(run_id, "val_dice")]
+    assert len(epoch_ends) == EPOCHS
+    assert set(np.diff(epoch_ends)) == {steps}
+    assert epoch_ends[-1] == EPOCHS * steps - 1
+    logged = [metric.step for metric in client.get_metric_history(run_id, "train_loss_step")]
+    assert len(logged) == len(set(logged))  # the steps it logs continue: none twice
+    assert killed_at["global_step"] in range(min(logged), max(logged))
