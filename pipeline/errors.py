@@ -4,7 +4,22 @@ from __future__ import annotations
 
 
 class PipelineError(Exception):
-    """A problem the user can fix: the message names the file, row or parameter and what to do."""
+    """A problem the user can fix: the message names the file, row or parameter and what to do.
+
+    One raised in a DataLoader worker reaches the fit re-raised by torch, built from a message
+    that is the worker's whole traceback; it keeps the original message (the traceback's last
+    line) instead, so it is still one line.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        text = str(message)
+        if text.startswith(f"Caught {type(self).__name__} ") and "\nOriginal Traceback" in text:
+            raised_as = f"{type(self).__module__}.{type(self).__qualname__}: "
+            for line in reversed(text.splitlines()):
+                if line.startswith(raised_as):
+                    message = line[len(raised_as) :]
+                    break
+        super().__init__(message, *args)
 
 
 class EndedEarly(PipelineError):

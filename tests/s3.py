@@ -24,11 +24,18 @@ def lower(credentials: dict[str, str]) -> dict[str, str]:
     }
 
 
+def moto_server(port: int) -> ThreadedMotoServer:
+    """A moto S3 server on `port`; moto keeps its buckets in this process, so one started
+    again on the same port after a stop serves what the last one held."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    return server
+
+
 def moto_bucket(bucket: str) -> Iterator[tuple[str, str]]:
     """(endpoint, bucket) of a moto S3 server holding the empty `bucket`, stopped afterwards."""
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    server = moto_server(port)
     endpoint = f"http://127.0.0.1:{port}"
     boto3.client("s3", endpoint_url=endpoint, **lower(S3_CREDENTIALS)).create_bucket(Bucket=bucket)
     yield endpoint, bucket

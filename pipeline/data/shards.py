@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,44 +48,74 @@ CHUNK_BYTES = "64MB"
 DEFAULT_CACHE_SIZE = "20GB"
 
 
-class _PlainHttpS3Downloader(litdata_downloader.S3Downloader):
-    """LitData's S3 downloader, able to reach an S3 API over plain http (MinIO in compose).
+# How long a chunk's download rides out an S3 outage (retries with backoff) before the step
+# fails, resumable from its last checkpoint. Read by every process that streams.
+OUTAGE_VARIABLE = "UNET_PERSON_S3_OUTAGE_S"
+DEFAULT_OUTAGE_S = 120.0
+
+
+def outage_seconds() -> float:
+    text = os.environ.get(OUTAGE_VARIABLE, str(DEFAULT_OUTAGE_S))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise PipelineError(
+            f"{OUTAGE_VARIABLE}={text!r} is not a number of seconds from 0 to 3600 (how long a "
+            "streaming read retries through an S3 outage); unset it for the default 120"
+        )
+    return seconds
+
+
+class _BoundedS3Downloader(litdata_downloader.S3Downloader):
+    """LitData's S3 downloader with plain http and a bounded outage.
 
     LitData 0.2.76 moves every S3 chunk through obstore and hands it client options without
-    `allow_http`, so any `http://` endpoint fails with "HTTP error: builder error"
-    (obstore issue 159: explicit client options drop the environment's AWS_ALLOW_HTTP). This
-    builds the same store with `allow_http` and bounded timeouts; https endpoints are untouched.
+    `allow_http`, so any `http://` endpoint (MinIO in compose) fails with "HTTP error: builder
+    error" (obstore issue 159: explicit client options drop the environment's AWS_ALLOW_HTTP);
+    and obstore's default retries give up on a refused connection within two seconds. This
+    builds the same store (endpoint, region, path-style addressing, LitData's credentials) with
+    `allow_http` for http endpoints, bounded timeouts, and retries for `outage_seconds()`.
     """
 
     def _get_store(self, bucket: str) -> Any:
-        client = self._client.client
-        endpoint = client.meta.endpoint_url or ""
-        if not endpoint.startswith("http://"):
-            return super()._get_store(bucket)
         from obstore.store import S3Store
 
-        def plain_http_store() -> Any:
+        client = self._client.client
+        endpoint = client.meta.endpoint_url or ""
+        config: dict[str, Any] = {"region": client.meta.region_name or "us-east-1"}
+        if endpoint:
+            config["endpoint"] = endpoint
+            config["virtual_hosted_style_request"] = "amazonaws.com" in endpoint
+
+        def bounded_store() -> Any:
             return S3Store(
                 bucket,
-                config={
-                    "endpoint": endpoint,
-                    "region": client.meta.region_name or "us-east-1",
-                    "virtual_hosted_style_request": False,
-                },
+                config=config,
                 credential_provider=litdata_downloader._obstore_credential_provider(self._client),
                 client_options={
-                    "allow_http": True,
+                    "allow_http": endpoint.startswith("http://"),
                     "connect_timeout": f"{S3_TIMEOUT_S}s",
                     "timeout": f"{S3_TIMEOUT_S * 6}s",
                 },
+                retry_config={
+                    "max_retries": 1000,  # retry_timeout is the bound
+                    "backoff": {
+                        "init_backoff": timedelta(seconds=0.5),
+                        "max_backoff": timedelta(seconds=10),
+                        "base": 2,
+                    },
+                    "retry_timeout": timedelta(seconds=outage_seconds()),
+                },
             )
 
-        return litdata_downloader._cached_obstore_store(self, plain_http_store)
+        return litdata_downloader._cached_obstore_store(self, bounded_store)
 
 
 # At import: every process that unpickles this module's functions or datasets (LitData's
 # workers, DataLoader workers) registers it before it touches S3.
-litdata_downloader.register_downloader(S3_SCHEME, _PlainHttpS3Downloader, overwrite=True)
+litdata_downloader.register_downloader(S3_SCHEME, _BoundedS3Downloader, overwrite=True)
 
 
 def storage_options() -> dict[str, Any]:
@@ -246,6 +278,8 @@ class ShardSplit(StreamingDataset):
         drop_last: bool | None = None,
     ) -> None:
         self.uri = split_uri(root, split)
+        if root.startswith(S3_SCHEME):
+            outage_seconds()  # a bad value is one line here, not in a loader's prefetch thread
         cache_dir.mkdir(parents=True, exist_ok=True)
         try:
             super().__init__(
@@ -263,15 +297,36 @@ class ShardSplit(StreamingDataset):
                 f"({first_line(error)}); run preprocess with output_format=shards to it again"
             ) from error
 
-    def sample(self, index: int) -> dict:
+    def sample(self, index: Any) -> dict:
         try:
             return super().__getitem__(index)
-        except Exception as error:  # a truncated chunk, one that does not match its index
-            raise PipelineError(
-                f"data_dir={self.uri}: sample {index} cannot be read "
-                f"({type(error).__name__}: {first_line(str(error), 160)}); the shards are damaged "
-                "or were rewritten while read: run preprocess again"
-            ) from error
+        except Exception as error:
+            raise self._unreadable(getattr(index, "index", index), error) from error
+
+    def _unreadable(self, index: int, error: Exception) -> PipelineError:
+        """An outage (S3 stopped answering for longer than the retries last) or damage (a
+        truncated chunk, one that does not match its index), told apart by obstore's error."""
+        causes = [error]
+        while causes[-1].__cause__ is not None and len(causes) < 8:
+            causes.append(causes[-1].__cause__)
+        from obstore.exceptions import BaseError, NotFoundError
+
+        if any(
+            isinstance(cause, BaseError) and not isinstance(cause, NotFoundError)
+            for cause in causes
+        ):
+            return PipelineError(
+                f"data_dir={self.uri}: S3 did not answer for sample {index} within "
+                f"{outage_seconds():.0f} s of retries ({first_line(str(causes[-1]), 160)}); "
+                "what is done is kept: run the same command again once the endpoint answers, and "
+                f"a train resumes from its last checkpoint (set {OUTAGE_VARIABLE} to ride out "
+                "longer outages)"
+            )
+        return PipelineError(
+            f"data_dir={self.uri}: sample {index} cannot be read "
+            f"({type(error).__name__}: {first_line(str(error), 160)}); the shards are damaged "
+            "or were rewritten while read: run preprocess again"
+        )
 
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.sample(index)

@@ -25,6 +25,7 @@ from pipeline.data.cache import (
 from pipeline.data.datamodule import PersonDataModule
 from pipeline.data.preprocess import preprocess
 from pipeline.data.shard_writer import preprocess_to_shards
+from pipeline.data.shards import OUTAGE_VARIABLE, outage_seconds
 from pipeline.errors import PipelineError
 from pipeline.params import PreprocessParams
 from tests.s3 import S3_CREDENTIALS, lower, moto_bucket
@@ -122,6 +123,13 @@ def test_params_refuse_arrays_on_s3_and_unknown_formats():
         PreprocessParams(output_dir="s3://bucket/processed")
     with pytest.raises(PipelineError, match="output_format='parquet' is not one of"):
         PreprocessParams(output_format="parquet")
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "86400"])
+def test_an_outage_budget_that_is_not_seconds_is_refused(value, monkeypatch):
+    monkeypatch.setenv(OUTAGE_VARIABLE, value)
+    with pytest.raises(PipelineError, match=f"{OUTAGE_VARIABLE}='{value}' is not a number"):
+        outage_seconds()
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.training.checkpoints import LAST_CHECKPOINT
-from tests.conftest import isolated_environment
+from tests.conftest import free_port, isolated_environment
 from tests.e2e.test_resume import Started, main_process
-from tests.s3 import S3_CREDENTIALS, lower, moto_bucket
+from tests.s3 import S3_CREDENTIALS, lower, moto_bucket, moto_server
 
 pytestmark = pytest.mark.e2e
 
@@ -70,6 +70,22 @@ def test_main_preprocesses_to_s3_and_trains_and_evaluates_streaming_from_it(s3_e
 
 def saved(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def wait_for_step(folder: Path, started: Started, past: int) -> int:
+    """The step of the run's last.ckpt, once it is past `past`."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        for found in (folder / "checkpoints").glob(f"*/{LAST_CHECKPOINT}"):
+            try:
+                step = saved(found)["global_step"]
+            except (OSError, RuntimeError, EOFError):  # caught mid-write
+                continue
+            if step > past:
+                return step
+        assert started.process.poll() is None, started.output()
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint past step {past} appeared")
 
 
 def kill_mid_epoch(folder: Path, started: Started, steps: int) -> Path:
@@ -124,3 +140,59 @@ def test_a_main_killed_mid_epoch_resumes_in_that_epoch(s3_env, tmp_path) -> None
     logged = [metric.step for metric in client.get_metric_history(run_id, "train_loss_step")]
     assert len(logged) == len(set(logged))  # the steps it logs continue: none twice
     assert killed_at["global_step"] in range(min(logged), max(logged))
+
+
+@pytest.mark.fault
+def test_an_s3_outage_mid_epoch_is_ridden_out_or_ends_the_step_resumable(tmp_path) -> None:
+    """An outage shorter than UNET_PERSON_S3_OUTAGE_S is retried through; a longer one ends
+    the step within about that bound, one line naming the URI, and the same command resumes
+    once S3 is back. A cache far smaller than a chunk makes every epoch download again."""
+    budget_s = 10
+    port = free_port()
+    server = moto_server(port)
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint, **lower(S3_CREDENTIALS)).create_bucket(
+        Bucket="outage"
+    )
+    processed = "s3://outage/person"
+    env = {
+        **S3_CREDENTIALS,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        "UNET_PERSON_S3_OUTAGE_S": str(budget_s),
+    }
+    settings = {
+        "processed_dir": processed,
+        "processed_format": "shards",
+        "batch_size": "2",
+        "checkpoint_every": "3",
+        "cache_size": "1KB",
+        "max_epochs": str(EPOCHS),
+    }
+    steps = 8
+    first = main_process(tmp_path, env=env, **settings)
+    try:
+        before = wait_for_step(tmp_path, first, steps)
+        server.stop()
+        time.sleep(4)  # twice what obstore alone retries a refused connection for
+        server = moto_server(port)
+        wait_for_step(tmp_path, first, before + 2 * steps)  # went on through the outage
+
+        server.stop()
+        stopped = time.monotonic()
+        returncode, output = first.finish(timeout=240)
+        waited = time.monotonic() - stopped
+        assert returncode == 2, output
+        (line,) = [line for line in output.splitlines() if "S3 did not answer" in line]
+        assert line.startswith(f"train: error: data_dir={processed}/")
+        assert "run the same command again once the endpoint answers" in line
+        assert waited < budget_s + 60, waited
+
+        server = moto_server(port)
+        returncode, output = main_process(tmp_path, env=env, **settings).finish(timeout=600)
+        assert returncode == 0, output
+        assert "train: resuming interrupted run" in output
+        (train,) = entry_points(tmp_path)["train"]
+        assert train.data.metrics["epochs_trained"] == EPOCHS
+    finally:
+        first.process.kill()
+        server.stop()

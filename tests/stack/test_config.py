@@ -945,8 +945,8 @@ def test_every_cuda_pair_named_pairs_a_base_image_with_a_torch_build_of_its_cuda
 def test_trainer_installs_the_dependencies_pyproject_lists_and_keeps_no_other_list() -> None:
     """The RUN that installs them writes the list out of pyproject.toml, with the encoders extra
     (--encoder resnet34 in the container), the postgres one (the tuner's study lives in the
-    stack's PostgreSQL) and the spark one (predict_spark); the package goes in from the code,
-    without dependencies of its own."""
+    stack's PostgreSQL), the spark one (predict_spark) and the stream one (shards); the package
+    goes in from the code, without dependencies of its own."""
     image = dockerfile(TRAINER_DOCKERFILE)
     run, install = image.run_with("pip", "install", "-r")
     (write,) = [words for words in run.commands if words[-2:] == [">", install[3]]]
@@ -961,12 +961,24 @@ def test_trainer_installs_the_dependencies_pyproject_lists_and_keeps_no_other_li
         *extras["encoders"],
         *extras["postgres"],
         *extras["spark"],
+        *extras["stream"],
     ]
     assert listed.stdout.splitlines() == expected
     image.run_with("pip", "install", "--no-deps", "-e", ".")
     copied = [word for copy in image("COPY") for word in copy.words[:-1]]
     assert not [source for source in copied if "requirements" in source]
     assert not [f for f in tracked_or_new_files() if Path(f).name.startswith("requirements")]
+
+
+def test_trainer_drops_the_torchvision_litdata_pulls_in_as_ci_does() -> None:
+    """LitData (the stream extra) lists torchvision, and PyPI's torchvision fails to load beside
+    any torch build but PyPI's, taking torchmetrics' import with it: the RUN that installs the
+    dependencies uninstalls it straight after, as .ci/run does."""
+    run, install = dockerfile(TRAINER_DOCKERFILE).run_with("pip", "install", "-r")
+    commands = run.commands
+    (uninstall,) = [words for words in commands if words[:2] == ["pip", "uninstall"]]
+    assert "-y" in uninstall and "torchvision" in uninstall
+    assert commands.index(uninstall) > commands.index(install)
 
 
 def copies(source: str) -> Callable[[Instruction], bool]:
