@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import folders
+from pipeline import folders, locks
 from pipeline.data.cache import MANIFEST_COLUMNS, MANIFEST_FILE, S3_SCHEME, SHARDS, SPLITS
 from pipeline.data.layout import Pair
 from pipeline.data.preprocess import (
@@ -44,6 +44,7 @@ from pipeline.data.shards import (
 )
 from pipeline.errors import PipelineError, first_line
 from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.tracking.artifacts import cache_root
 
 
 def ledgered_sample(task: tuple[int, str, str, int, int], ledger: str) -> dict | None:
@@ -112,9 +113,12 @@ def preprocess_to_shards(
     workers = num_workers if num_workers > 0 else (os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="unet-person-shards-") as scratch:
         if on_s3:
-            forget_record(target)
-            entries = _write(target, pairs, assignment, image_size, max_pixels, workers, scratch)
-            _finish(report, index, strict, entries, pairs, assignment, image_size, target)
+            with writing(target):
+                forget_record(target)
+                entries = _write(
+                    target, pairs, assignment, image_size, max_pixels, workers, scratch
+                )
+                _finish(report, index, strict, entries, pairs, assignment, image_size, target)
         else:
             with folders.staging_beside(folder) as staging:
                 root = str(staging)
@@ -122,6 +126,31 @@ def preprocess_to_shards(
                 _finish(report, index, strict, entries, pairs, assignment, image_size, root)
                 folders.publish(staging, folder)
     return report
+
+
+_WRITING: set[str] = set()  # the S3 locations this process holds the writer's lock of
+
+
+@contextmanager
+def writing(output_dir: str) -> Iterator[None]:
+    """Hold, on this machine, the lock of an S3 shards location while it is written and read
+    back (the entry point logs its record and manifest); taken once per process.
+
+    Two preprocess runs into one prefix would delete each other's chunks (LitData's overwrite)
+    between their checks and records; here the second waits for the first. Across machines
+    nothing waits, but the readers' check of every chunk still refuses a mixed result.
+    """
+    target = output_dir.rstrip("/")
+    if not target.startswith(S3_SCHEME) or target in _WRITING:
+        yield
+        return
+    name = hashlib.sha256(target.encode()).hexdigest()[:20]
+    with locks.hold(cache_root() / "locks" / f"shards-{name}.lock", purpose=f"writing {target}"):
+        _WRITING.add(target)
+        try:
+            yield
+        finally:
+            _WRITING.discard(target)
 
 
 def _write(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -15,7 +16,7 @@ from pipeline.data.cache import (
     read_cache_record,
     read_manifest_text,
 )
-from pipeline.data.preprocess import preprocess
+from pipeline.data.preprocess import PreprocessReport, preprocess
 from pipeline.data.run_inputs import log_split_inputs
 from pipeline.entrypoints.runner import run_entry_point
 from pipeline.params import PreprocessParams
@@ -29,19 +30,30 @@ def run(params: PreprocessParams) -> None:
     shards = params.output_format == SHARDS
     if shards:
         from pipeline.data.shard_writer import preprocess_to_shards as write
+        from pipeline.data.shard_writer import writing
     else:
-        write = preprocess
-    report = write(
-        raw_dir=local_input(params.raw_dir, "raw_dir"),
-        output_dir=params.output_dir if shards else Path(params.output_dir),
-        image_size=params.image_size,
-        val_fraction=params.val_fraction,
-        test_fraction=params.test_fraction,
-        seed=params.seed,
-        strict=params.strict,
-        num_workers=params.num_workers,
-        max_pixels=params.max_pixels,
-    )
+        write, writing = preprocess, lambda _: nullcontext()
+    # Read back under the writer's lock: a second preprocess into the same S3 prefix would
+    # otherwise remove the record between the write and the logging.
+    with writing(params.output_dir):
+        report = write(
+            raw_dir=local_input(params.raw_dir, "raw_dir"),
+            output_dir=params.output_dir if shards else Path(params.output_dir),
+            image_size=params.image_size,
+            val_fraction=params.val_fraction,
+            test_fraction=params.test_fraction,
+            seed=params.seed,
+            strict=params.strict,
+            num_workers=params.num_workers,
+            max_pixels=params.max_pixels,
+        )
+        log_report(report)
+    if params.log_data and not shards:  # shards live where they were written, often S3
+        mlflow.log_artifacts(str(report.output_dir), artifact_path="processed")
+
+
+def log_report(report: PreprocessReport) -> None:
+    """The step's figures, manifest, bad rows and split inputs, into its run."""
     for name, split in report.splits.items():
         log.info("%s: %d images, foreground %.3f", name, split.rows, split.foreground_fraction)
     mlflow.set_tags(
@@ -68,8 +80,6 @@ def run(params: PreprocessParams) -> None:
         bad_rows = pd.DataFrame(report.bad_rows, columns=["row", "image", "mask", "reason"])
         mlflow.log_text(bad_rows.to_csv(index=False), "bad_rows.csv")
     log_split_inputs(report.output_dir, read_cache_record(report.output_dir), SPLITS)
-    if params.log_data and not shards:  # shards live where they were written, often S3
-        mlflow.log_artifacts(str(report.output_dir), artifact_path="processed")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,9 @@ cannot be read is one line naming the URI, before the first batch."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +30,9 @@ from pipeline.data.preprocess import preprocess
 from pipeline.data.shard_writer import preprocess_to_shards
 from pipeline.data.shards import OUTAGE_VARIABLE, outage_seconds
 from pipeline.errors import PipelineError
+from pipeline.orchestration.project import project_dir
 from pipeline.params import PreprocessParams
+from tests.conftest import isolated_environment
 from tests.s3 import S3_CREDENTIALS, lower, moto_bucket
 
 SIZE = 24
@@ -202,3 +207,28 @@ def test_a_failed_preprocess_leaves_no_finished_output_on_s3(raw, s3, monkeypatc
     assert finished_record(uri) is None
     with pytest.raises(PipelineError, match="is not a finished preprocess output"):
         read_cache_record(uri)
+
+
+def test_two_preprocess_runs_into_one_prefix_at_once_both_finish_it_whole(
+    raw, arrays, s3, tmp_path
+):
+    """LitData's overwrite deletes a prefix's chunks first: two writers at once would each
+    remove what the other wrote before its record; on one machine the second waits instead."""
+    uri = f"s3://{BUCKET}/together"
+    command = [
+        sys.executable, "-m", "pipeline", "preprocess", "--raw_dir", str(raw),
+        "--output_dir", uri, "--output_format", "shards", "--num_workers", "2",
+        "--log_data", "false", *(f"--{name}={value}" for name, value in SETTINGS.items()),
+    ]  # fmt: skip
+    env = isolated_environment(tmp_path)
+    started = [
+        subprocess.Popen(
+            command, cwd=project_dir(), env={**os.environ, **env}, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    for process in started:
+        _, errors = process.communicate(timeout=300)
+        assert process.returncode == 0, errors
+    assert read_cache_record(uri)["digest"] == arrays[1].digest
+    _same_samples(arrays[0], uri)
