@@ -46,6 +46,8 @@ INDEX_FILE = "index.json"
 # several chunks anyway, since each preprocess worker writes its own.
 CHUNK_BYTES = "64MB"
 DEFAULT_CACHE_SIZE = "20GB"
+# Decoded samples ShardColumn keeps: a batch of evaluate's (33 MB at 256 px).
+RECENT_SAMPLES = 128
 
 
 # How long a chunk's download rides out an S3 outage (retries with backoff) before the step
@@ -303,6 +305,16 @@ class ShardSplit(StreamingDataset):
         except Exception as error:
             raise self._unreadable(getattr(index, "index", index), error) from error
 
+    def sample_at(self, index: int) -> dict:
+        """Sample `index`, decoded once for the two columns that read it in turn (evaluate
+        takes a batch of images, then their masks): the last RECENT_SAMPLES are kept."""
+        recent = self.__dict__.setdefault("_recent", {})
+        if index not in recent:
+            if len(recent) >= RECENT_SAMPLES:
+                del recent[next(iter(recent))]
+            recent[index] = self.sample(index)
+        return recent[index]
+
     def _unreadable(self, index: int, error: Exception) -> PipelineError:
         """An outage (S3 stopped answering for longer than the retries last) or damage (a
         truncated chunk, one that does not match its index), told apart by obstore's error."""
@@ -355,7 +367,7 @@ class ShardColumn:
             return np.stack([self[i] for i in range(*index.indices(len(self)))])
         if np.ndim(index):
             return np.stack([self[int(i)] for i in np.asarray(index)])
-        return np.asarray(self.split.sample(int(index))[self.key])
+        return np.asarray(self.split.sample_at(int(index))[self.key])
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))

@@ -232,3 +232,17 @@ def test_two_preprocess_runs_into_one_prefix_at_once_both_finish_it_whole(
         assert process.returncode == 0, errors
     assert read_cache_record(uri)["digest"] == arrays[1].digest
     _same_samples(arrays[0], uri)
+
+
+def test_a_batch_of_images_then_its_masks_decode_each_sample_once(shards, monkeypatch):
+    from pipeline.data.shards import ShardSplit
+
+    decoded = []
+    real_sample = ShardSplit.sample
+    monkeypatch.setattr(
+        ShardSplit, "sample", lambda self, index: decoded.append(index) or real_sample(self, index)
+    )
+    images, masks = open_split(str(shards), "train")
+    assert images[0:5].shape == (5, SIZE, SIZE, 3)
+    assert masks[0:5].shape == (5, SIZE, SIZE)
+    assert decoded == [0, 1, 2, 3, 4]
