@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from pipeline.data.shards import OUTAGE_VARIABLE, outage_seconds
 from pipeline.errors import PipelineError
 from pipeline.orchestration.project import project_dir
 from pipeline.params import PreprocessParams
-from tests.conftest import isolated_environment
+from tests.conftest import free_port, isolated_environment
 from tests.s3 import S3_CREDENTIALS, lower, moto_bucket
 
 SIZE = 24
@@ -246,3 +247,41 @@ def test_a_batch_of_images_then_its_masks_decode_each_sample_once(shards, monkey
     assert images[0:5].shape == (5, SIZE, SIZE, 3)
     assert masks[0:5].shape == (5, SIZE, SIZE)
     assert decoded == [0, 1, 2, 3, 4]
+
+
+@pytest.fixture
+def refusing_s3(monkeypatch):
+    """A moto S3 API that checks credentials (its own process: the setting is moto's global),
+    and keys it does not know in the environment."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None, (
+                "moto_server did not start"
+            )
+            time.sleep(0.1)
+    for name, value in {**S3_CREDENTIALS, "AWS_SECRET_ACCESS_KEY": "not-the-key"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    yield
+    server.kill()
+    server.wait()
+
+
+def test_wrong_credentials_are_one_line_for_the_writer_and_the_reader(raw, refusing_s3):
+    with pytest.raises(PipelineError, match=r"output_dir=s3://datasets/x/?: access denied"):
+        preprocess_to_shards(raw, "s3://datasets/x", num_workers=1, **SETTINGS)
+    with pytest.raises(
+        PipelineError, match="data_dir=s3://datasets/x: the credentials were refused"
+    ):
+        read_cache_record("s3://datasets/x")
