@@ -45,7 +45,10 @@ INDEX_FILE = "index.json"
 # LitData's advice for S3: chunks of tens of MB amortise each request. Small datasets get
 # several chunks anyway, since each preprocess worker writes its own.
 CHUNK_BYTES = "64MB"
-DEFAULT_CACHE_SIZE = "20GB"
+# The local cache of reads by index (evaluate, the prediction grid, the model's example): they
+# go through a split's chunks in turn, so room for a few of them is enough. Training's loaders
+# take the cache_size setting instead.
+READ_CACHE_SIZE = "2GB"
 # Decoded samples ShardColumn keeps: a batch of evaluate's (33 MB at 256 px).
 RECENT_SAMPLES = 128
 
@@ -265,6 +268,22 @@ def read_file(root: str, name: str) -> bytes:
         return place.read(name)
 
 
+def read_evenly(folder: str) -> None:
+    """Read a folder of shards so that every rank takes the same number of steps.
+
+    LitData 0.2.76 reads a folder on a parallel filesystem (NFS, Lustre, GPFS, BeeGFS, PanFS,
+    Vast, any path naming "vast", or LITDATA_POSIX_FAST=1) in place, handing whole chunks to
+    loader workers: the ranks of a DDP fit then took 6 and 0 steps (tests/training/
+    test_ddp_shards.py), and one waits forever for the other. Such a folder is read through the
+    local cache instead, as S3 is (LITDATA_POSIX_FAST=0, which the loader's workers inherit).
+    """
+    from litdata.streaming.posix_fast import detect_posix_fast
+
+    profile = detect_posix_fast(folder)
+    if profile is not None and profile.window_shuffle:
+        os.environ["LITDATA_POSIX_FAST"] = "0"
+
+
 class ShardSplit(StreamingDataset):
     """One split as (image 3xHxW uint8, mask 1xHxW uint8) tensors, as the arrays' SplitDataset
     gives them, streamed with a local cache of at most `cache_size`."""
@@ -274,7 +293,7 @@ class ShardSplit(StreamingDataset):
         root: str,
         split: str,
         cache_dir: Path,
-        cache_size: str = DEFAULT_CACHE_SIZE,
+        cache_size: str = READ_CACHE_SIZE,
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool | None = None,
@@ -282,6 +301,8 @@ class ShardSplit(StreamingDataset):
         self.uri = split_uri(root, split)
         if root.startswith(S3_SCHEME):
             outage_seconds()  # a bad value is one line here, not in a loader's prefetch thread
+        else:
+            read_evenly(self.uri)
         cache_dir.mkdir(parents=True, exist_ok=True)
         try:
             super().__init__(

@@ -184,6 +184,11 @@ def as_named(*names: str) -> dict[str, str]:
 
 
 CLIENT = as_named("MLFLOW_TRACKING_PASSWORD")  # of a server with auth on
+# Shards in MinIO (docs/shards.md): the bucket's own user, as the server has it; never the root.
+BUCKET_USER = {
+    "AWS_ACCESS_KEY_ID": "MINIO_MLFLOW_USER",
+    "AWS_SECRET_ACCESS_KEY": "MINIO_MLFLOW_PASSWORD",
+}
 MINIO_DATA = {"/data": Mount("minio-data", nocopy=True)}
 TRAINER_MOUNTS = {
     f"{WORKDIR}/data": Mount(ROOT / "data"),
@@ -193,8 +198,8 @@ TRAINER_MOUNTS = {
 
 def trainer_image(**fields: Any) -> Service:
     """A service of the trainer image, as its user, a client of the tracking server, training
-    (unless told otherwise) on the project's data/ and checkpoints/."""
-    defaults = {"restart": "no", "credentials": CLIENT, "mounts": TRAINER_MOUNTS}
+    (unless told otherwise) on the project's data/ and checkpoints/ and on shards in MinIO."""
+    defaults = {"restart": "no", "credentials": CLIENT | BUCKET_USER, "mounts": TRAINER_MOUNTS}
     return Service(built_from=TRAINER_DOCKERFILE, user=NON_ROOT, **{**defaults, **fields})
 
 
@@ -267,7 +272,7 @@ STACK: dict[str, Service] = {
         profile="tune",
         restart="on-failure:3",
         depends_on={"mlflow": HEALTHY, "postgres": HEALTHY},
-        credentials={**CLIENT, "PGPASSWORD": "POSTGRES_PASSWORD"},
+        credentials={**CLIENT, **BUCKET_USER, "PGPASSWORD": "POSTGRES_PASSWORD"},
         gpu=True,
     ),
     "demo": trainer_image(
@@ -275,6 +280,7 @@ STACK: dict[str, Service] = {
         restart="unless-stopped",
         depends_on={"mlflow": HEALTHY},
         ports={8000: "DEMO_PORT"},  # the page has no login: this machine only
+        credentials=CLIENT,  # serves the champion: no data, so no MinIO keys
         mounts={},
     ),
 }
@@ -696,6 +702,9 @@ def test_trainer_image_services_are_clients_of_the_stack(name: str) -> None:
     assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(env)
     if name != "demo":  # DataLoader workers pass batches through shm: docker gives 64 MB
         assert svc.get("ipc") == "host" or int(svc["shm_size"]) > 64 * 2**20
+        # Shards in MinIO (docs/shards.md): the S3 API the server keeps the artifacts on.
+        server = environment(service("mlflow"))
+        assert env["MLFLOW_S3_ENDPOINT_URL"] == server["MLFLOW_S3_ENDPOINT_URL"]
 
 
 def test_demo_serves_the_champion_from_the_stack() -> None:
