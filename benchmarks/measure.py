@@ -179,3 +179,26 @@ def tracking_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     env = {**mlflow_environment(url), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with server(argv, env, folder / "tracking-server.log", http_ok(f"{url}/health")) as process:
         yield url, process
+
+
+def experiment_store(folder: Path) -> Path:
+    """A SQLite store holding the pipeline's experiment, its artifacts in `folder`; each run
+    tracks into a copy of it, so that runs at once do not share one SQLite file."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.runs import DEFAULT_EXPERIMENT
+
+    store = folder / "store.db"
+    MlflowClient(f"sqlite:///{store}").create_experiment(
+        DEFAULT_EXPERIMENT, artifact_location=(folder / "mlruns").as_uri()
+    )
+    return store
+
+
+def taking_turns(names: Sequence[str], repeats: int) -> list[tuple[str, int]]:
+    """(name, repeat) for each repeat, the names taking turns: small, large, large, small, ..."""
+    return [
+        (name, repeat)
+        for repeat in range(repeats)
+        for name in (names if repeat % 2 == 0 else list(reversed(names)))
+    ]

@@ -14,19 +14,18 @@ import sys
 import time
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from benchmarks.measure import (
     MB,
     check_repeats,
     descendants,
+    experiment_store,
     load_average,
     median,
     mlflow_environment,
     rss_bytes,
+    taking_turns,
 )
 from benchmarks.report import Headline, machine_sections, markdown_table
-from pipeline.tracking.runs import DEFAULT_EXPERIMENT
 
 TITLE = "Preprocess memory: 500 vs 2,000 pairs"
 TARGET = 1.10
@@ -98,20 +97,11 @@ def run(options: argparse.Namespace) -> dict:
     check_repeats(options.repeats)
     folder = options.workspace.folder / "preprocess-memory"
     folder.mkdir()
-    # A store with the experiment, made first (not in a run's figures), its artifacts here;
-    # each run tracks into a copy of it, so that runs at once do not share one SQLite file.
-    store = folder / "store.db"
-    MlflowClient(f"sqlite:///{store}").create_experiment(
-        DEFAULT_EXPERIMENT, artifact_location=(folder / "mlruns").as_uri()
-    )
+    store = experiment_store(folder)  # made first, not in a run's figures
     sizes = {"small": options.small, "large": options.large}
     datasets = {name: options.workspace.raw(rows) for name, rows in sizes.items()}
     before = load_average()
-    order = [  # the sizes take turns: small, large, large, small, ...
-        (name, repeat)
-        for repeat in range(options.repeats)
-        for name in (sizes if repeat % 2 == 0 else reversed(sizes))
-    ]
+    order = taking_turns(list(sizes), options.repeats)
     runs: dict[str, list[dict]] = {name: [] for name in sizes}
     for first in range(0, len(order), options.at_once):
         batch = order[first : first + options.at_once]

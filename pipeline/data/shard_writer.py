@@ -44,6 +44,7 @@ from pipeline.data.shards import (
 )
 from pipeline.errors import PipelineError, first_line
 from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.processes import environment
 from pipeline.tracking.artifacts import cache_root
 
 
@@ -76,17 +77,8 @@ def private_chunk_folders(scratch: Path) -> Iterator[None]:
     """LitData stages chunks in one folder per machine by default; a private one keeps two
     preprocess runs at once (or a dead one's leftovers) out of each other's shards."""
     names = ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER")
-    before = {name: os.environ.get(name) for name in names}
-    for name in names:
-        os.environ[name] = str(scratch / name.lower())
-    try:
+    with environment({name: str(scratch / name.lower()) for name in names}):
         yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def preprocess_to_shards(
