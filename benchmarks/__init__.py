@@ -35,6 +35,7 @@ NAMES = (
     "checkpoint_save",
     "tune",
     "spark_predict",
+    "streaming",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 REPORT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"

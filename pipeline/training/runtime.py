@@ -78,8 +78,9 @@ class RuntimeConfig:
     )
     cache_size: str = setting(
         "10GB",
-        "local disk that streaming shards (data_dir on s3://) may fill, e.g. 500MB or 50GB; "
-        "chunks beyond it are evicted (under UNET_PERSON_CACHE/streams)",
+        "local disk that streaming shards (data_dir on s3://) may fill, e.g. 500MB or 50GB, for "
+        "each of train's two loaders; chunks beyond it are evicted, though the two in use stay "
+        "(up to 128MB) (under UNET_PERSON_CACHE/streams)",
     )
 
     def __post_init__(self) -> None:
