@@ -190,17 +190,22 @@ def s3_endpoint() -> str | None:
     return next((os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)), None)
 
 
-@functools.cache
-def _client(endpoint: str | None, pid: int, credentials: tuple[str | None, ...]) -> Any:
-    import boto3
+def s3_config() -> Any:
+    """botocore's settings for every S3 client here: bounded waits and attempts."""
     from botocore.config import Config
 
-    config = Config(
+    return Config(
         connect_timeout=S3_TIMEOUT_S,
         read_timeout=S3_TIMEOUT_S * 6,
         retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"},
     )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+
+
+@functools.cache
+def _client(endpoint: str | None, pid: int, credentials: tuple[str | None, ...]) -> Any:
+    import boto3
+
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=s3_config())
 
 
 def s3_client(endpoint: str | None) -> Any:

@@ -29,13 +29,13 @@ from pipeline import folders
 from pipeline.data.samples import as_tensors
 from pipeline.errors import PipelineError, first_line
 from pipeline.locations import (
-    S3_ATTEMPTS,
     S3_SCHEME,
     S3_TIMEOUT_S,
     Bucket,
     Folder,
     location,
     s3_client,
+    s3_config,
     s3_endpoint,
     s3_errors,
 )
@@ -123,18 +123,13 @@ class _BoundedS3Downloader(litdata_downloader.S3Downloader):
 litdata_downloader.register_downloader(S3_SCHEME, _BoundedS3Downloader, overwrite=True)
 
 
-def storage_options() -> dict[str, Any]:
-    """LitData's boto3 options: the stack's endpoint, and bounded waits (its own default is a
-    thousand adaptive retries, which turns an unreachable endpoint into a hang)."""
-    from botocore.config import Config
-
-    options: dict[str, Any] = {
-        "config": Config(
-            connect_timeout=S3_TIMEOUT_S,
-            read_timeout=S3_TIMEOUT_S * 6,
-            retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"},
-        )
-    }
+def storage_options(root: str) -> dict[str, Any]:
+    """LitData's boto3 options for `root` (none for a folder): the stack's endpoint, and the
+    bounded waits of the pipeline's own clients (LitData's default is a thousand adaptive
+    retries, which turns an unreachable endpoint into a hang)."""
+    if not root.startswith(S3_SCHEME):
+        return {}
+    options: dict[str, Any] = {"config": s3_config()}
     endpoint = s3_endpoint()
     if endpoint:
         options["endpoint_url"] = endpoint
@@ -162,7 +157,7 @@ def write_split(
         # Forked, so its uploader processes inherit the plain-http downloader registered above
         # (spawned ones import LitData alone). No CUDA and no obstore run in the parent here.
         start_method="fork",
-        storage_options=storage_options() if root.startswith(S3_SCHEME) else {},
+        storage_options=storage_options(root),
         verbose=False,
     )
 
@@ -316,7 +311,7 @@ class ShardSplit(StreamingDataset):
                 # 63 neighbours each time, most of it thrown away under shuffling: 16x slower
                 # than the arrays at 256 px (python -m benchmarks streaming).
                 batch_decode=0,
-                storage_options=storage_options() if root.startswith(S3_SCHEME) else {},
+                storage_options=storage_options(root),
             )
         except (FileNotFoundError, ValueError, OSError) as error:
             raise PipelineError(

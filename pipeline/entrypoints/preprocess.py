@@ -13,10 +13,9 @@ from pipeline.data.cache import (
     MANIFEST_FILE,
     SHARDS,
     SPLITS,
-    read_cache_record,
     read_manifest_text,
 )
-from pipeline.data.preprocess import PreprocessReport, preprocess
+from pipeline.data.preprocess import PreprocessReport, preprocess, record_of
 from pipeline.data.run_inputs import log_split_inputs
 from pipeline.entrypoints.runner import run_entry_point
 from pipeline.params import PreprocessParams
@@ -47,13 +46,14 @@ def run(params: PreprocessParams) -> None:
             num_workers=params.num_workers,
             max_pixels=params.max_pixels,
         )
-        log_report(report)
+        log_report(report, record_of(report, params.image_size, params.output_format))
     if params.log_data and not shards:  # shards live where they were written, often S3
         mlflow.log_artifacts(str(report.output_dir), artifact_path="processed")
 
 
-def log_report(report: PreprocessReport) -> None:
-    """The step's figures, manifest, bad rows and split inputs, into its run."""
+def log_report(report: PreprocessReport, record: dict) -> None:
+    """The step's figures, manifest, bad rows and split inputs, into its run; `record` is what
+    the writer wrote last (reading it back would check every chunk just checked)."""
     for name, split in report.splits.items():
         log.info("%s: %d images, foreground %.3f", name, split.rows, split.foreground_fraction)
     mlflow.set_tags(
@@ -79,7 +79,7 @@ def log_report(report: PreprocessReport) -> None:
         log.warning("%d bad rows skipped, listed in bad_rows.csv", len(report.bad_rows))
         bad_rows = pd.DataFrame(report.bad_rows, columns=["row", "image", "mask", "reason"])
         mlflow.log_text(bad_rows.to_csv(index=False), "bad_rows.csv")
-    log_split_inputs(report.output_dir, read_cache_record(report.output_dir), SPLITS)
+    log_split_inputs(report.output_dir, record, SPLITS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.training.checkpoints import LAST_CHECKPOINT
 from tests.conftest import free_port, isolated_environment
+from tests.e2e.test_hard_kill import runs_by_entry_point
 from tests.e2e.test_resume import Started, main_process
 from tests.s3 import S3_CREDENTIALS, lower, moto_bucket, moto_server
 
@@ -33,15 +34,6 @@ def s3_env():
     """The variables a step reads S3's address and credentials from, as the stack sets them."""
     for endpoint, _ in moto_bucket(BUCKET):
         yield {**S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": endpoint}
-
-
-def entry_points(folder: Path) -> dict[str, list]:
-    client = MlflowClient(tracking_uri=isolated_environment(folder)["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("unet-person")
-    found: dict[str, list] = {}
-    for run in client.search_runs([experiment.experiment_id]):
-        found.setdefault(run.data.tags["mlflow.project.entryPoint"], []).append(run)
-    return found
 
 
 def saved(path: Path) -> dict:
@@ -111,7 +103,7 @@ def test_a_main_on_s3_killed_mid_epoch_reuses_the_shards_and_resumes_in_that_epo
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert {key.split("/")[2] for key in keys} >= {"train", "val", "test"}
     assert not (tmp_path / "processed").exists()  # nothing written to the local default
-    runs = entry_points(tmp_path)
+    runs = runs_by_entry_point(tmp_path)
     assert {name: sorted(run.info.status for run in found) for name, found in runs.items()} == {
         "download": ["FINISHED"],
         "preprocess": ["FINISHED"],
@@ -185,7 +177,7 @@ def test_an_s3_outage_mid_epoch_is_ridden_out_or_ends_the_step_resumable(tmp_pat
         returncode, output = main_process(tmp_path, env=env, **settings).finish(timeout=600)
         assert returncode == 0, output
         assert "train: resuming interrupted run" in output
-        (train,) = entry_points(tmp_path)["train"]
+        (train,) = runs_by_entry_point(tmp_path)["train"]
         assert train.data.metrics["epochs_trained"] == EPOCHS
     finally:
         first.process.kill()
